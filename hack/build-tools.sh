@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
+#
+#   hack/build-tools.sh [kube|etcd|oras|source-controller|all]...
+#
+# Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
+# directives, so `go install pkg@version` refuses them). Nothing built here is committed.
+# KUBEBUILDER_ASSETS, when set and holding kube-apiserver and etcd, replaces the kube/etcd builds.
+set -euo pipefail
+
+KUBE_VERSION=${KUBE_VERSION:-1.35.4}
+ETCD_VERSION=${ETCD_VERSION:-3.6.16}
+ORAS_VERSION=${ORAS_VERSION:-1.3.6}
+SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.10.1}
+CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
+BIN=$CACHE/bin
+export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
+mkdir -p "$BIN"
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+# throwaway NAME: make a fresh module dir and cd into it
+throwaway() { local d; d=$(mktemp -d "${TMPDIR:-/tmp}/lw-$1.XXXXXX"); cd "$d"; go mod init "example.invalid/$1" >/dev/null 2>&1; }
+
+build_kube() {
+  local out=$CACHE/kube/v$KUBE_VERSION
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]; then
+    log "kube-apiserver: using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"; return; fi
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then log "kube v$KUBE_VERSION: cached"; return; fi
+  log "kube v$KUBE_VERSION: building (cold builds take 10-25 min on 2 cores)"
+  local start=$SECONDS staging minor gomod m
+  staging=0.${KUBE_VERSION#1.}; minor=${KUBE_VERSION#1.}; minor=${minor%%.*}
+  ( throwaway kube
+    gomod=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
+    for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u); do
+      go mod edit -replace="$m=$m@v$staging"; done
+    go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$gomod")"
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@v$KUBE_VERSION" >/dev/null
+    local ld="-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+    mkdir -p "$out.tmp"
+    go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  log "kube v$KUBE_VERSION: built in $((SECONDS - start)) s"
+}
+
+build_etcd() {
+  local out=$CACHE/etcd/v$ETCD_VERSION
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then
+    log "etcd: using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"; return; fi
+  if [ -x "$out/etcd" ]; then log "etcd v$ETCD_VERSION: cached"; return; fi
+  log "etcd v$ETCD_VERSION: building"
+  local start=$SECONDS
+  ( throwaway etcd
+    go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >/dev/null
+    mkdir -p "$out.tmp"
+    go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  log "etcd v$ETCD_VERSION: built in $((SECONDS - start)) s"
+}
+
+build_oras() {
+  local out=$CACHE/oras/v$ORAS_VERSION
+  if [ -x "$out/oras" ]; then log "oras v$ORAS_VERSION: cached"; ln -sf "$out/oras" "$BIN/oras"; return; fi
+  log "oras v$ORAS_VERSION: building"
+  local start=$SECONDS
+  ( throwaway oras
+    go get "oras.land/oras@v$ORAS_VERSION" >/dev/null
+    mkdir -p "$out.tmp"
+    go build -trimpath -ldflags "-s -w" -o "$out.tmp/oras" oras.land/oras/cmd/oras
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  ln -sf "$out/oras" "$BIN/oras"
+  log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
+}
+
+build_source_controller() {
+  local out=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
+  if [ -x "$out/source-controller" ] && [ -d "$out/crd" ]; then log "source-controller v$SOURCE_CONTROLLER_VERSION: cached"; return; fi
+  log "source-controller v$SOURCE_CONTROLLER_VERSION: building"
+  local start=$SECONDS
+  ( throwaway source-controller
+    local dir gomod
+    dir=$(go mod download -json "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+    gomod="$dir/go.mod"
+    # Carry the module's own replace directives that point at other modules (not local paths).
+    python3 - "$gomod" <<'PY' | while read -r r; do go mod edit -replace="$r"; done
+import re, sys
+text = open(sys.argv[1]).read()
+lines = []
+for block in re.findall(r'^replace\s*\((.*?)^\)', text, re.S | re.M):
+    lines += block.splitlines()
+lines += re.findall(r'^replace\s+([^(].*)$', text, re.M)
+for line in lines:
+    line = line.split('//')[0].strip()
+    if '=>' not in line:
+        continue
+    left, right = (p.strip().split() for p in line.split('=>'))
+    if right[0].startswith('.'):
+        continue
+    lhs = left[0] + ('@' + left[1] if len(left) > 1 else '')
+    rhs = right[0] + ('@' + right[1] if len(right) > 1 else '')
+    print(f"{lhs}={rhs}")
+PY
+    go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$gomod")"
+    go get "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" >/dev/null
+    # The api submodule is versioned separately; take the one the controller requires.
+    mkdir -p "$out.tmp/crd"
+    go build -trimpath -ldflags "-s -w" -o "$out.tmp/source-controller" github.com/fluxcd/source-controller
+    cp "$dir"/config/crd/bases/*.yaml "$out.tmp/crd/"
+    cp -r "$dir/config/rbac" "$out.tmp/rbac" 2>/dev/null || true
+    chmod -R u+w "$out.tmp"
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  log "source-controller v$SOURCE_CONTROLLER_VERSION: built in $((SECONDS - start)) s"
+}
+
+# Flux's CRDs alone (for the operator tests): from the module, no build needed.
+flux_crds() {
+  local out=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
+  if [ -f "$out/source.toolkit.fluxcd.io_ocirepositories.yaml" ]; then log "flux CRDs v$SOURCE_CONTROLLER_VERSION: cached"; return; fi
+  local dir
+  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$out.tmp"; cp "$dir"/config/crd/bases/*.yaml "$out.tmp/"; chmod -R u+w "$out.tmp"; rm -rf "$out"; mv "$out.tmp" "$out"
+  log "flux CRDs v$SOURCE_CONTROLLER_VERSION: ready"
+}
+
+paths() {
+  cat <<P
+KUBE_DIR=${KUBEBUILDER_ASSETS:-$CACHE/kube/v$KUBE_VERSION}
+ETCD_DIR=${KUBEBUILDER_ASSETS:-$CACHE/etcd/v$ETCD_VERSION}
+ORAS=$CACHE/oras/v$ORAS_VERSION/oras
+SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
+FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
+P
+}
+
+[ $# -gt 0 ] || set -- all
+for what in "$@"; do
+  case $what in
+    kube) build_kube ;;
+    etcd) build_etcd ;;
+    oras) build_oras ;;
+    flux-crds) flux_crds ;;
+    source-controller) build_source_controller ;;
+    paths) paths ;;
+    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller ;;
+    *) echo "unknown tool: $what" >&2; exit 2 ;;
+  esac
+done

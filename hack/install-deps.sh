@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo use (idempotent; a no-op when all are present).
+set -euo pipefail
+packages=(docker-registry skopeo prometheus buildah debootstrap chromium fuse-overlayfs)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "install as root: apt-get install ${missing[*]}" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's docker-registry package starts a system service on :5000; tests use their own ports.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true

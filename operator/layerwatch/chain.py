@@ -1,0 +1,322 @@
+"""Chains of registry hops and how a repository path maps across them.
+
+A chain lists hops edge first, origin last. Each Harbor proxy-cache project strips its own project
+name before asking upstream, so the path at hop i is ``prefix_i/<path at hop i+1>``; a plain mirror
+has an empty prefix. This module owns that arithmetic and reading ProxyChain/Target documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from layerwatch.reference import DOCKER_HUB, Reference, ReferenceError, check_host, check_repository
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "Chain",
+    "ChainError",
+    "Credentials",
+    "Hop",
+    "HopTarget",
+    "Mode",
+    "Target",
+    "parse_duration",
+]
+
+DEFAULT_INTERVAL = 300.0
+"""Seconds between checks of one target: the ProxyChain default of 5m."""
+
+_HOP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+class ChainError(ValueError):
+    """A chain or target document is wrong; the message names the field."""
+
+
+class Mode(enum.StrEnum):
+    """How blobs are checked: ``full`` downloads and hashes them, ``head`` only asks for them."""
+
+    FULL = "full"
+    HEAD = "head"
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """Username and password (or robot token) for one registry. Never printed."""
+
+    username: str
+    password: str = dataclasses.field(repr=False)
+
+    def __str__(self) -> str:
+        return f"Credentials({self.username}, ***)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hop:
+    """One registry on the chain: where it is, how to reach it, and its proxy project prefix."""
+
+    name: str
+    scheme: str
+    host: str
+    prefix: str = ""
+    credentials: Credentials | None = None
+    ca_pem: str | None = dataclasses.field(default=None, repr=False)
+    insecure: bool = False
+
+    @classmethod
+    def from_url(cls, name: str, url: str, **options: Any) -> Hop:
+        """Build a hop from ``https://host[:port][/prefix]``; ``http://`` means plain HTTP."""
+        if not _HOP_NAME.match(name):
+            raise ChainError(f"hop name {name!r} must be a DNS label (lower-case letters, digits, '-')")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https"):
+            raise ChainError(f"hop {name}: url {url!r} must start with https:// or http://")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ChainError(f"hop {name}: url {url!r} must not carry credentials, a query or a fragment")
+        try:
+            host = check_host(parts.netloc)
+        except ReferenceError as exc:
+            raise ChainError(f"hop {name}: {exc}") from None
+        prefix = parts.path.strip("/")
+        if prefix:
+            try:
+                check_repository(prefix)
+            except ReferenceError as exc:
+                raise ChainError(f"hop {name}: path prefix: {exc}") from None
+        return cls(name=name, scheme=parts.scheme, host=host, prefix=prefix, **options)
+
+    @property
+    def url(self) -> str:
+        """The hop as the user wrote it (scheme, host, prefix); never carries credentials."""
+        base = f"{self.scheme}://{self.host}"
+        return f"{base}/{self.prefix}" if self.prefix else base
+
+    @property
+    def api_host(self) -> str:
+        """Host that serves the registry API (Docker Hub's API lives on another name)."""
+        return "registry-1.docker.io" if self.host == DOCKER_HUB else self.host
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.api_host}"
+
+    def owns(self, host: str, repository: str) -> bool:
+        """True when ``host/repository`` is served by this hop (same host, path under the prefix)."""
+        if host != self.host:
+            return False
+        return not self.prefix or repository.startswith(self.prefix + "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class HopTarget:
+    """A hop together with the repository path the artifact has there."""
+
+    hop: Hop
+    repository: str
+
+    @property
+    def location(self) -> str:
+        """``host/repository``, how messages name a place."""
+        return f"{self.hop.host}/{self.repository}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """Ordered hops, edge first and origin last, with the schedule settings of a ProxyChain."""
+
+    name: str
+    hops: tuple[Hop, ...]
+    interval: float = DEFAULT_INTERVAL
+    mode: Mode = Mode.FULL
+    namespace_selector: Mapping[str, Any] | None = None
+    suspend: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.hops:
+            raise ChainError(f"chain {self.name}: needs at least one hop")
+        names = [hop.name for hop in self.hops]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ChainError(f"chain {self.name}: duplicate hop names: {', '.join(duplicates)}")
+
+    def hop(self, name: str) -> Hop:
+        for hop in self.hops:
+            if hop.name == name:
+                return hop
+        raise KeyError(name)
+
+    def entry(self, host: str, repository: str) -> int | None:
+        """Index of the hop a URL points at: the one with this host and the longest matching prefix."""
+        best: tuple[int, int] | None = None
+        for index, hop in enumerate(self.hops):
+            if hop.owns(host, repository) and (best is None or len(hop.prefix) > best[1]):
+                best = (index, len(hop.prefix))
+        return None if best is None else best[0]
+
+    def matches(self, reference: Reference) -> bool:
+        return self.entry(reference.registry, reference.repository) is not None
+
+    def pull_path(self, reference: Reference) -> list[HopTarget]:
+        """Hops from the one the reference points at down to the origin, with each hop's path.
+
+        Each hop strips its own prefix before asking the next; a path that does not carry the next
+        hop's prefix cannot pass through it, which is a configuration error worth saying plainly.
+        """
+        start = self.entry(reference.registry, reference.repository)
+        if start is None:
+            raise ChainError(
+                f"{reference.name} is not under any hop of chain {self.name} "
+                f"({', '.join(h.url for h in self.hops)})"
+            )
+        path: list[HopTarget] = []
+        repository = reference.repository
+        for position, hop in enumerate(self.hops[start:], start=start):
+            if hop.prefix and position != len(self.hops) - 1:
+                if not repository.startswith(hop.prefix + "/"):
+                    raise ChainError(
+                        f"{reference.name}: path {repository!r} at hop {hop.name} lacks its prefix {hop.prefix!r}"
+                    )
+                path.append(HopTarget(hop, repository))
+                repository = repository[len(hop.prefix) + 1 :]
+            else:
+                if hop.host == DOCKER_HUB and "/" not in repository:
+                    repository = f"library/{repository}"
+                path.append(HopTarget(hop, repository))
+        return path
+
+    def reference_at(self, reference: Reference, hop_name: str) -> Reference:
+        """The same artifact as seen at another hop of the chain (used to map origin refs to edges)."""
+        for target in self.pull_path(reference):
+            if target.hop.name == hop_name:
+                return reference.with_repository(target.hop.host, target.repository)
+        raise ChainError(f"hop {hop_name} is not on the pull path of {reference.name}")
+
+    @classmethod
+    def single(cls, reference: Reference, *, scheme: str = "https", **options: Any) -> Chain:
+        """A chain of one hop: the reference's own registry (the CLI default)."""
+        return cls(name="direct", hops=(Hop(name="registry", scheme=scheme, host=reference.registry, **options),))
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One artifact to watch: where it is, which ref, which layer Flux takes, which chain."""
+
+    name: str
+    reference: Reference
+    chain: str | None = None
+    layer_media_type: str | None = None
+    namespace: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from a Go/Kubernetes duration (``5m``, ``1h30m``, ``90s``) or a plain number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        pos, seconds = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            pos = match.end()
+            amount, unit = float(match.group(1)), match.group(2)
+            seconds += amount * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        if pos != len(text) or not text:
+            raise ChainError(f"invalid duration {value!r} (want e.g. 30s, 5m, 1h)")
+    if seconds <= 0:
+        raise ChainError(f"duration {value!r} must be positive")
+    return seconds
+
+
+def chain_from_spec(
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    hop_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Chain:
+    """Build a chain from a ProxyChain ``spec``; ``hop_options`` adds per-hop credentials and TLS.
+
+    Secrets are resolved by the caller (files for the CLI, Secrets in a cluster) and handed in as
+    ``hop_options[hop_name]``, so this stays pure.
+    """
+    raw_hops = spec.get("hops")
+    if not isinstance(raw_hops, Sequence) or isinstance(raw_hops, str) or not raw_hops:
+        raise ChainError(f"chain {name}: spec.hops must be a non-empty list")
+    hops = []
+    for position, raw in enumerate(raw_hops):
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("url"), str):
+            raise ChainError(f"chain {name}: spec.hops[{position}] needs a name and a url")
+        options = dict((hop_options or {}).get(raw["name"], {}))
+        options.setdefault("insecure", bool(raw.get("insecureSkipTLSVerify", False)))
+        hops.append(Hop.from_url(raw["name"], raw["url"], **options))
+    mode = spec.get("mode", Mode.FULL.value)
+    if mode not in {m.value for m in Mode}:
+        raise ChainError(f"chain {name}: spec.mode must be full or head, not {mode!r}")
+    selector = spec.get("namespaceSelector")
+    return Chain(
+        name=name,
+        hops=tuple(hops),
+        interval=parse_duration(spec.get("interval", "5m")),
+        mode=Mode(mode),
+        namespace_selector=selector if selector else None,
+        suspend=bool(spec.get("suspend", False)),
+    )
+
+
+def target_from_document(document: Mapping[str, Any]) -> Target:
+    """A ``Target`` document of ``layerwatch serve`` (name, url, ref, layerSelector, chain)."""
+    body = document.get("spec", document)
+    name = (document.get("metadata") or {}).get("name") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ChainError("a Target needs a name")
+    url = body.get("url")
+    if not isinstance(url, str):
+        raise ChainError(f"target {name}: url is required")
+    ref = body.get("ref") or {}
+    if isinstance(ref, str):
+        ref = {"digest": ref} if ref.startswith("sha") else {"tag": ref}
+    try:
+        reference = Reference.parse(url, default_tag=None)
+        if ref.get("digest") or ref.get("tag"):
+            reference = dataclasses.replace(reference, tag=ref.get("tag"), digest=ref.get("digest"))
+        elif reference.tag is None and reference.digest is None:
+            reference = dataclasses.replace(reference, tag="latest")
+        if reference.digest:
+            Reference.parse(f"{reference.name}@{reference.digest}")
+    except ReferenceError as exc:
+        raise ChainError(f"target {name}: {exc}") from None
+    selector = body.get("layerSelector") or {}
+    return Target(
+        name=name,
+        reference=reference,
+        chain=body.get("chain"),
+        layer_media_type=selector.get("mediaType"),
+    )
+
+
+def split_documents(documents: Iterable[Any]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """Sort YAML documents into ProxyChains and Targets; anything else is an error worth naming."""
+    chains, targets = [], []
+    for position, document in enumerate(documents):
+        if document is None:
+            continue
+        if not isinstance(document, Mapping):
+            raise ChainError(f"document {position + 1}: not a mapping")
+        kind = document.get("kind")
+        if kind == "ProxyChain":
+            chains.append(document)
+        elif kind == "Target":
+            targets.append(document)
+        else:
+            raise ChainError(f"document {position + 1}: kind must be ProxyChain or Target, not {kind!r}")
+    return chains, targets
