@@ -180,7 +180,8 @@ class Chain:
             if hop.prefix and position != len(self.hops) - 1:
                 if not repository.startswith(hop.prefix + "/"):
                     raise ChainError(
-                        f"{reference.name}: path {repository!r} at hop {hop.name} lacks its prefix {hop.prefix!r}"
+                        f"{reference.name}: path {repository!r} at hop {hop.name} "
+                        f"lacks its prefix {hop.prefix!r}"
                     )
                 path.append(HopTarget(hop, repository))
                 repository = repository[len(hop.prefix) + 1 :]
@@ -200,7 +201,9 @@ class Chain:
     @classmethod
     def single(cls, reference: Reference, *, scheme: str = "https", **options: Any) -> Chain:
         """A chain of one hop: the reference's own registry (the CLI default)."""
-        return cls(name="direct", hops=(Hop(name="registry", scheme=scheme, host=reference.registry, **options),))
+        return cls(
+            name="direct", hops=(Hop(name="registry", scheme=scheme, host=reference.registry, **options),)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +257,11 @@ def chain_from_spec(
         raise ChainError(f"chain {name}: spec.hops must be a non-empty list")
     hops = []
     for position, raw in enumerate(raw_hops):
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("url"), str):
+        if (
+            not isinstance(raw, Mapping)
+            or not isinstance(raw.get("name"), str)
+            or not isinstance(raw.get("url"), str)
+        ):
             raise ChainError(f"chain {name}: spec.hops[{position}] needs a name and a url")
         options = dict((hop_options or {}).get(raw["name"], {}))
         options.setdefault("insecure", bool(raw.get("insecureSkipTLSVerify", False)))

@@ -1,0 +1,177 @@
+"""Registry authentication: challenges, tokens and where credentials come from.
+
+Registries answer an unauthenticated request with ``401`` and ``WWW-Authenticate``. For ``Basic``
+the client resends with credentials; for ``Bearer`` it asks the realm for a token scoped to the
+repository and resends with it. Tokens are cached per realm, service and scope until they expire,
+so a check costs one token request per repository per token lifetime, not one per request.
+Challenge headers come from the network and are parsed defensively: a hostile header is an
+``AuthFailed`` verdict, never an exception escaping the check.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from layerwatch.chain import Credentials
+from layerwatch.reference import DOCKER_HUB
+
+__all__ = [
+    "Challenge",
+    "ChallengeError",
+    "TokenCache",
+    "credentials_from_docker_config",
+    "default_docker_config_path",
+    "parse_challenge",
+]
+
+MAX_CHALLENGE_LENGTH = 8192
+"""Longer ``WWW-Authenticate`` headers are refused instead of parsed."""
+
+_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
+
+
+class ChallengeError(ValueError):
+    """The ``WWW-Authenticate`` header cannot be answered."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Challenge:
+    """One parsed challenge: ``Basic`` or ``Bearer`` with realm, service and scope."""
+
+    scheme: str
+    realm: str = ""
+    service: str = ""
+    scope: str = ""
+
+
+def parse_challenge(header: str) -> Challenge:
+    """Parse the first challenge of a ``WWW-Authenticate`` header (only Basic and Bearer matter)."""
+    if len(header) > MAX_CHALLENGE_LENGTH:
+        raise ChallengeError(f"WWW-Authenticate header of {len(header)} characters refused")
+    scheme, _, rest = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "basic":
+        return Challenge(scheme="basic")
+    if scheme != "bearer":
+        raise ChallengeError(f"unsupported auth scheme {scheme[:20]!r}")
+    params: dict[str, str] = {}
+    pos = 0
+    rest = rest.strip()
+    while pos < len(rest):
+        match = _PARAM.match(rest, pos)
+        if not match or match.end() == pos:
+            raise ChallengeError("malformed Bearer challenge")
+        value = match.group(2) if match.group(2) is not None else match.group(3)
+        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+        pos = match.end()
+    realm = params.get("realm", "")
+    if not realm.startswith(("https://", "http://")):
+        raise ChallengeError("Bearer challenge without an http(s) realm")
+    return Challenge(
+        scheme="bearer", realm=realm, service=params.get("service", ""), scope=params.get("scope", "")
+    )
+
+
+@dataclasses.dataclass
+class _Token:
+    value: str = dataclasses.field(repr=False)
+    expires: float
+
+
+class TokenCache:
+    """Bearer tokens by (realm, service, scope), dropped a little before they expire."""
+
+    MARGIN = 10.0
+    """Seconds before expiry at which a token is no longer handed out."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._clock = clock
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        token = self._tokens.get(key)
+        if token is None or token.expires - self.MARGIN <= self._clock():
+            self._tokens.pop(key, None)
+            return None
+        return token.value
+
+    def put(self, key: tuple[str, str, str], value: str, expires_in: float) -> None:
+        self._tokens[key] = _Token(value, self._clock() + max(expires_in, self.MARGIN + 1))
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self._tokens.pop(key, None)
+
+
+def token_from_response(body: bytes) -> tuple[str, float]:
+    """Token and lifetime from a token endpoint's JSON (``token`` or ``access_token``; 60 s default)."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ChallengeError("token endpoint did not answer JSON") from None
+    if not isinstance(document, Mapping):
+        raise ChallengeError("token endpoint answered something other than a JSON object")
+    token = document.get("token") or document.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise ChallengeError("token endpoint answered without a token")
+    expires_in = document.get("expires_in", 60)
+    lifetime = (
+        float(expires_in)
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        else 60.0
+    )
+    return token, lifetime
+
+
+def basic_header(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def default_docker_config_path() -> Path:
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (docker's own order)."""
+    directory = os.environ.get("DOCKER_CONFIG")
+    return Path(directory) / "config.json" if directory else Path.home() / ".docker" / "config.json"
+
+
+def _host_keys(host: str) -> list[str]:
+    keys = [host, f"https://{host}", f"http://{host}"]
+    if host == DOCKER_HUB:
+        keys += ["https://index.docker.io/v1/", "docker.io", "registry-1.docker.io"]
+    return keys
+
+
+def credentials_from_docker_config(config: Mapping[str, Any], host: str) -> Credentials | None:
+    """Credentials for ``host`` from a parsed docker ``config.json`` (``auths`` entries only).
+
+    Entries hold ``auth`` (base64 ``user:password``) or ``username``/``password``; identity tokens
+    and credential helpers are not supported (they need programs layerwatch does not run).
+    """
+    auths = config.get("auths")
+    if not isinstance(auths, Mapping):
+        return None
+    normalised = {
+        str(k).rstrip("/").removeprefix("https://").removeprefix("http://"): v for k, v in auths.items()
+    }
+    for key in _host_keys(host):
+        entry = auths.get(key) or normalised.get(
+            key.rstrip("/").removeprefix("https://").removeprefix("http://")
+        )
+        if not isinstance(entry, Mapping):
+            continue
+        if isinstance(entry.get("auth"), str) and entry["auth"]:
+            try:
+                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            return Credentials(username, password)
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return Credentials(entry["username"], entry["password"])
+    return None

@@ -1,0 +1,187 @@
+"""Verdicts and blame: pure functions from per-hop observations to what users are told.
+
+One verdict per hop, the first rule that applies in SPEC order. Unknown verdicts (could not
+check) are never unhealthy. Blame walks from the origin toward the edge and names the first hop
+where the worst class of problem appears, because a proxy passes its upstream's damage on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+
+from layerwatch.manifest import FLUX_CONTENT, flux_layer
+from layerwatch.observation import BlobCheck, BlobStatus, HopObservation
+from layerwatch.reference import short_digest
+
+__all__ = ["Health", "HopVerdict", "Judgement", "Verdict", "judge"]
+
+
+class Health(enum.IntEnum):
+    """Verdict classes, ordered so that ``max`` picks the worst."""
+
+    HEALTHY = 0
+    UNKNOWN = 1
+    UNHEALTHY = 2
+
+
+class Verdict(enum.StrEnum):
+    UNREACHABLE = "Unreachable"
+    AUTH_FAILED = "AuthFailed"
+    RATE_LIMITED = "RateLimited"
+    MANIFEST_MISSING = "ManifestMissing"
+    MANIFEST_CORRUPT = "ManifestCorrupt"
+    DIGEST_MISMATCH = "DigestMismatch"
+    LAYER_MISSING = "LayerMissing"
+    LAYER_CORRUPT = "LayerCorrupt"
+    LAYER_ORDER_MISMATCH = "LayerOrderMismatch"
+    LAYER_SELECTOR_UNMATCHED = "LayerSelectorUnmatched"
+    HEALTHY = "Healthy"
+
+    @property
+    def health(self) -> Health:
+        if self is Verdict.HEALTHY:
+            return Health.HEALTHY
+        if self in (Verdict.UNREACHABLE, Verdict.AUTH_FAILED, Verdict.RATE_LIMITED):
+            return Health.UNKNOWN
+        return Health.UNHEALTHY
+
+
+@dataclasses.dataclass(frozen=True)
+class HopVerdict:
+    hop: str
+    verdict: Verdict
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """Per-hop verdicts (edge first), the overall verdict, the blamed hop and notes."""
+
+    hops: tuple[HopVerdict, ...]
+    verdict: Verdict
+    blame: str | None
+    origin_digest: str | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def health(self) -> Health:
+        return self.verdict.health
+
+    @property
+    def message(self) -> str:
+        """The blamed hop's message (or the first hop's when all are healthy): one line for people."""
+        for hop in self.hops:
+            if hop.hop == self.blame:
+                return hop.message
+        return self.hops[0].message if self.hops else ""
+
+
+def _blob_name(blob: BlobCheck, platform: str | None) -> str:
+    where = "config" if blob.index is None else f"layer {blob.index}"
+    prefix = f"manifest for {platform}: " if platform else ""
+    return f"{prefix}{where} {short_digest(blob.descriptor.digest)}"
+
+
+def _first_blob(observation: HopObservation, status: BlobStatus) -> str | None:
+    for manifest in observation.manifests:
+        for blob in manifest.blobs:
+            if blob.status is status:
+                return f"{_blob_name(blob, manifest.platform)} {status.value} ({blob.detail})"
+    return None
+
+
+def _reference_digest(observations: Sequence[HopObservation], position: int) -> HopObservation | None:
+    """The observation a hop's tag resolution is compared with: the origin's, else the nearest upstream."""
+    for upstream in reversed(observations[position + 1 :]):
+        if upstream.failure is None and upstream.digest and upstream.manifests:
+            return upstream
+    return None
+
+
+def _judge_hop(
+    observations: Sequence[HopObservation], position: int, layer_media_type: str | None
+) -> tuple[Verdict, str]:
+    obs = observations[position]
+    if obs.failure is not None:
+        return Verdict(obs.failure.kind.value), obs.failure.message
+    if obs.manifest_missing is not None:
+        return Verdict.MANIFEST_MISSING, obs.manifest_missing
+    if obs.manifest_corrupt is not None or not obs.manifests:
+        return Verdict.MANIFEST_CORRUPT, obs.manifest_corrupt or "manifest has no image manifests"
+    reordered = subset = False
+    upstream = _reference_digest(observations, position)
+    if obs.tag_digest and upstream is not None and upstream.tag_digest and obs.digest != upstream.digest:
+        here, there = obs.layer_digests, upstream.layer_digests
+        reordered = sorted(here) == sorted(there)
+        subset = set(here) < set(there)
+        if not (reordered or subset):
+            return Verdict.DIGEST_MISMATCH, (
+                f"tag {obs.tag} is {short_digest(obs.digest)} here but {short_digest(upstream.digest)} "
+                f"at {upstream.hop}"
+            )
+    if subset and upstream is not None:
+        lost = [d for d in upstream.layer_digests if d not in obs.layer_digests]
+        return Verdict.LAYER_MISSING, (
+            f"manifest lists {len(obs.layer_digests)} of the {len(upstream.layer_digests)} layers at "
+            f"{upstream.hop}; {short_digest(lost[0])} missing"
+        )
+    missing = _first_blob(obs, BlobStatus.MISSING)
+    if missing:
+        return Verdict.LAYER_MISSING, missing
+    corrupt = _first_blob(obs, BlobStatus.CORRUPT)
+    if corrupt:
+        return Verdict.LAYER_CORRUPT, corrupt
+    if reordered and upstream is not None:
+        return Verdict.LAYER_ORDER_MISMATCH, (
+            f"same layers as at {upstream.hop} in another order (manifest {short_digest(obs.digest)} "
+            f"vs {short_digest(upstream.digest)})"
+        )
+    for check in obs.manifests:
+        manifest = check.manifest
+        if layer_media_type is None:
+            contents = [i for i, layer in enumerate(manifest.layers) if layer.media_type == FLUX_CONTENT]
+            if contents and contents[0] != 0:
+                return Verdict.LAYER_ORDER_MISMATCH, (
+                    f"layer 0 is {manifest.layers[0].media_type}, not the Flux content layer (layer "
+                    f"{contents[0]}); without layerSelector Flux extracts layer 0"
+                )
+        elif flux_layer(manifest, layer_media_type) is None:
+            return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {layer_media_type}"
+    blobs = sum(len(m.blobs) for m in obs.manifests)
+    return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified"
+
+
+def judge(
+    observations: Sequence[HopObservation],
+    *,
+    layer_media_type: str | None = None,
+    pinned_digest: str | None = None,
+) -> Judgement:
+    """Verdict per hop (edge first, origin last), overall verdict and blame.
+
+    ``pinned_digest`` is the digest Flux resolved for a tag; when the origin's tag now points
+    elsewhere, a note says Flux is behind (not a hop fault).
+    """
+    verdicts: list[HopVerdict] = []
+    for position, obs in enumerate(observations):
+        verdict, detail = _judge_hop(observations, position, layer_media_type)
+        verdicts.append(HopVerdict(obs.hop, verdict, f"hop {obs.hop} ({obs.location}): {detail}"))
+    worst = max((v.verdict.health for v in verdicts), default=Health.HEALTHY)
+    blame: str | None = None
+    overall = Verdict.HEALTHY
+    if worst is not Health.HEALTHY:
+        for hop_verdict in reversed(verdicts):
+            if hop_verdict.verdict.health is worst:
+                blame, overall = hop_verdict.hop, hop_verdict.verdict
+                break
+    origin = observations[-1] if observations else None
+    origin_digest = origin.digest if origin and origin.failure is None else None
+    notes: list[str] = []
+    if pinned_digest and origin is not None and origin.tag_digest and origin.tag_digest != pinned_digest:
+        notes.append(
+            f"Flux is behind: tag {origin.tag} at the origin is now {short_digest(origin.tag_digest)}, "
+            f"Flux has {short_digest(pinned_digest)}"
+        )
+    return Judgement(tuple(verdicts), overall, blame, origin_digest, tuple(notes))
