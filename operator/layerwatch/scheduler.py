@@ -1,0 +1,248 @@
+"""The one place that decides when each target is checked.
+
+Each target is due once per its chain's interval. First checks are spread over the interval by a
+stable hash of the target's key, and every later one is jittered by ±10 %, so a thousand targets
+never hit a registry in the same second (no thundering herd after a restart either). ``update``
+re-plans when chains or targets change; removed targets and chains lose their series at once.
+Registry clients live per hop for as long as the hop is unchanged, so tokens and connections are
+reused across checks; each chain has a blob cache that lives one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from layerwatch.chain import Chain, Hop, HopTarget, Target
+from layerwatch.check import BlobCache, CheckResult, check_target
+from layerwatch.metrics import Metrics
+from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.store import ResultStore, TargetStatus
+
+__all__ = ["ResultHook", "Scheduler", "Watch", "first_due_offset"]
+
+logger = logging.getLogger("layerwatch.scheduler")
+
+ResultHook = Callable[["Watch", CheckResult], Awaitable[None]]
+JITTER = 0.1
+"""Fraction of the interval by which a check's next due time may move either way."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Watch:
+    """A target as the scheduler runs it: its chain, Flux's pinned digest, and hop overrides."""
+
+    target: Target
+    chain: Chain
+    pinned_digest: str | None = None
+    entry_hop: Hop | None = None
+    """Replaces the hop the target's URL points at (its credentials come from the OCIRepository)."""
+    pending: str | None = None
+    """When set the target is not checked and shows as unknown with this reason."""
+
+    def pull_path(self) -> list[HopTarget]:
+        path = self.chain.pull_path(self.target.reference)
+        if self.entry_hop is not None and path:
+            path[0] = HopTarget(self.entry_hop, path[0].repository)
+        return path
+
+
+def first_due_offset(key: tuple[str, str], interval: float) -> float:
+    """Where in the interval a target's first check falls: stable per target, spread uniformly."""
+    digest = hashlib.sha256("/".join(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * interval
+
+
+class Scheduler:
+    """Runs checks when due, at most ``parallel`` at a time, and keeps results and metrics current."""
+
+    def __init__(
+        self,
+        *,
+        store: ResultStore,
+        metrics: Metrics,
+        client_settings: ClientSettings | None = None,
+        on_result: ResultHook | None = None,
+        parallel: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store, self.metrics = store, metrics
+        self.client_settings = client_settings or ClientSettings()
+        self.on_result = on_result
+        self._clock = clock
+        self._watches: dict[tuple[str, str], Watch] = {}
+        self._due: dict[tuple[str, str], float] = {}
+        self._chains: dict[str, Chain] = {}
+        self._caches: dict[str, BlobCache] = {}
+        self._clients: dict[tuple[str, Hop], RegistryClient] = {}
+        self._ping_due: dict[str, float] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[CheckResult | None]] = {}
+        self._limit = asyncio.Semaphore(parallel)
+        self._changed = asyncio.Event()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def update(self, chains: Mapping[str, Chain], watches: Iterable[Watch]) -> None:
+        """Replace the whole plan. Unchanged targets keep their due time; new ones are spread."""
+        now = self._clock()
+        for name in set(self._chains) - set(chains):
+            self.metrics.forget_chain(name)
+            self._caches.pop(name, None)
+            self._ping_due.pop(name, None)
+        for name, chain in chains.items():
+            if self._chains.get(name) != chain:
+                self._caches[name] = BlobCache(chain.interval)
+                self._ping_due[name] = now
+            self.metrics.set_chain(name, chain.interval, [hop.name for hop in chain.hops])
+        self._chains = dict(chains)
+        fresh = {w.target.key: w for w in watches}
+        for key in set(self._watches) - set(fresh):
+            self._forget(key)
+        for key, watch in fresh.items():
+            previous = self._watches.get(key)
+            if previous is None or previous.chain.interval != watch.chain.interval:
+                self._due[key] = now + first_due_offset(key, watch.chain.interval)
+            if previous != watch:
+                if previous is not None and previous.chain.name != watch.chain.name:
+                    self.store.remove(key)
+                if watch.pending:
+                    self.store.put(TargetStatus(watch.target, watch.chain.name, pending=watch.pending))
+                elif self.store.get(key) is None:
+                    self.store.put(TargetStatus(watch.target, watch.chain.name))
+                if (
+                    previous is not None
+                    and not watch.pending
+                    and self._identity(previous) != self._identity(watch)
+                ):
+                    self._due[key] = now  # what to check changed: check it now.
+        self._watches = fresh
+        self._retire_clients()
+        self._changed.set()
+
+    @staticmethod
+    def _identity(watch: Watch) -> tuple[object, ...]:
+        return (watch.target, watch.pinned_digest, watch.entry_hop, watch.chain.hops, watch.chain.mode)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._due.pop(key, None)
+        task = self._running.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.store.remove(key)
+
+    def _retire_clients(self) -> None:
+        live = {(w.chain.name, t.hop) for w in self._watches.values() for t in w.pull_path()}
+        live |= {(c.name, hop) for c in self._chains.values() for hop in c.hops}
+        for key in [k for k in self._clients if k not in live]:
+            client = self._clients.pop(key)
+            asyncio.get_running_loop().create_task(client.aclose())
+
+    def client(self, chain: str, hop: Hop) -> RegistryClient:
+        key = (chain, hop)
+        if key not in self._clients:
+            self._clients[key] = RegistryClient(
+                hop, self.client_settings, on_request=self.metrics.request_hook(chain, hop.name)
+            )
+        return self._clients[key]
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check targets as they fall due until ``stop`` is set; then finish cleanly."""
+        try:
+            while not stop.is_set():
+                now = self._clock()
+                await self._ping_due_chains(now)
+                for key, due in list(self._due.items()):
+                    watch = self._watches.get(key)
+                    if due <= now and key not in self._running and watch is not None and not watch.pending:
+                        self._running[key] = asyncio.create_task(self._check(watch))
+                        interval = watch.chain.interval
+                        self._due[key] = now + interval * (1 + random.uniform(-JITTER, JITTER))
+                self._changed.clear()
+                wake = min([*self._due.values(), *self._ping_due.values()], default=now + 60.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.05, wake - self._clock())):
+                        stop_wait = asyncio.ensure_future(stop.wait())
+                        change_wait = asyncio.ensure_future(self._changed.wait())
+                        try:
+                            await asyncio.wait({stop_wait, change_wait}, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            stop_wait.cancel()
+                            change_wait.cancel()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        for task in self._running.values():
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        self._running.clear()
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()), return_exceptions=True)
+        self._clients.clear()
+
+    async def check_now(self, key: tuple[str, str]) -> CheckResult | None:
+        """Check one target immediately (tests and the CLI-like paths use it)."""
+        watch = self._watches.get(key)
+        if watch is None or watch.pending:
+            return None
+        return await self._check(watch)
+
+    async def _ping_due_chains(self, now: float) -> None:
+        due = [name for name, when in self._ping_due.items() if when <= now and name in self._chains]
+        for name in due:
+            chain = self._chains[name]
+            self._ping_due[name] = now + chain.interval
+            results = await asyncio.gather(*(self.client(name, hop).ping() for hop in chain.hops))
+            for hop, up in zip(chain.hops, results, strict=True):
+                self.metrics.set_hop_up(name, hop.name, up)
+
+    async def _check(self, watch: Watch) -> CheckResult | None:
+        key = watch.target.key
+        try:
+            async with self._limit:
+                path = watch.pull_path()
+                clients = {t.hop.name: self.client(watch.chain.name, t.hop) for t in path}
+                cache = self._caches.setdefault(watch.chain.name, BlobCache(watch.chain.interval))
+                result = await check_target(
+                    watch.target.reference,
+                    path,
+                    clients,
+                    mode=watch.chain.mode,
+                    layer_media_type=watch.target.layer_media_type,
+                    pinned_digest=watch.pinned_digest,
+                    cache=cache,
+                )
+            if self._watches.get(key) != watch:
+                return None  # changed or removed while checking: this result describes the past.
+            self.store.put(TargetStatus(watch.target, watch.chain.name, result))
+            self.metrics.record_check(watch.chain.name, result)
+            logger.info(
+                "checked %s: %s%s",
+                "/".join(p for p in key if p),
+                result.judgement.verdict.value,
+                f" (blame {result.judgement.blame})" if result.judgement.blame else "",
+                extra={
+                    "target": "/".join(p for p in key if p),
+                    "verdict": result.judgement.verdict.value,
+                    "blame": result.judgement.blame,
+                    "chain": watch.chain.name,
+                },
+            )
+            if self.on_result is not None:
+                await self.on_result(watch, result)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one check must not stop the scheduler; the next interval retries
+            logger.exception("check of %s failed unexpectedly", "/".join(p for p in key if p))
+            return None
+        finally:
+            if self._running.get(key) is asyncio.current_task():
+                del self._running[key]

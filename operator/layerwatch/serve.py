@@ -1,0 +1,71 @@
+"""``layerwatch serve``: the scheduler, metrics and status page without Kubernetes.
+
+Reads ProxyChain and Target documents from a file, checks every target on its chain's schedule
+and serves the metrics port. SIGHUP re-reads the file (a bad file keeps the running plan and
+logs why); SIGTERM and SIGINT stop cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from layerwatch.chain import ChainError
+from layerwatch.config import FileSettings, ServeConfig, load_serve_config
+from layerwatch.logs import configure_logging
+from layerwatch.metrics import Metrics
+from layerwatch.registry import ClientSettings
+from layerwatch.scheduler import Scheduler, Watch
+from layerwatch.store import ResultStore
+from layerwatch.web import WebServer
+
+__all__ = ["run_serve", "watches"]
+
+logger = logging.getLogger("layerwatch.serve")
+
+
+def watches(config: ServeConfig) -> list[Watch]:
+    return [Watch(target, config.chains[target.chain or ""]) for target in config.targets]
+
+
+async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, config: ServeConfig) -> int:
+    store = ResultStore()
+    metrics = Metrics(store)
+    scheduler = Scheduler(store=store, metrics=metrics, client_settings=ClientSettings(timeout=args.timeout))
+    current = {"config": config}
+    web = WebServer(metrics, lambda: current["config"].chains)
+    port = await web.start(args.metrics_address, args.metrics_port)
+    logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
+    scheduler.update(config.chains, watches(config))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            fresh = load_serve_config(path, settings)
+        except ChainError as exc:
+            logger.error("reload of %s failed, keeping the running plan: %s", path, exc)
+            return
+        current["config"] = fresh
+        scheduler.update(fresh.chains, watches(fresh))
+        logger.info("reloaded %s: %d chains, %d targets", path, len(fresh.chains), len(fresh.targets))
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await scheduler.run(stop)
+    finally:
+        await web.stop()
+    return 0
+
+
+def run_serve(args: argparse.Namespace, settings: FileSettings) -> int:
+    configure_logging(args.log_format)
+    path = Path(args.config)
+    config = load_serve_config(path, settings)  # ChainError here is a usage error (exit 2)
+    logger.info("loaded %s: %d chains, %d targets", path, len(config.chains), len(config.targets))
+    return asyncio.run(_serve(path, args, settings, config))
