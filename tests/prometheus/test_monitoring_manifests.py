@@ -1,0 +1,136 @@
+"""The Grafana dashboard, its ConfigMap, the ServiceMonitor and the kustomization."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from monitoring_support import DASHBOARD_FILE, GENERATOR, MONITORING, ROOT
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    """The committed dashboard model."""
+    loaded: dict[str, Any] = json.loads(DASHBOARD_FILE.read_text())
+    return loaded
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def test_dashboard_is_what_the_generator_builds(generate: Any) -> None:
+    pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk builds the dashboard")
+    assert DASHBOARD_FILE.read_text() == generate.dashboard_json_text(generate.build_dashboard()), (
+        "dashboard.json is out of date: run python hack/dashboard/generate.py"
+    )
+
+
+def test_configmap_holds_exactly_the_dashboard_json(generate: Any) -> None:
+    text = (MONITORING / "dashboard-configmap.yaml").read_text()
+    configmap = yaml.safe_load(text)
+    assert configmap["kind"] == "ConfigMap"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert list(configmap["data"].values()) == [DASHBOARD_FILE.read_text()]
+    assert text == generate.dashboard_configmap_text(DASHBOARD_FILE.read_text())
+
+
+def test_generator_check_mode_reports_no_drift() -> None:
+    args = [sys.executable, str(GENERATOR), "--check"]
+    try:
+        import grafana_foundation_sdk  # noqa: F401
+    except ImportError:
+        args.append("--skip-dashboard")
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_panel_says_what_question_it_answers(dashboard: dict[str, Any]) -> None:
+    for panel in _panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert "?" in panel.get("description", ""), f"panel {panel['title']!r} lacks a question"
+
+
+def test_panel_ids_are_unique(dashboard: dict[str, Any]) -> None:
+    ids = [panel["id"] for panel in _panels(dashboard)]
+    assert all(isinstance(i, int) for i in ids) and len(ids) == len(set(ids))
+
+
+def test_every_query_goes_to_the_selected_datasource(dashboard: dict[str, Any]) -> None:
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_template_variables_filter_chain_hop_and_namespace(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("chain", "hop", "namespace"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    exprs = [t["expr"] for p in _panels(dashboard) for t in p.get("targets", [])]
+    for name in ("chain", "hop", "namespace"):
+        assert any(f"${name}" in expr for expr in exprs), f"no query uses ${name}"
+
+
+def test_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) -> None:
+    """Overview of hops, unhealthy table, durations, request codes, bytes, last-check age."""
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in _panels(dashboard)}
+    wanted = {
+        "layerwatch_hop_up": "stat",
+        'verdict!="Healthy"': "table",
+        "histogram_quantile(0.95": "timeseries",
+        "histogram_quantile(0.5": "timeseries",
+        "layerwatch_registry_requests_total": "timeseries",
+        "layerwatch_blob_bytes_verified_total": "timeseries",
+        "time() - layerwatch_artifact_hop_last_check_timestamp_seconds": "timeseries",
+    }
+    types = {p["title"]: p["type"] for p in _panels(dashboard)}
+    for fragment, panel_type in wanted.items():
+        assert any(fragment in expr and types[title] == panel_type for title, expr in exprs.items()), fragment
+
+
+def test_servicemonitor_selects_the_metrics_service_and_names_the_job(rules: dict[str, Any]) -> None:
+    monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "layerwatch"}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    job = [r["replacement"] for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+    down = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LayerwatchDown")
+    assert job and re.search(rf'job="{re.escape(job[0])}"', down["expr"]), "job label and alert disagree"
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    manifests = {
+        path.name
+        for path in MONITORING.glob("*.yaml")
+        if path.name not in {"kustomization.yaml", "layerwatch.rules.yaml"}
+    }
+    assert set(kustomization["resources"]) == manifests
+
+
+def test_kustomize_builds_the_monitoring_bundle() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert kinds == ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
