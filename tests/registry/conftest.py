@@ -1,0 +1,46 @@
+"""Fixtures for tests against the real local registry chain (`lab.chain.LocalChain`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.chain import LocalChain
+from lab.registry import DOCKER_REGISTRY
+
+_ORAS = os.environ.get("ORAS") or str(Path.home() / ".cache/layerwatch/bin/oras")
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def local_chain() -> Iterator[LocalChain]:
+    """One edge -> core -> origin chain for the whole session; processes are stopped even on failure."""
+    if not shutil.which(DOCKER_REGISTRY):
+        pytest.skip(f"{DOCKER_REGISTRY} missing (apt-get install docker-registry)")
+    if not os.access(_ORAS, os.X_OK):
+        pytest.skip(f"oras missing at {_ORAS} (hack/build-tools.sh oras)")
+    with LocalChain() as chain:
+        yield chain
+
+
+@pytest.fixture
+def fresh_repo() -> str:
+    """A repository name no earlier test used, so no proxy has anything cached for it."""
+    return f"org/t{next(_counter)}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Leave every hop without faults and with an empty request log after each chain test."""
+    yield
+    if "local_chain" in request.fixturenames:
+        chain: LocalChain = request.getfixturevalue("local_chain")
+        for hop in chain.hops:
+            hop.gateway.faults.clear()
+            hop.gateway.faults.clear_requests()
