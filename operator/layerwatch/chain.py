@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerwatch.reference import DOCKER_HUB, Reference, ReferenceError, check_host, check_repository
+from layerwatch.reference import (
+    DOCKER_HUB,
+    Reference,
+    ReferenceError,
+    check_host,
+    check_repository,
+    check_tag,
+    is_digest,
+)
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -236,8 +245,8 @@ def parse_duration(value: str | float | int) -> float:
             seconds += amount * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
         if pos != len(text) or not text:
             raise ChainError(f"invalid duration {value!r} (want e.g. 30s, 5m, 1h)")
-    if seconds <= 0:
-        raise ChainError(f"duration {value!r} must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ChainError(f"duration {value!r} must be positive and finite")
     return seconds
 
 
@@ -267,7 +276,7 @@ def chain_from_spec(
         options.setdefault("insecure", bool(raw.get("insecureSkipTLSVerify", False)))
         hops.append(Hop.from_url(raw["name"], raw["url"], **options))
     mode = spec.get("mode", Mode.FULL.value)
-    if mode not in {m.value for m in Mode}:
+    if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
         raise ChainError(f"chain {name}: spec.mode must be full or head, not {mode!r}")
     selector = spec.get("namespaceSelector")
     return Chain(
@@ -283,30 +292,48 @@ def chain_from_spec(
 def target_from_document(document: Mapping[str, Any]) -> Target:
     """A ``Target`` document of ``layerwatch serve`` (name, url, ref, layerSelector, chain)."""
     body = document.get("spec", document)
-    name = (document.get("metadata") or {}).get("name") or body.get("name")
+    metadata = document.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise ChainError("a Target's metadata must be a mapping")
+    name = metadata.get("name") or (body.get("name") if isinstance(body, Mapping) else None)
     if not isinstance(name, str) or not name:
         raise ChainError("a Target needs a name")
+    if not isinstance(body, Mapping):
+        raise ChainError(f"target {name}: spec must be a mapping")
     url = body.get("url")
     if not isinstance(url, str):
         raise ChainError(f"target {name}: url is required")
     ref = body.get("ref") or {}
     if isinstance(ref, str):
-        ref = {"digest": ref} if ref.startswith("sha") else {"tag": ref}
+        # Tags cannot hold ':', digests always do: "sha-1a2b3c4" is a (common) tag, not a digest.
+        ref = {"digest": ref} if ":" in ref else {"tag": ref}
+    if not isinstance(ref, Mapping):
+        raise ChainError(f"target {name}: ref must be a tag, a digest or a mapping with tag/digest")
+    tag, digest = ref.get("tag"), ref.get("digest")
+    if not isinstance(tag, str | None) or not isinstance(digest, str | None):
+        raise ChainError(f"target {name}: ref.tag and ref.digest must be strings")
     try:
         reference = Reference.parse(url, default_tag=None)
-        if ref.get("digest") or ref.get("tag"):
-            reference = dataclasses.replace(reference, tag=ref.get("tag"), digest=ref.get("digest"))
+        if digest or tag:
+            reference = dataclasses.replace(reference, tag=tag or None, digest=digest or None)
         elif reference.tag is None and reference.digest is None:
             reference = dataclasses.replace(reference, tag="latest")
-        if reference.digest:
-            Reference.parse(f"{reference.name}@{reference.digest}")
+        if reference.tag is not None:
+            check_tag(reference.tag)
+        if reference.digest is not None and not is_digest(reference.digest):
+            raise ReferenceError(f"invalid digest {reference.digest!r}")
     except ReferenceError as exc:
         raise ChainError(f"target {name}: {exc}") from None
     selector = body.get("layerSelector") or {}
+    if not isinstance(selector, Mapping) or not isinstance(selector.get("mediaType"), str | None):
+        raise ChainError(f"target {name}: layerSelector must be a mapping with a mediaType string")
+    chain = body.get("chain")
+    if not isinstance(chain, str | None):
+        raise ChainError(f"target {name}: chain must be a ProxyChain name")
     return Target(
         name=name,
         reference=reference,
-        chain=body.get("chain"),
+        chain=chain,
         layer_media_type=selector.get("mediaType"),
     )
 

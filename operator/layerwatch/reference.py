@@ -23,12 +23,13 @@ DOCKER_HUB = "index.docker.io"
 
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "tag\n" through.
+_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 _HOST = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z"
 )
 _MAX_REPOSITORY = 255
 
@@ -58,7 +59,7 @@ def check_host(host: str) -> str:
     """Validate ``host[:port]`` and return it lower-cased; Docker Hub aliases collapse to one name."""
     if not _HOST.match(host):
         raise ReferenceError(f"invalid registry host {host!r}")
-    if ":" in host and not host.startswith("["):
+    if ":" in host.rpartition("]")[2]:
         port = int(host.rsplit(":", 1)[1])
         if not 0 < port < 65536:
             raise ReferenceError(f"invalid port in registry host {host!r}")
@@ -75,6 +76,13 @@ def check_repository(repository: str) -> str:
     if not _REPOSITORY.match(repository):
         raise ReferenceError(f"invalid repository path {repository!r}")
     return repository
+
+
+def check_tag(tag: str) -> str:
+    """Validate a tag (what distribution accepts: up to 128 word characters, dots and dashes)."""
+    if not _TAG.match(tag):
+        raise ReferenceError(f"invalid tag {tag!r}")
+    return tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +121,7 @@ class Reference:
         colon = name.rfind(":")
         if colon > last_slash:
             name, tag = name[:colon], name[colon + 1 :]
-            if not _TAG.match(tag):
-                raise ReferenceError(f"invalid tag {tag!r}")
+            check_tag(tag)
         first, slash, remainder = name.partition("/")
         if slash and _is_host(first):
             registry, repository = check_host(first), remainder

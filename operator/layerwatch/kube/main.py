@@ -1,0 +1,72 @@
+"""``layerwatch operator``: kopf's run options plus layerwatch's own, then ``kopf.run``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+import kopf
+
+from layerwatch.kube.service import OperatorOptions
+from layerwatch.logs import configure_logging
+
+__all__ = ["run_operator"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerwatch operator")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch these namespaces (repeat)"
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    parser.add_argument("--standalone", action="store_true", help="no peering: always active")
+    parser.add_argument("--peering", metavar="NAME", help="kopf peering object for HA (active/standby)")
+    parser.add_argument("--priority", type=int, default=None, help="peering priority (distinct per replica)")
+    parser.add_argument(
+        "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("LAYERWATCH_METRICS_PORT", 9090))
+    )
+    parser.add_argument("--metrics-address", default=os.environ.get("LAYERWATCH_METRICS_ADDRESS", "0.0.0.0"))  # noqa: S104
+    parser.add_argument("--shard-index", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_INDEX", 0)))
+    parser.add_argument("--shard-count", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_COUNT", 1)))
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request registry timeout (seconds)")
+    parser.add_argument(
+        "--secrets-namespace",
+        default=os.environ.get("LAYERWATCH_NAMESPACE", "layerwatch"),
+        help="namespace of ProxyChain Secrets whose secretRef names none",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=os.environ.get("LAYERWATCH_LOG_FORMAT", "text")
+    )
+    return parser
+
+
+def run_operator(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    if not 0 <= args.shard_index < max(args.shard_count, 1):
+        _parser().error(f"--shard-index must be in [0, {args.shard_count})")
+    configure_logging(args.log_format)
+    from layerwatch.kube import handlers  # noqa: F401 - registers the handlers with kopf
+
+    options = OperatorOptions(
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        shard_index=args.shard_index,
+        shard_count=args.shard_count,
+        timeout=args.timeout,
+        namespace=args.secrets_namespace,
+    )
+    kopf.run(
+        standalone=args.standalone,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        memo=kopf.Memo(options=options),
+    )
+    return 0

@@ -1,0 +1,333 @@
+"""The operator's service: keeps the watched objects, plans the scheduler, writes results back.
+
+kopf feeds it events (OCIRepositories, ProxyChains, Namespaces) and tells it which chains are
+active (a ProxyChain daemon runs only while this replica holds the peering lead). It turns that
+into the scheduler's plan, and each check result into a condition, maybe an event, and the
+ProxyChain's status. It decides nothing about registries: the engine does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from layerwatch.chain import Chain, ChainError, Hop, chain_from_spec
+from layerwatch.check import CheckResult
+from layerwatch.kube.api import KubeApi, SecretError
+from layerwatch.kube.conditions import desired_condition, transition
+from layerwatch.kube.targets import FluxSource, in_shard, select
+from layerwatch.metrics import Metrics
+from layerwatch.registry import ClientSettings
+from layerwatch.scheduler import Scheduler, Watch
+from layerwatch.store import ResultStore
+from layerwatch.verdict import Health
+
+__all__ = ["OperatorOptions", "OperatorService"]
+
+logger = logging.getLogger("layerwatch.operator")
+
+REPLAN_EVERY = 300.0
+"""Seconds between full re-plans even without events (picks up rotated Secrets)."""
+DEBOUNCE = 0.5
+"""Seconds to gather a burst of watch events into one re-plan."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorOptions:
+    metrics_port: int = 9090
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - a server in a pod
+    shard_index: int = 0
+    shard_count: int = 1
+    timeout: float = 30.0
+    namespace: str = "layerwatch"
+    """Namespace of ProxyChain Secrets when a secretRef names none."""
+
+
+class OperatorService:
+    def __init__(self, api: KubeApi, options: OperatorOptions) -> None:
+        self.api, self.options = api, options
+        self.store = ResultStore()
+        self.metrics = Metrics(self.store)
+        self.scheduler = Scheduler(
+            store=self.store,
+            metrics=self.metrics,
+            client_settings=ClientSettings(timeout=options.timeout),
+            on_result=self._on_result,
+        )
+        self.sources: dict[tuple[str, str], FluxSource] = {}
+        self.chain_bodies: dict[str, Mapping[str, Any]] = {}
+        self.chains: dict[str, Chain] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.active: set[str] = set()
+        self._dirty = asyncio.Event()
+        self._chain_status_dirty = asyncio.Event()
+        self._written_chain_status: dict[str, dict[str, Any]] = {}
+        self._last_check: dict[tuple[str, str], float] = {}
+
+    # -- what kopf tells us ------------------------------------------------------------------------
+
+    def source_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        source = FluxSource.from_body(body)
+        if event_type == "DELETED":
+            self.sources.pop(source.key, None)
+        elif in_shard(source.namespace, source.name, self.options.shard_index, self.options.shard_count):
+            previous = self.sources.get(source.key)
+            self.sources[source.key] = source
+            if previous is not None and self._same_plan(previous, source):
+                return  # only conditions or unrelated status moved: nothing to re-plan.
+        self._dirty.set()
+
+    @staticmethod
+    def _same_plan(a: FluxSource, b: FluxSource) -> bool:
+        ignore = {"conditions"}
+        return all(
+            getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(a) if f.name not in ignore
+        )
+
+    def chain_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        if event_type == "DELETED":
+            self.chain_bodies.pop(name, None)
+        else:
+            previous = self.chain_bodies.get(name)
+            self.chain_bodies[name] = body
+            if previous is not None and previous.get("spec") == body.get("spec"):
+                self._written_chain_status.setdefault(name, dict(body.get("status") or {}))
+                return
+        self._dirty.set()
+
+    def namespace_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        labels = dict(metadata.get("labels") or {})
+        if event_type == "DELETED":
+            self.namespace_labels.pop(name, None)
+        elif self.namespace_labels.get(name) == labels:
+            return
+        else:
+            self.namespace_labels[name] = labels
+        self._dirty.set()
+
+    def set_active(self, chain: str, active: bool) -> None:
+        """A ProxyChain daemon started (this replica leads) or stopped (paused, or chain deleted)."""
+        (self.active.add if active else self.active.discard)(chain)
+        self._dirty.set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        scheduler = asyncio.create_task(self.scheduler.run(stop))
+        chain_status = asyncio.create_task(self._chain_status_loop(stop))
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPLAN_EVERY):
+                        await self._dirty.wait()
+                await asyncio.sleep(DEBOUNCE)
+                self._dirty.clear()
+                try:
+                    await self.replan()
+                except Exception:  # the next event or interval re-plans; never kill the loop
+                    logger.exception("re-planning failed")
+        finally:
+            stop.set()
+            await asyncio.gather(scheduler, chain_status, return_exceptions=True)
+
+    async def replan(self) -> None:
+        chains: dict[str, Chain] = {}
+        for name, body in self.chain_bodies.items():
+            if name not in self.active:
+                continue
+            try:
+                chains[name] = await self._chain(name, body)
+            except (ChainError, SecretError) as exc:
+                logger.warning("ProxyChain %s skipped: %s", name, exc)
+        self.chains = chains
+        ordered = sorted(chains.values(), key=lambda c: c.name)
+        watches: list[Watch] = []
+        for source in self.sources.values():
+            selection = select(source, ordered, self.namespace_labels.get(source.namespace))
+            if selection.target is None or selection.chain is None:
+                continue
+            entry = await self._entry_hop(
+                source,
+                selection.chain,
+                selection.target.reference.registry,
+                selection.target.reference.repository,
+            )
+            watches.append(
+                Watch(selection.target, selection.chain, selection.pinned_digest, entry, selection.pending)
+            )
+            if selection.pending:
+                await self._write(
+                    source, desired_condition(None, source.generation, pending=selection.pending)
+                )
+        self.scheduler.update(chains, watches)
+        self._chain_status_dirty.set()
+        logger.info(
+            "planned %d targets on %d chains",
+            len(watches),
+            len(chains),
+            extra={"targets": len(watches), "chains": len(chains)},
+        )
+
+    async def _chain(self, name: str, body: Mapping[str, Any]) -> Chain:
+        spec = body.get("spec") or {}
+        options: dict[str, dict[str, Any]] = {}
+        for raw in spec.get("hops") or ():
+            hop_options: dict[str, Any] = {}
+            if raw.get("secretRef"):
+                ref = raw["secretRef"]
+                host = Hop.from_url(raw["name"], raw["url"]).host
+                hop_options["credentials"] = await self.api.credentials(
+                    ref.get("namespace") or self.options.namespace, ref["name"], host
+                )
+            if raw.get("caSecretRef"):
+                ref = raw["caSecretRef"]
+                hop_options["ca_pem"] = await self.api.ca_pem(
+                    ref.get("namespace") or self.options.namespace, ref["name"]
+                )
+            options[raw.get("name", "")] = hop_options
+        return chain_from_spec(name, spec, hop_options=options)
+
+    async def _entry_hop(self, source: FluxSource, chain: Chain, host: str, repository: str) -> Hop | None:
+        """The hop the OCIRepository points at, with the OCIRepository's own credentials and TLS."""
+        if not (source.secret_ref or source.cert_secret_ref or source.insecure):
+            return None
+        index = chain.entry(host, repository)
+        if index is None:
+            return None
+        hop = chain.hops[index]
+        changes: dict[str, Any] = {}
+        try:
+            if source.secret_ref:
+                changes["credentials"] = await self.api.credentials(
+                    source.namespace, source.secret_ref, hop.host
+                )
+            if source.cert_secret_ref:
+                changes["ca_pem"] = await self.api.ca_pem(source.namespace, source.cert_secret_ref)
+        except SecretError as exc:
+            logger.warning(
+                "%s/%s: %s; checking with the chain's own settings", source.namespace, source.name, exc
+            )
+        if source.insecure:
+            changes["scheme"] = "http"
+        return dataclasses.replace(hop, **changes)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    async def _on_result(self, watch: Watch, result: CheckResult) -> None:
+        key = watch.target.key
+        self._last_check[key] = result.finished
+        source = self.sources.get(key)
+        if source is not None:
+            await self._write(source, desired_condition(result.judgement, source.generation))
+        self._chain_status_dirty.set()
+
+    async def _write(self, source: FluxSource, desired: Mapping[str, Any]) -> None:
+        async def announce(before: Sequence[Mapping[str, Any]]) -> None:
+            event = transition(source.namespace, source.name, source.uid, before, desired)
+            if event is not None:
+                await self.api.post_event(
+                    source.api_version, source.namespace, source.name, source.uid, event
+                )
+
+        try:
+            await self.api.write_condition(
+                source.api_version,
+                source.namespace,
+                source.name,
+                desired,
+                known_conditions=source.conditions,
+                before_write=announce,
+            )
+        except Exception:  # next check retries; the verdict is still in metrics and the status page
+            logger.exception("could not write the condition on %s/%s", source.namespace, source.name)
+
+    # -- ProxyChain status -------------------------------------------------------------------------
+
+    def chain_status(self, name: str) -> dict[str, Any]:
+        chain = self.chains.get(name)
+        statuses = [s for s in self.store.snapshot() if s.chain == name]
+        hop_up = self.metrics.hop_up()
+        hops = []
+        for hop in chain.hops if chain else ():
+            counts: collections.Counter[str] = collections.Counter()
+            last: float | None = None
+            for status in statuses:
+                if status.result is None:
+                    continue
+                for verdict in status.result.judgement.hops:
+                    if verdict.hop == hop.name:
+                        counts[verdict.verdict.health.name.lower()] += 1
+                        last = max(last or 0.0, status.result.finished)
+            hops.append(
+                {
+                    "name": hop.name,
+                    "up": hop_up.get((name, hop.name), False),
+                    "artifacts": sum(counts.values()),
+                    "healthy": counts["healthy"],
+                    "unhealthy": counts["unhealthy"],
+                    "unknown": counts["unknown"],
+                    "lastCheckTime": _rfc3339(last) if last else None,
+                }
+            )
+        health = [s.result.judgement.health if s.result else Health.UNKNOWN for s in statuses]
+        generation = int(((self.chain_bodies.get(name) or {}).get("metadata") or {}).get("generation") or 0)
+        unhealthy = sum(1 for h in health if h is Health.UNHEALTHY)
+        return {
+            "observedGeneration": generation,
+            "artifacts": len(statuses),
+            "unhealthy": unhealthy,
+            "unknown": sum(1 for h in health if h is Health.UNKNOWN),
+            "hops": hops,
+            "hopCount": len(chain.hops) if chain else 0,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if chain else "False",
+                    "reason": "Watching" if chain else "NotActive",
+                    "message": f"{len(statuses)} artifacts, {unhealthy} unhealthy"
+                    if chain
+                    else "not planned",
+                    "observedGeneration": generation,
+                    "lastTransitionTime": _rfc3339(time.time()),
+                }
+            ],
+        }
+
+    async def _chain_status_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await self._chain_status_dirty.wait()
+            await asyncio.sleep(2.0)  # batch a burst of results into one write per chain
+            self._chain_status_dirty.clear()
+            for name in list(self.chains):
+                status = self.chain_status(name)
+                known = self._written_chain_status.get(name)
+                if known is not None:
+                    status["conditions"][0]["lastTransitionTime"] = _keep_transition(known, status)
+                try:
+                    if await self.api.write_chain_status(name, status, known):
+                        self._written_chain_status[name] = status
+                except Exception:
+                    logger.exception("could not write the status of ProxyChain %s", name)
+
+
+def _rfc3339(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _keep_transition(known: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    old = (known.get("conditions") or [{}])[0]
+    new = status["conditions"][0]
+    if old.get("status") == new["status"] and old.get("lastTransitionTime"):
+        return str(old["lastTransitionTime"])
+    return str(new["lastTransitionTime"])

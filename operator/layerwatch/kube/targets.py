@@ -1,0 +1,201 @@
+"""From OCIRepository and ProxyChain objects to what the scheduler watches (pure).
+
+Which chain an OCIRepository belongs to, which ref Flux resolved, which hop its own credentials
+apply to, and whether this replica's shard owns it: decided here from plain dictionaries, so the
+rules are tested without an apiserver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from layerwatch.chain import Chain, ChainError, Target
+from layerwatch.reference import Reference, ReferenceError, is_digest
+
+__all__ = [
+    "ANNOTATION_CHAIN",
+    "ANNOTATION_IGNORE",
+    "ANNOTATION_INCLUDE_SUSPENDED",
+    "FluxSource",
+    "Selection",
+    "in_shard",
+    "select",
+    "selector_matches",
+]
+
+ANNOTATION_IGNORE = "layerwatch.io/ignore"
+ANNOTATION_CHAIN = "layerwatch.io/chain"
+ANNOTATION_INCLUDE_SUSPENDED = "layerwatch.io/include-suspended"
+_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxSource:
+    """The parts of an OCIRepository layerwatch reads."""
+
+    namespace: str
+    name: str
+    api_version: str
+    uid: str
+    generation: int
+    url: str
+    tag: str | None
+    digest: str | None
+    semver: str | None
+    revision: str | None
+    layer_media_type: str | None
+    secret_ref: str | None
+    cert_secret_ref: str | None
+    insecure: bool
+    suspend: bool
+    annotations: Mapping[str, str]
+    conditions: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> FluxSource:
+        metadata = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        ref = spec.get("ref") or {}
+        artifact = status.get("artifact") or {}
+        selector = spec.get("layerSelector") or {}
+
+        def name_of(field: str) -> str | None:
+            value = spec.get(field)
+            return value.get("name") if isinstance(value, Mapping) else None
+
+        return cls(
+            namespace=str(metadata.get("namespace", "")),
+            name=str(metadata.get("name", "")),
+            api_version=str(body.get("apiVersion", "source.toolkit.fluxcd.io/v1")),
+            uid=str(metadata.get("uid", "")),
+            generation=int(metadata.get("generation") or 0),
+            url=str(spec.get("url", "")),
+            tag=ref.get("tag"),
+            digest=ref.get("digest"),
+            semver=ref.get("semver"),
+            revision=artifact.get("revision"),
+            layer_media_type=selector.get("mediaType"),
+            secret_ref=name_of("secretRef"),
+            cert_secret_ref=name_of("certSecretRef"),
+            insecure=bool(spec.get("insecure", False)),
+            suspend=bool(spec.get("suspend", False)),
+            annotations=dict(metadata.get("annotations") or {}),
+            conditions=tuple(c for c in status.get("conditions") or () if isinstance(c, Mapping)),
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def resolved(self) -> tuple[str | None, str | None] | str:
+        """(tag, pinned digest) Flux resolved, or a reason string when nothing can be checked yet.
+
+        ``status.artifact.revision`` is ``<tag>@sha256:<hex>`` or ``sha256:<hex>`` (older Flux wrote
+        ``<tag>/<hex>``). Note ``status.artifact.digest`` hashes Flux's own tarball: never used.
+        """
+        revision = self.revision or ""
+        if "@" in revision:
+            tag, _, digest = revision.rpartition("@")
+            if is_digest(digest):
+                return (tag or None, digest)
+        if is_digest(revision):
+            return (None, revision)
+        tag, _, hexpart = revision.rpartition("/")
+        if tag and _HEX64.match(hexpart):
+            return (tag, f"sha256:{hexpart}")
+        if self.digest:
+            return (None, self.digest)
+        if self.semver:
+            return "semver ref not resolved by Flux yet"
+        return (self.tag or "latest", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What to do with one OCIRepository: watch it on a chain, or skip it (with why)."""
+
+    target: Target | None
+    chain: Chain | None
+    pinned_digest: str | None = None
+    pending: str | None = None
+    skipped: str | None = None
+
+
+def in_shard(namespace: str, name: str, index: int, count: int) -> bool:
+    """Stable assignment of an object to one of ``count`` replicas (same on every replica)."""
+    if count <= 1:
+        return True
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count == index
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A Kubernetes LabelSelector (matchLabels and matchExpressions) against a label set."""
+    if not selector:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or ():
+        key, operator = expression.get("key"), expression.get("operator")
+        values = set(expression.get("values") or ())
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def select(
+    source: FluxSource,
+    chains: Sequence[Chain],
+    namespace_labels: Mapping[str, str] | None,
+) -> Selection:
+    """Decide whether and how to watch an OCIRepository (SPEC 4.2 rules, in order)."""
+    if source.annotations.get(ANNOTATION_IGNORE) == "true":
+        return Selection(None, None, skipped="annotated layerwatch.io/ignore")
+    if source.suspend and source.annotations.get(ANNOTATION_INCLUDE_SUSPENDED) != "true":
+        return Selection(None, None, skipped="suspended")
+    try:
+        base = Reference.parse(source.url, default_tag=None)
+    except ReferenceError as exc:
+        return Selection(None, None, skipped=f"spec.url: {exc}")
+    wanted = source.annotations.get(ANNOTATION_CHAIN)
+    candidates = [c for c in chains if (c.name == wanted if wanted else c.matches(base))]
+    candidates = [c for c in candidates if c.matches(base)]
+    candidates = [c for c in candidates if selector_matches(c.namespace_selector, namespace_labels or {})]
+    if not candidates:
+        return Selection(None, None, skipped="no chain has a hop for this URL")
+    chain = sorted(candidates, key=lambda c: c.name)[0]
+    if chain.suspend:
+        return Selection(None, chain, skipped=f"chain {chain.name} is suspended")
+    resolved = source.resolved()
+    pending = resolved if isinstance(resolved, str) else None
+    tag, pinned = (None, None) if isinstance(resolved, str) else resolved
+    reference = dataclasses.replace(
+        base, tag=tag or (None if pinned else "latest"), digest=None if tag else pinned
+    )
+    if pending:
+        reference = dataclasses.replace(base, tag=source.semver)
+    try:
+        chain.pull_path(reference)
+    except ChainError as exc:
+        return Selection(None, chain, skipped=str(exc))
+    target = Target(
+        name=source.name,
+        namespace=source.namespace,
+        reference=reference,
+        chain=chain.name,
+        layer_media_type=source.layer_media_type,
+    )
+    return Selection(target, chain, pinned_digest=pinned if tag else None, pending=pending)
