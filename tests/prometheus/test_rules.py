@@ -105,3 +105,15 @@ def test_each_runbook_url_has_a_section_in_the_runbooks(alerts: list[dict[str, A
     headings = set(re.findall(r"^#{2,3} (\S+)\s*$", text, flags=re.MULTILINE))
     for alert in alerts:
         assert alert["alert"] in headings, f"docs/runbooks.md lacks a '## {alert['alert']}' section"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub generates for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_runbook_links_within_the_page_resolve() -> None:
+    text = RUNBOOKS.read_text()
+    anchors = {_github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links and not links - anchors, f"broken in-page links: {sorted(links - anchors)}"
