@@ -37,7 +37,7 @@ test: deps install tools lint typecheck
 
 demo: install
 	hack/build-tools.sh oras
-	$(PYTHON) -m lab.demo
+	PYTHONPATH=hack $(PYTHON) -m lab.demo
 
 bench: install
 	$(PYTHON) bench/check_throughput.py

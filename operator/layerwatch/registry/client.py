@@ -248,7 +248,7 @@ class RegistryClient:
         try:
             return await self._download(url, repository, descriptor)
         except RegistryNotFound as exc:
-            return BlobResult("missing", f"missing ({exc.status})")
+            return BlobResult("missing", str(exc.status))
 
     # -- plumbing --------------------------------------------------------------------------------
 
