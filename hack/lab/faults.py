@@ -9,6 +9,10 @@ Matching fields, all optional and all required to match when given:
 - ``method``: ``GET`` or ``HEAD``;
 - ``count``: apply to the first N matching requests only (default: always).
 
+Faults naming no repository, digest or tag of kinds ``error``, ``ratelimit``, ``slow`` and
+``hostile-auth`` also hit ``GET /v2/``, which a downstream distribution proxy pings before every
+upstream request: such a fault at core makes the whole hop look down from the edge too.
+
 Kinds and their own fields:
 
 ===================  =========================================================================
@@ -35,7 +39,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["HOSTILE_AUTH_VARIANTS", "KINDS", "MANIFEST_ONLY", "Fault", "FaultError", "parse_faults"]
+__all__ = [
+    "BASE_KINDS",
+    "HOSTILE_AUTH_VARIANTS",
+    "KINDS",
+    "MANIFEST_ONLY",
+    "Fault",
+    "FaultError",
+    "parse_faults",
+]
 
 KINDS = frozenset(
     {
@@ -56,6 +68,8 @@ KINDS = frozenset(
 )
 MANIFEST_ONLY = frozenset({"reorder", "stale", "garbage-manifest"})
 """Kinds that only make sense for manifest requests (blob requests never match them)."""
+BASE_KINDS = frozenset({"error", "ratelimit", "slow", "hostile-auth"})
+"""Kinds that also apply to the ``GET /v2/`` version check (when they name no repository or reference)."""
 
 HOSTILE_AUTH_VARIANTS = frozenset(
     {"malformed", "garbage", "huge", "no-realm", "unknown-scheme", "dead-realm"}
@@ -121,8 +135,10 @@ class Fault:
             raise FaultError("chunk must be > 0")
 
     def matches(self, *, repository: str, endpoint: str, reference: str, method: str) -> bool:
-        """Whether this fault applies to a request (``endpoint`` is ``manifests``, ``blobs`` or ``other``)."""
+        """Whether this fault applies to a request (``endpoint``: manifests, blobs, base or other)."""
         if self.count == 0:
+            return False
+        if endpoint == "base" and self.kind not in BASE_KINDS:
             return False
         if self.kind in MANIFEST_ONLY and endpoint != "manifests":
             return False

@@ -314,9 +314,17 @@ class Gateway:
 
     # -- registry ------------------------------------------------------------------------------
 
-    async def handle_base(self, request: web.Request) -> web.Response:
+    async def handle_base(self, request: web.Request) -> web.StreamResponse:
+        """The API version check: 200, or 401 with a challenge; base-level faults apply here too."""
+        target = _Target("", "", "base", "", "")
+        hostile = self._match(request, target, before_auth=True)
+        if hostile is not None:
+            return self._hostile_auth(request, hostile, target)
         if not self._authorized(request, None):
             return self._challenge(request, None)
+        fault = self._match(request, target, before_auth=False)
+        if fault is not None and (immediate := await self._apply_fault(request, target, fault)) is not None:
+            return immediate
         return web.json_response({}, headers=API_VERSION)
 
     def _parse(self, path: str) -> _Target | None:

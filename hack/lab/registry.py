@@ -9,6 +9,9 @@ Quirks of distribution 2.8's proxy mode that tests must design around (observed,
   `RegistryProcess.start` on a proxy must follow a ready upstream.
 - Tags are always asked upstream first, but on *any* upstream error (404 included) the proxy falls
   back to its own cached tag: a tag dropped upstream after a pull stays served (stale) downstream.
+- The proxy pings ``<remoteurl>/v2/`` before upstream requests. When the upstream (or that ping)
+  fails, an uncached tag answers 404 ``MANIFEST_UNKNOWN`` (the local-tag fallback finds nothing),
+  not a 5xx; an uncached blob answers 500 ``UNKNOWN``. Upstream trouble can thus look like "missing".
 - Manifests are cached by digest without verifying layers; by-digest requests are then local only.
 - A blob miss (GET *or* HEAD) sends an upstream HEAD and then streams the blob to the client while a
   second upstream GET caches it in the background: one pull shows several upstream requests, and a

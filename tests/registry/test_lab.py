@@ -372,6 +372,18 @@ def test_error_status(
     assert clients["edge"].manifest(local_chain, artifact.repository, "v1").status_code == 200
 
 
+def test_base_fault_makes_hop_look_down(
+    local_chain: LocalChain, clients: dict[str, HopClient], artifact: PushedArtifact
+) -> None:
+    """A fault with no repository also hits /v2/, which the edge registry pings before asking core."""
+    local_chain.faults("core").set([{"kind": "error", "status": 503}])
+    assert httpx.get(f"{local_chain.hop('core').gateway.url}/v2/").status_code == 503
+    # distribution's tag fallback turns the upstream failure into "unknown tag" (see lab.registry)
+    assert clients["edge"].manifest(local_chain, artifact.repository, "v1").status_code == 404
+    blob = clients["edge"].blob(local_chain, artifact.repository, artifact.content_layer.digest)
+    assert blob.status_code >= 500
+
+
 def test_garbage_manifest(
     local_chain: LocalChain, clients: dict[str, HopClient], artifact: PushedArtifact
 ) -> None:
