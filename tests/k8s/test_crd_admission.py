@@ -1,0 +1,219 @@
+"""The ProxyChain CRD refuses bad chains at admission, with messages a person can act on (SPEC 4.1)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from lab.kube import REPO, ControlPlane, load_docs
+
+pytestmark = pytest.mark.k8s
+
+GROUP, VERSION, PLURAL = "layerwatch.io", "v1alpha1", "proxychains"
+EDGE = {"name": "edge", "url": "https://harbor-edge.example.com/p-core"}
+CORE = {"name": "core", "url": "https://harbor-core.example.com/p-ghcr"}
+ORIGIN = {"name": "origin", "url": "https://ghcr.io"}
+
+
+@pytest.fixture
+def chains(admin_api: Any) -> Iterator[list[str]]:
+    """Names of the chains a test created; deleted afterwards (ProxyChain is cluster-scoped)."""
+    names: list[str] = []
+    yield names
+    api = client.CustomObjectsApi(admin_api)
+    for name in names:
+        try:
+            api.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def create(admin_api: Any, chains: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    name = f"test-{secrets.token_hex(4)}"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProxyChain",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    created: dict[str, Any] = client.CustomObjectsApi(admin_api).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, body
+    )
+    chains.append(name)
+    return created
+
+
+def refusal(admin_api: Any, chains: list[str], spec: dict[str, Any]) -> str:
+    """Create the chain, expect 422 Invalid, return the apiserver's message."""
+    with pytest.raises(ApiException) as info:
+        create(admin_api, chains, spec)
+    assert info.value.status == 422, info.value.body
+    message: str = json.loads(info.value.body)["message"]
+    return message
+
+
+def test_valid_chain_gets_defaults(admin_api: Any, chains: list[str]) -> None:
+    created = create(admin_api, chains, {"hops": [EDGE, CORE, ORIGIN]})
+    spec = created["spec"]
+    assert spec["interval"] == "5m"
+    assert spec["mode"] == "full"
+    assert spec["suspend"] is False
+    assert [h["name"] for h in spec["hops"]] == ["edge", "core", "origin"]  # order kept
+    assert spec["hops"][0]["insecureSkipTLSVerify"] is False
+
+
+def test_example_chain_is_accepted(admin_api: Any, chains: list[str]) -> None:
+    (example,) = load_docs(REPO / "manifests/example-proxychain.yaml")
+    created = create(admin_api, chains, example["spec"])
+    assert [h["name"] for h in created["spec"]["hops"]] == ["edge", "core", "origin"]
+    assert created["spec"]["hops"][0]["secretRef"] == {"name": "edge-robot", "namespace": "layerwatch"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ghcr.io",
+        "http://127.0.0.1:5000",
+        "https://harbor.example.com:8443/p-core/nested/project",
+        "https://harbor.example.com/p-core/",
+        "http://localhost:5001/mirror",
+        "https://[::1]:5000/p",
+    ],
+)
+def test_good_urls(admin_api: Any, chains: list[str], url: str) -> None:
+    create(admin_api, chains, {"hops": [{"name": "only", "url": url}]})
+
+
+def test_duplicate_hop_names_are_refused(admin_api: Any, chains: list[str]) -> None:
+    message = refusal(admin_api, chains, {"hops": [EDGE, {**CORE, "name": "edge"}, ORIGIN]})
+    assert "hop names must be unique" in message
+    assert "spec.hops" in message
+
+
+def test_empty_hops_are_refused(admin_api: Any, chains: list[str]) -> None:
+    message = refusal(admin_api, chains, {"hops": []})
+    assert "spec.hops" in message and "a chain needs at least one hop" in message
+
+
+def test_missing_hops_are_refused(admin_api: Any, chains: list[str]) -> None:
+    message = refusal(admin_api, chains, {"interval": "5m"})
+    assert "spec.hops: Required value" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("harbor.example.com/p-core", "url must start with https:// or http://"),
+        ("ftp://harbor.example.com/p-core", "url must start with https:// or http://"),
+        ("https://", "url must be https://host[:port][/path-prefix]"),
+        ("https://harbor.example.com/p-core?x=1", "no credentials, query or fragment"),
+        ("https://robot:secret@harbor.example.com/p", "no credentials, query or fragment"),
+        ("https://harbor.example.com/p#frag", "no credentials, query or fragment"),
+        ("https://harbor example.com/p", "url must be https://host[:port][/path-prefix]"),
+        ("https://harbor.example.com:port/p", "url must be https://host[:port][/path-prefix]"),
+        ("oci://ghcr.io/org", "url must start with https:// or http://"),
+    ],
+)
+def test_bad_url_is_refused(admin_api: Any, chains: list[str], url: str, expected: str) -> None:
+    message = refusal(admin_api, chains, {"hops": [EDGE, {"name": "bad", "url": url}]})
+    assert expected in message
+    assert "spec.hops[1].url" in message
+
+
+@pytest.mark.parametrize(
+    ("hop", "expected"),
+    [
+        ({"name": "Edge_1", "url": "https://a.example"}, "spec.hops[0].name"),
+        (
+            {"name": "edge", "url": "https://a.example", "secretRef": {"name": "x"}},
+            "spec.hops[0].secretRef.namespace",
+        ),
+    ],
+)
+def test_bad_hop_fields_are_refused(
+    admin_api: Any, chains: list[str], hop: dict[str, Any], expected: str
+) -> None:
+    assert expected in refusal(admin_api, chains, {"hops": [hop]})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("mode", "fast", 'spec.mode: Unsupported value: "fast"'),
+        ("interval", "5 minutes", "spec.interval"),
+        ("interval", "0s", "interval must be at least 1s"),
+        ("suspend", "yes", "spec.suspend"),
+        ("namespaceSelector", {"matchExpressions": [{"key": "a", "operator": "Like"}]}, "Unsupported value"),
+    ],
+)
+def test_bad_spec_fields_are_refused(
+    admin_api: Any, chains: list[str], field: str, value: Any, expected: str
+) -> None:
+    assert expected in refusal(admin_api, chains, {"hops": [ORIGIN], field: value})
+
+
+def test_status_subresource_and_printer_columns(
+    control_plane: ControlPlane, admin_api: Any, chains: list[str]
+) -> None:
+    """Status is written only through /status, and `kubectl get proxychains` shows its numbers."""
+    api = client.CustomObjectsApi(admin_api)
+    chain = create(admin_api, chains, {"hops": [EDGE, CORE, ORIGIN]})
+    name = chain["metadata"]["name"]
+    now = "2026-01-01T00:00:00Z"
+    status = {
+        "observedGeneration": 1,
+        "hopCount": 3,
+        "artifacts": 42,
+        "unhealthy": 1,
+        "unknown": 0,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Checked",
+                "message": "ok",
+                "lastTransitionTime": now,
+            }
+        ],
+        "hops": [
+            {
+                "name": "edge",
+                "up": True,
+                "artifacts": 42,
+                "healthy": 41,
+                "unhealthy": 1,
+                "unknown": 0,
+                "lastCheckTime": now,
+            },
+        ],
+    }
+    # Through the main resource the status is dropped ...
+    api.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"status": status})
+    assert "status" not in api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    # ... through /status it is kept.
+    api.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": status})
+    assert api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)["status"]["artifacts"] == 42
+    if control_plane.tools.kubectl is None:
+        return
+    out = control_plane.kubectl("get", "proxychains.layerwatch.io", name).stdout.splitlines()
+    assert out[0].split() == ["NAME", "HOPS", "ARTIFACTS", "UNHEALTHY", "UNKNOWN", "READY", "AGE"]
+    assert out[1].split()[:6] == [name, "3", "42", "1", "0", "True"]
+    wide = control_plane.kubectl("get", "proxychains.layerwatch.io", name, "-o", "wide").stdout
+    assert "https://harbor-edge.example.com/p-core" in wide
+
+
+def test_bad_status_is_refused(admin_api: Any, chains: list[str]) -> None:
+    api = client.CustomObjectsApi(admin_api)
+    name = create(admin_api, chains, {"hops": [ORIGIN]})["metadata"]["name"]
+    with pytest.raises(ApiException) as info:
+        api.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, name, {"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}}
+        )
+    assert info.value.status == 422
