@@ -25,6 +25,7 @@ tools:
 lint:
 	$(PYTHON) -m ruff check operator tests hack bench
 	$(PYTHON) -m ruff format --check operator tests hack bench
+	$(PYTHON) hack/dashboard/generate.py --check
 
 typecheck:
 	$(PYTHON) -m mypy
