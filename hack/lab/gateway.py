@@ -536,10 +536,15 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return registry_error(502, "UNKNOWN", f"upstream unreachable: {exc}")
         async with upstream:
-            if upstream.status != 200 or (upstream.content_length or 0) > MANIFEST_LIMIT:
-                return registry_error(upstream.status, "MANIFEST_UNKNOWN", "cannot reorder this manifest")
+            if upstream.status != 200:
+                return registry_error(upstream.status, "MANIFEST_UNKNOWN", "cannot reorder: upstream refused")
             content_type = upstream.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            manifest = json.loads(await upstream.read())
+            try:
+                manifest = json.loads(await _read_limited(upstream.content, MANIFEST_LIMIT))
+            except ValueError as exc:
+                return registry_error(502, "UNKNOWN", f"cannot reorder: {exc}")
+        if not isinstance(manifest, dict):
+            return registry_error(502, "UNKNOWN", "cannot reorder: upstream manifest is not an object")
         if isinstance(manifest.get("layers"), list):
             manifest["layers"].reverse()
         body = json.dumps(manifest, separators=(",", ":")).encode()
@@ -552,6 +557,16 @@ class Gateway:
         """Blob host: serve ``/blobs/<upstream repo>/<digest>`` like a presigned storage URL (no auth)."""
         repository, _, digest = request.match_info["path"].rpartition("/")
         return await self._proxy(request, f"/v2/{repository}/blobs/{digest}", None)
+
+
+async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """A whole small body, refusing more than ``limit`` bytes (manifests only, never blobs)."""
+    data = bytearray()
+    async for chunk in stream.iter_chunked(CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"upstream manifest exceeds {limit} bytes")
+    return bytes(data)
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
