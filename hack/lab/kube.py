@@ -21,6 +21,7 @@ import base64
 import contextlib
 import ctypes
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -110,6 +111,25 @@ def find_tools(build: bool = True, log: IO[str] | None = None) -> Tools:
         missing.append("flux-crds")
     if missing and build:
         targets = sorted({"kube" if m == "kube-apiserver" else m for m in missing})
+        _build(targets, log)
+        found, crds = _locate()
+    apiserver, etcd = found["kube-apiserver"], found["etcd"]
+    if apiserver is None or etcd is None:
+        raise ControlPlaneError(
+            "kube-apiserver/etcd not found: set KUBEBUILDER_ASSETS or run `hack/build-tools.sh kube etcd`"
+        )
+    return Tools(kube_apiserver=apiserver, etcd=etcd, kubectl=found["kubectl"], flux_crds=crds)
+
+
+def _build(targets: list[str], log: IO[str] | None) -> None:
+    """Run build-tools.sh under a lock, so concurrent test sessions do not build the same thing twice."""
+    cache = Path(_build_tools_paths()["FLUX_CRDS"]).parents[1]
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lab-kube-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other session's build may finish what we miss
+        found, crds = _locate()
+        if all(found[n] for n in ("kube-apiserver", "etcd")) and crds is not None:
+            return
         print(
             f"[lab.kube] building {', '.join(targets)} with {BUILD_TOOLS} (cold: 10-25 min)", file=sys.stderr
         )
@@ -122,13 +142,6 @@ def find_tools(build: bool = True, log: IO[str] | None = None) -> Tools:
             stderr=subprocess.STDOUT,
         )
         print(f"[lab.kube] built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        found, crds = _locate()
-    apiserver, etcd = found["kube-apiserver"], found["etcd"]
-    if apiserver is None or etcd is None:
-        raise ControlPlaneError(
-            "kube-apiserver/etcd not found: set KUBEBUILDER_ASSETS or run `hack/build-tools.sh kube etcd`"
-        )
-    return Tools(kube_apiserver=apiserver, etcd=etcd, kubectl=found["kubectl"], flux_crds=crds)
 
 
 def load_flux_crds(tools: Tools | None = None, kinds: Iterable[str] = ("ocirepositories",)) -> list[Doc]:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from lab import kube
 from lab.kube import REPO, ControlPlane, load_docs
 
 pytestmark = pytest.mark.k8s
@@ -157,3 +158,49 @@ def test_server_side_dry_run_of_base_manifests(control_plane: ControlPlane) -> N
         "apply", "-k", str(MANIFESTS), "--dry-run=server", "--validate=strict", check=False
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_kubebuilder_assets_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = kube.find_tools(build=False)
+    for binary in (real.kube_apiserver, real.etcd, real.kubectl):
+        assert binary is not None
+        (tmp_path / binary.name).symlink_to(binary)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
+    tools = kube.find_tools(build=False)
+    assert (tools.kube_apiserver, tools.etcd, tools.kubectl) == (
+        tmp_path / "kube-apiserver",
+        tmp_path / "etcd",
+        tmp_path / "kubectl",
+    )
+
+
+def test_missing_binaries_are_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clean machine find_tools() runs build-tools.sh for exactly what is missing (faked here:
+    a real cold build takes 10-25 min)."""
+    real = kube.find_tools(build=False)
+    assert real.flux_crds is not None
+    cache = tmp_path / "cache"
+    calls = tmp_path / "calls"
+    script = tmp_path / "build-tools.sh"
+    script.write_text(
+        f"""#!/usr/bin/env bash
+set -eu
+if [ "$1" = paths ]; then
+  echo KUBE_DIR={cache}/kube; echo ETCD_DIR={cache}/etcd; echo FLUX_CRDS={cache}/flux-crds; exit 0
+fi
+echo "$@" >> {calls}
+mkdir -p {cache}/kube {cache}/etcd
+ln -sf {real.kube_apiserver} {cache}/kube/kube-apiserver
+ln -sf {real.etcd} {cache}/etcd/etcd
+ln -sfn {real.flux_crds} {cache}/flux-crds
+"""
+    )
+    monkeypatch.setattr(kube, "BUILD_TOOLS", script)
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    with pytest.raises(kube.ControlPlaneError, match="not found"):
+        kube.find_tools(build=False)
+    tools = kube.find_tools(build=True)
+    assert calls.read_text().split() == ["etcd", "flux-crds", "kube"]
+    assert tools.kube_apiserver == cache / "kube" / "kube-apiserver" and tools.kubectl is None
+    kube.find_tools(build=True)
+    assert len(calls.read_text().splitlines()) == 1  # nothing missing any more: no second build
