@@ -143,7 +143,7 @@ def parse(body: bytes, content_type: str | None = None) -> Manifest | Index:
         raise ManifestError(f"manifest is {len(body)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise ManifestError("manifest is not valid JSON") from None
     if not isinstance(document, Mapping):
         raise ManifestError("manifest is not a JSON object")

@@ -84,11 +84,24 @@ def _blob_name(blob: BlobCheck, platform: str | None) -> str:
     return f"{prefix}{where} {short_digest(blob.descriptor.digest)}"
 
 
+def _blob_status(status: BlobStatus, detail: str) -> str:
+    """``missing (404)``, ``corrupt (truncated: ...)``: the status once, then the detail if any.
+
+    The registry client already words its detail as ``missing (404)``; repeating the status in
+    front of it would read ``missing (missing (404))``.
+    """
+    if not detail:
+        return status.value
+    if detail.startswith(status.value):
+        return detail
+    return f"{status.value} ({detail})"
+
+
 def _first_blob(observation: HopObservation, status: BlobStatus) -> str | None:
     for manifest in observation.manifests:
         for blob in manifest.blobs:
             if blob.status is status:
-                return f"{_blob_name(blob, manifest.platform)} {status.value} ({blob.detail})"
+                return f"{_blob_name(blob, manifest.platform)} {_blob_status(status, blob.detail)}"
     return None
 
 
@@ -114,7 +127,9 @@ def _judge_hop(
     upstream = _reference_digest(observations, position)
     if obs.tag_digest and upstream is not None and upstream.tag_digest and obs.digest != upstream.digest:
         here, there = obs.layer_digests, upstream.layer_digests
-        reordered = sorted(here) == sorted(there)
+        # Same layers in the same order under another digest (a stale tag whose manifest differs
+        # only in annotations or config) is a digest mismatch, not a reordering.
+        reordered = here != there and sorted(here) == sorted(there)
         subset = set(here) < set(there)
         if not (reordered or subset):
             return Verdict.DIGEST_MISMATCH, (

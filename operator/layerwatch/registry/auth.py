@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -114,7 +115,7 @@ def token_from_response(body: bytes) -> tuple[str, float]:
     """Token and lifetime from a token endpoint's JSON (``token`` or ``access_token``; 60 s default)."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise ChallengeError("token endpoint did not answer JSON") from None
     if not isinstance(document, Mapping):
         raise ChallengeError("token endpoint answered something other than a JSON object")
@@ -122,11 +123,14 @@ def token_from_response(body: bytes) -> tuple[str, float]:
     if not isinstance(token, str) or not token:
         raise ChallengeError("token endpoint answered without a token")
     expires_in = document.get("expires_in", 60)
-    lifetime = (
-        float(expires_in)
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
-        else 60.0
-    )
+    lifetime = 60.0
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        try:
+            lifetime = float(expires_in)
+        except OverflowError:  # an integer too large for a float
+            lifetime = 60.0
+    if not math.isfinite(lifetime) or lifetime <= 0:
+        lifetime = 60.0  # NaN would never expire from the cache; nonsense gets the default
     return token, lifetime
 
 
