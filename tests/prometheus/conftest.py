@@ -1,4 +1,5 @@
-"""Fixtures for the monitoring tests: promtool, the rules, and the generator in hack/dashboard/."""
+"""Fixtures for the monitoring tests: promtool, the rules, the generator in hack/dashboard/, and
+prometheus plus a running ``layerwatch serve`` on the lab chain (`serve_lab`, from tests/serve_harness.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from monitoring_support import RULES_FILE, load_generator
+from tests.serve_harness import serve_lab  # noqa: F401 - a fixture, registered by importing it here
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +39,12 @@ def rules() -> dict[str, Any]:
 def alerts(rules: dict[str, Any]) -> list[dict[str, Any]]:
     """Every alerting rule of every group."""
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Path of Debian's prometheus server; skips the test when it is not installed."""
+    path = shutil.which("prometheus")
+    if path is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    return path

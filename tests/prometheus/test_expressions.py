@@ -8,6 +8,7 @@ LIVE-SCRAPE HOOK below is wired, and from SPEC section 5 until then.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -80,15 +81,23 @@ SPEC_METRIC_NAMES = frozenset(
 )
 
 
+@functools.cache
 def live_exposition() -> str | None:
-    """LIVE-SCRAPE HOOK (to be wired by the lead): the text of a running layerwatch's /metrics.
+    """LIVE-SCRAPE HOOK: the text of a running layerwatch's /metrics.
 
-    Intended wiring: start ``layerwatch serve --config <chain + target YAML>`` on a free port
-    against the local registry chain, wait for one check to complete, GET ``/metrics`` and return
-    its body (and stop the process afterwards). Until that exists this returns None and the
-    tests fall back to the SPEC section 5 list above; it must not return a hand-written text.
+    Starts ``layerwatch serve`` on a free port against the local registry chain with one healthy
+    and one broken artifact (tests/serve_harness.py), waits until every target has a completed
+    check, GETs ``/metrics`` and stops everything again. Returns None (the tests then fall back to
+    the SPEC section 5 list above) only when the lab's tools are not installed; a lab that is
+    installed but fails raises. Cached: the skip condition below calls it while the module is
+    collected, the fixture calls it again.
     """
-    return None
+    from tests.serve_harness import missing_tools, running_serve
+
+    if missing_tools() is not None:
+        return None
+    with running_serve(interval="2s") as lab:
+        return lab.metrics()
 
 
 @pytest.fixture(scope="session")
