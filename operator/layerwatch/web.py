@@ -105,29 +105,57 @@ def status_document(
 
 
 _STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1f24;background:#fafbfc}
-h1{font-size:1.3rem;margin:0 0 .2rem} h2{font-size:1.1rem;margin:1.6rem 0 .4rem}
-.sub{color:#57606a;margin-bottom:1rem} table{border-collapse:collapse;width:100%;background:#fff}
-th,td{border:1px solid #d0d7de;padding:.45rem .6rem;vertical-align:top;text-align:left}
-th{background:#f3f4f6;font-weight:600} th small{display:block;font-weight:400;color:#57606a}
-td.healthy{background:#dafbe1} td.unhealthy{background:#ffebe9} td.unknown{background:#fff8c5}
-td.none{background:#f6f8fa;color:#8c959f} .verdict{font-weight:700} .msg{font-family:ui-monospace,monospace;
-font-size:12px;word-break:break-all;margin-top:.2rem} .when{color:#57606a;font-size:12px}
-.up{color:#1a7f37} .down{color:#cf222e} .pill{display:inline-block;padding:0 .5rem;border-radius:1rem;
-background:#eaeef2;margin-right:.4rem} .pill.bad{background:#ffebe9} .pill.warn{background:#fff8c5}
+body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem 2rem;color:#1b1f24;background:#f6f8fa}
+h1{font-size:1.35rem;margin:0 0 .25rem}
+h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
+h2 small{font-weight:400;color:#57606a;font-size:.85rem;margin-left:.5rem}
+a{color:#0969da}
+.sub{color:#57606a;margin-bottom:1rem}
+table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
+col.artifact{width:20%}
+th,td{border:1px solid #d0d7de;padding:.5rem .65rem;vertical-align:top;text-align:left}
+thead th{background:#eaeef2;font-weight:600}
+tbody th{background:#f6f8fa;font-weight:600}
+th small{display:block;font-weight:400;color:#57606a;overflow-wrap:anywhere}
+td{border-left-width:5px}
+td.healthy{background:#dafbe1;border-left-color:#2da44e}
+td.unhealthy{background:#ffebe9;border-left-color:#cf222e}
+td.unknown{background:#fff8c5;border-left-color:#bf8700}
+td.none{background:#f6f8fa;color:#8c959f}
+.verdict{font-weight:700;font-size:15px}
+td.unhealthy .verdict{color:#a40e26}
+td.unknown .verdict{color:#7d4e00}
+.blamed{display:inline-block;margin-left:.4rem;padding:0 .45rem;border-radius:1rem;vertical-align:2px;
+ background:#cf222e;color:#fff;font-size:11px;font-weight:600}
+td.unknown .blamed{background:#9a6700}
+.msg{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;margin:.3rem 0;
+ overflow-wrap:anywhere}
+.when{color:#57606a;font-size:12px}
+.up{color:#1a7f37}
+.down{color:#cf222e}
+.pill{display:inline-block;padding:0 .55rem;border-radius:1rem;background:#eaeef2;margin-right:.4rem}
+.pill.bad{background:#ffebe9;color:#a40e26}
+.pill.warn{background:#fff8c5}
+.pill.good{background:#dafbe1;color:#116329}
+.legend{color:#57606a;font-size:12px;margin-top:.5rem}
 """
 
 
-def _cell(hop: Mapping[str, Any] | None, checked: str | None) -> str:
+def _cell(hop: Mapping[str, Any] | None, checked: str | None, blame: str | None) -> str:
     if hop is None:
         return '<td class="none">not on pull path</td>'
     health = hop["health"]
-    body = f'<div class="verdict">{html.escape(hop["verdict"])}</div>'
+    blamed = health != "healthy" and hop["name"] == blame
+    body = f'<div class="verdict">{html.escape(hop["verdict"])}'
+    if blamed:
+        body += '<span class="blamed" title="the hop nearest the origin with this problem">blamed</span>'
+    body += "</div>"
     if health != "healthy":
         body += f'<div class="msg">{html.escape(hop["message"])}</div>'
     body += f'<div class="when">checked {html.escape(checked or "-")}</div>'
     attributes = (
         f'class="{health}" data-hop="{html.escape(hop["name"])}" data-verdict="{html.escape(hop["verdict"])}"'
+        + (' data-blamed="true"' if blamed else "")
     )
     return f"<td {attributes}>{body}</td>"
 
@@ -142,14 +170,20 @@ def status_page(document: Mapping[str, Any]) -> str:
         f'<div class="sub">generated {html.escape(document["generatedAt"])} · '
         f"version {html.escape(document['version'])} · "
         f'<span class="pill">{summary["artifacts"]} artifacts</span>'
+        f'<span class="pill good">{summary["healthy"]} healthy</span>'
         f'<span class="pill bad">{summary["unhealthy"]} unhealthy</span>'
         f'<span class="pill warn">{summary["unknown"]} unknown</span>'
         ' · <a href="api/v1/status">JSON</a> · <a href="metrics">metrics</a></div>',
     ]
     for chain in document["chains"]:
         hops = chain["hops"]
-        parts.append(f'<h2 id="chain-{html.escape(chain["name"])}">chain {html.escape(chain["name"])}</h2>')
-        parts.append("<table><thead><tr><th>artifact</th>")
+        name = html.escape(chain["name"])
+        parts.append(
+            f'<h2 id="chain-{name}">chain {name}'
+            f"<small>{len(hops)} hops, edge first · checked every {chain['interval']:g}s"
+            f" · mode {html.escape(chain['mode'])}</small></h2>"
+        )
+        parts.append('<table><colgroup><col class="artifact"></colgroup><thead><tr><th>artifact</th>')
         for hop in hops:
             up = hop["up"]
             state = (
@@ -170,10 +204,18 @@ def status_page(document: Mapping[str, Any]) -> str:
                 + "</th>"
             )
             by_hop = {h["name"]: h for h in artifact["hops"]}
-            parts += [_cell(by_hop.get(hop["name"]), artifact["checkedAt"]) for hop in hops]
+            parts += [
+                _cell(by_hop.get(hop["name"]), artifact["checkedAt"], artifact["blame"]) for hop in hops
+            ]
             parts.append("</tr>")
         parts.append("</tbody></table>")
-    if not document["chains"]:
+    if document["chains"]:
+        parts.append(
+            '<p class="legend">Each cell is the artifact as a client pulling through that hop gets it. '
+            "<b>blamed</b> marks the hop nearest the origin with the problem: hops in front of it "
+            "only pass it on. Times are UTC.</p>"
+        )
+    else:
         parts.append("<p>No chains configured yet.</p>")
     parts.append("</body></html>")
     return "".join(parts)
