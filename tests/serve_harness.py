@@ -38,6 +38,7 @@ __all__ = [
     "BROKEN_HOP",
     "CHAIN",
     "HEALTHY",
+    "ROOT",
     "ServeLab",
     "missing_tools",
     "running_serve",
