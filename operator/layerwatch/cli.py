@@ -194,14 +194,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
-    operator.add_argument(
-        "kopf_args", nargs=argparse.REMAINDER, help="kopf run options and layerwatch options"
-    )
+    operator.add_argument("options", nargs="*", help="see: layerwatch operator --help")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["operator"]:  # kopf's own options pass through untouched
+        from layerwatch.kube.main import run_operator
+
+        return run_operator(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         if args.command == "check":
             return asyncio.run(_check(args))
@@ -211,10 +214,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from layerwatch.serve import run_serve
 
             return run_serve(args, _settings(args))
-        if args.command == "operator":
-            from layerwatch.kube.main import run_operator
-
-            return run_operator(list(args.kopf_args))
     except (UsageError, ChainError) as exc:
         print(f"layerwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
