@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
+import aiohttp
 import httpx
 
 from layerwatch.chain import Hop
@@ -380,7 +381,9 @@ class RegistryClient:
         except httpx.TransportError as exc:
             self._count(method, "error")
             raise RegistryUnavailable(_describe(exc)) from None
-        except ValueError as exc:  # e.g. hostile Location headers httpx refuses to parse
+        except (ValueError, aiohttp.ClientError) as exc:
+            # Hostile Location headers httpx refuses to parse; responses aiohttp refuses to parse
+            # (e.g. a header line over its limit), which httpx-aiohttp passes on unmapped.
             self._count(method, "error")
             raise RegistryUnavailable(f"invalid response: {str(exc)[:120]}") from None
         self._count(method, str(response.status_code))
@@ -424,7 +427,7 @@ class RegistryClient:
         try:
             request = self._http.build_request("GET", challenge.realm, params=params, headers=headers)
             response = await self._http.send(request, stream=True)
-        except (httpx.TransportError, ValueError) as exc:
+        except (httpx.TransportError, ValueError, aiohttp.ClientError) as exc:
             self._count("GET", "error")
             raise RegistryUnavailable(f"token endpoint: {_describe(exc)}") from None
         self._count("GET", str(response.status_code))
