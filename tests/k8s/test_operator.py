@@ -114,10 +114,13 @@ def _artifact(chain: LocalChain, drop_at: str | None = None) -> tuple[str, str, 
     )
 
 
-def _assert_untouched(custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
+def _assert_untouched(
+    custom: client.CustomObjectsApi, namespace: str, name: str, annotations: dict[str, str] | None = None
+) -> None:
+    """No finalizer, and no annotation beyond what the test itself set."""
     body = custom.get_namespaced_custom_object(*FLUX, namespace, "ocirepositories", name)
     assert not body["metadata"].get("finalizers"), body["metadata"]
-    assert not body["metadata"].get("annotations"), body["metadata"]
+    assert (body["metadata"].get("annotations") or {}) == (annotations or {}), body["metadata"]
 
 
 def test_a_layer_lost_at_the_middle_hop_turns_the_condition_false_and_recovers(
@@ -306,7 +309,7 @@ def test_a_thousand_unchanged_ocirepositories_cause_no_writes_per_cycle(
         ]
         assert chain_after == chain_before, "an unchanged chain must not get a status write"
         for name in ("app-0000", "app-0999"):
-            _assert_untouched(custom, namespace, name)
+            _assert_untouched(custom, namespace, name, {"layerwatch.io/chain": bulk})
     finally:
         custom.delete_cluster_custom_object(*LW, "proxychains", bulk)
 

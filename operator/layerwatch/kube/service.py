@@ -9,6 +9,7 @@ ProxyChain's status. It decides nothing about registries: the engine does.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import collections
 import contextlib
 import dataclasses
@@ -36,6 +37,8 @@ REPLAN_EVERY = 300.0
 """Seconds between full re-plans even without events (picks up rotated Secrets)."""
 DEBOUNCE = 0.5
 """Seconds to gather a burst of watch events into one re-plan."""
+STATUS_REFRESH = 900.0
+"""Seconds after which a ProxyChain's per-hop lastCheckTime is rewritten even if nothing changed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +316,7 @@ class OperatorService:
                 status = self.chain_status(name)
                 known = self._written_chain_status.get(name)
                 if known is not None:
-                    status["conditions"][0]["lastTransitionTime"] = _keep_transition(known, status)
+                    status = _settle(known, status, time.time())
                 try:
                     if await self.api.write_chain_status(name, status, known):
                         self._written_chain_status[name] = status
@@ -325,9 +328,25 @@ def _rfc3339(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def _keep_transition(known: Mapping[str, Any], status: Mapping[str, Any]) -> str:
-    old = (known.get("conditions") or [{}])[0]
-    new = status["conditions"][0]
-    if old.get("status") == new["status"] and old.get("lastTransitionTime"):
-        return str(old["lastTransitionTime"])
-    return str(new["lastTransitionTime"])
+def _settle(known: Mapping[str, Any], status: dict[str, Any], now: float) -> dict[str, Any]:
+    """Keep the timestamps already written unless something real changed or they grew old.
+
+    ``lastCheckTime`` moves every cycle; writing it each time would cost one apiserver write per
+    chain per interval for nothing. It is refreshed when counts change, or after STATUS_REFRESH.
+    """
+    old_condition = (known.get("conditions") or [{}])[0]
+    condition = status["conditions"][0]
+    if old_condition.get("status") == condition["status"] and old_condition.get("lastTransitionTime"):
+        condition["lastTransitionTime"] = old_condition["lastTransitionTime"]
+    old_hops = {hop.get("name"): hop for hop in known.get("hops") or ()}
+    for hop in status["hops"]:
+        old = old_hops.get(hop["name"]) or {}
+        written = old.get("lastCheckTime")
+        same = all(old.get(k) == v for k, v in hop.items() if k != "lastCheckTime")
+        if same and written and now - _parse_rfc3339(written) < STATUS_REFRESH:
+            hop["lastCheckTime"] = written
+    return status
+
+
+def _parse_rfc3339(text: str) -> float:
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
