@@ -130,7 +130,8 @@ def test_bad_url_is_refused(admin_api: Any, chains: list[str], url: str, expecte
 @pytest.mark.parametrize(
     ("hop", "expected"),
     [
-        ({"name": "Edge_1", "url": "https://a.example"}, "spec.hops[0].name"),
+        ({"name": "Edge_1", "url": "https://a.example"}, "hop name must be a DNS label"),
+        ({"name": "-edge", "url": "https://a.example"}, "spec.hops[0].name"),
         (
             {"name": "edge", "url": "https://a.example", "secretRef": {"name": "x"}},
             "spec.hops[0].secretRef.namespace",
@@ -147,7 +148,8 @@ def test_bad_hop_fields_are_refused(
     ("field", "value", "expected"),
     [
         ("mode", "fast", 'spec.mode: Unsupported value: "fast"'),
-        ("interval", "5 minutes", "spec.interval"),
+        ("interval", "5 minutes", "interval must be a duration such as 30s, 5m or 1h30m"),
+        ("interval", "5d", "interval must be a duration such as 30s, 5m or 1h30m"),
         ("interval", "0s", "interval must be at least 1s"),
         ("suspend", "yes", "spec.suspend"),
         ("namespaceSelector", {"matchExpressions": [{"key": "a", "operator": "Like"}]}, "Unsupported value"),
