@@ -405,6 +405,8 @@ def test_a_429_whose_retry_after_outlasts_the_budget_is_rate_limited_not_unhealt
     )
     verdicts = hop_verdicts(run.report)
     assert verdicts["core"] == "RateLimited", run
+    unknown_or_healthy = {"Healthy", "Unreachable", "AuthFailed", "RateLimited"}
+    assert set(verdicts.values()) <= unknown_or_healthy, verdicts
     assert run.status == 3, run
     assert run.report["verdict"] == "RateLimited"
     assert run.report["blame"] == "core"
