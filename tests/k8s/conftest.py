@@ -61,7 +61,9 @@ def _get_tools() -> Tools:
     if _tools is not None:
         return _tools
     if _tools_error is not None:
-        pytest.fail(f"cannot get kube-apiserver/etcd: {_tools_error}", pytrace=False)
+        pytest.fail(
+            f"cannot get the control-plane tools (hack/build-tools.sh): {_tools_error}", pytrace=False
+        )
     return find_tools(build=True)
 
 
