@@ -238,7 +238,7 @@ def test_flux_and_layerwatch_writing_the_same_conditions_never_lose_each_other(
     edge_tag = {"kind": "drop", "repository": chain.repository_at("edge", repository), "tag": "v1"}
     samples = flips = 0
     deadline = time.monotonic() + 240
-    while writer.is_alive() and time.monotonic() < deadline:
+    while (writer.is_alive() or flips < 4) and time.monotonic() < deadline:
         chain.faults("edge").set([edge_tag] if flips % 2 == 0 else [])  # make layerwatch write too
         flips += 1
         until = time.monotonic() + 4.0
