@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from layerwatch import manifest as manifests
 from layerwatch.chain import HopTarget, Mode
@@ -167,75 +168,42 @@ async def observe_hop(
     )
     started = time.monotonic()
     work = _HopCheck(client, target, reference, mode, cache)
-    tag_digest: str | None = None
-    digest: str | None = None
+    seen: dict[str, Any] = {"tag_digest": None, "digest": None}
+
+    def observed(**facts: Any) -> HopObservation:
+        return dataclasses.replace(base, **seen, duration=time.monotonic() - started, **facts)
+
     try:
         try:
-            tag_digest, digest, fetched = await work.manifest_bytes()
+            seen["tag_digest"], digest, fetched = await work.manifest_bytes()
         except RegistryNotFound as exc:
             what = (
                 f"tag {reference.tag}"
                 if reference.digest is None
                 else f"manifest {short_digest(reference.digest)}"
             )
-            return dataclasses.replace(
-                base, manifest_missing=f"{what} unknown ({exc.status})", duration=time.monotonic() - started
-            )
+            return observed(manifest_missing=f"{what} unknown ({exc.status})")
+        seen["digest"] = digest
         problem = _verify_manifest_bytes(fetched, digest)
-        parsed: manifests.Manifest | manifests.Index | None = None
-        if problem is None:
-            try:
-                parsed = manifests.parse(fetched.body, fetched.media_type)
-            except manifests.ManifestError as exc:
-                problem = f"manifest {short_digest(digest)}: {exc}"
-        if parsed is None:
-            return dataclasses.replace(
-                base,
-                tag_digest=tag_digest,
-                digest=digest,
-                manifest_corrupt=problem,
-                duration=time.monotonic() - started,
-            )
+        if problem is not None:
+            return observed(manifest_corrupt=problem)
+        try:
+            parsed = manifests.parse(fetched.body, fetched.media_type)
+        except manifests.ManifestError as exc:
+            return observed(manifest_corrupt=f"manifest {short_digest(digest)}: {exc}")
         if isinstance(parsed, manifests.Index):
             checks = await _index_children(work, parsed)
             if isinstance(checks, str):
-                return dataclasses.replace(
-                    base,
-                    tag_digest=tag_digest,
-                    digest=digest,
-                    index=parsed,
-                    manifest_corrupt=checks,
-                    duration=time.monotonic() - started,
-                )
-            return dataclasses.replace(
-                base,
-                tag_digest=tag_digest,
-                digest=digest,
-                index=parsed,
-                manifests=checks,
-                duration=time.monotonic() - started,
-            )
-        check = await work.manifest_check(digest, parsed, None)
-        return dataclasses.replace(
-            base,
-            tag_digest=tag_digest,
-            digest=digest,
-            manifests=(check,),
-            duration=time.monotonic() - started,
-        )
+                return observed(index=parsed, manifest_corrupt=checks)
+            return observed(index=parsed, manifests=checks)
+        return observed(manifests=(await work.manifest_check(digest, parsed, None),))
     except RegistryError as exc:
         kind = FailureKind.UNREACHABLE
         if isinstance(exc, RegistryAuthFailed):
             kind = FailureKind.AUTH_FAILED
         elif isinstance(exc, RegistryRateLimited):
             kind = FailureKind.RATE_LIMITED
-        return dataclasses.replace(
-            base,
-            tag_digest=tag_digest,
-            digest=digest,
-            failure=Failure(kind, str(exc)),
-            duration=time.monotonic() - started,
-        )
+        return observed(failure=Failure(kind, str(exc)))
     finally:
         for task in work.blob_results.values():
             task.cancel()

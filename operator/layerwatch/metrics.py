@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -149,53 +149,72 @@ class Metrics:
             yield from self._collect_counters()
 
     def _collect_counters(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("layerwatch_hop_up", "1 when the hop answers /v2/", labels=["chain", "hop"])
-        for (chain, hop), value in sorted(self._hop_up.items()):
-            up.add_metric([chain, hop], 1.0 if value else 0.0)
-        yield up
-        checks = CounterMetricFamily(
-            "layerwatch_checks", "Checks per hop by verdict", labels=["chain", "hop", "verdict"]
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_hop_up",
+            "1 when the hop answers /v2/",
+            ["chain", "hop"],
+            {key: 1.0 if up else 0.0 for key, up in self._hop_up.items()},
         )
-        for check_key, count in sorted(self._checks.items()):
-            checks.add_metric(list(check_key), count)
-        yield checks
+        yield _family(
+            CounterMetricFamily,
+            "layerwatch_checks",
+            "Checks per hop by verdict",
+            ["chain", "hop", "verdict"],
+            self._checks,
+        )
         duration = HistogramMetricFamily(
             "layerwatch_check_duration_seconds",
             "Time to check one artifact at one hop",
             labels=["chain", "hop"],
         )
         for (chain, hop), histogram in sorted(self._durations.items()):
-            buckets = [
-                (str(bound), float(n)) for bound, n in zip(DURATION_BUCKETS, histogram.buckets, strict=True)
-            ]
-            buckets.append(("+Inf", float(histogram.count)))
+            counts = zip(DURATION_BUCKETS, histogram.buckets, strict=True)
+            buckets = [(str(bound), float(n)) for bound, n in counts] + [("+Inf", float(histogram.count))]
             duration.add_metric([chain, hop], buckets, histogram.total)
         yield duration
-        requests = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "layerwatch_registry_requests",
             "HTTP requests to registries",
-            labels=["chain", "hop", "method", "code"],
+            ["chain", "hop", "method", "code"],
+            self._requests,
         )
-        for request_key, count in sorted(self._requests.items()):
-            requests.add_metric(list(request_key), count)
-        yield requests
-        verified = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "layerwatch_blob_bytes_verified",
             "Blob bytes downloaded and hash-verified",
-            labels=["chain", "hop"],
+            ["chain", "hop"],
+            self._bytes,
         )
-        for (chain, hop), count in sorted(self._bytes.items()):
-            verified.add_metric([chain, hop], count)
-        yield verified
-        intervals = GaugeMetricFamily(
-            "layerwatch_chain_interval_seconds", "Check interval of a chain", labels=["chain"]
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_chain_interval_seconds",
+            "Check interval of a chain",
+            ["chain"],
+            {(chain,): interval for chain, interval in self._intervals.items()},
         )
-        for chain, interval in sorted(self._intervals.items()):
-            intervals.add_metric([chain], interval)
-        yield intervals
-        info = GaugeMetricFamily("layerwatch_build_info", "layerwatch version", labels=["version"])
-        info.add_metric([__version__], 1.0)
-        yield info
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_build_info",
+            "layerwatch version",
+            ["version"],
+            {(__version__,): 1.0},
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    labels: list[str],
+    samples: Mapping[Any, float],
+) -> Metric:
+    """A gauge or counter family with one sample per label tuple, in a stable order."""
+    family = kind(name, documentation, labels=labels)
+    for values, value in sorted(samples.items()):
+        family.add_metric(list(values), value)
+    return family

@@ -63,6 +63,17 @@ class KubeApi:
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _write(self, harmless: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """A write that counts; False when the apiserver answers ``harmless`` (exists, or gone)."""
+        try:
+            await self._call(fn, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status == harmless:
+                return False
+            raise
+        self.writes += 1
+        return True
+
     # -- OCIRepository condition -----------------------------------------------------------------
 
     async def write_condition(
@@ -155,14 +166,7 @@ class KubeApi:
             reporting_component="layerwatch.io/operator",
             reporting_instance="layerwatch",
         )
-        try:
-            await self._call(self.core.create_namespaced_event, namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        self.writes += 1
-        return True
+        return await self._write(409, self.core.create_namespaced_event, namespace, body)
 
     # -- ProxyChain status -------------------------------------------------------------------------
 
@@ -171,22 +175,16 @@ class KubeApi:
     ) -> bool:
         if known is not None and all(known.get(k) == v for k, v in status.items()):
             return False
-        try:
-            await self._call(
-                self.custom.patch_cluster_custom_object_status,
-                GROUP,
-                VERSION,
-                "proxychains",
-                name,
-                {"status": dict(status)},
-                _content_type="application/merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        self.writes += 1
-        return True
+        return await self._write(
+            404,
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            "proxychains",
+            name,
+            {"status": dict(status)},
+            _content_type="application/merge-patch+json",
+        )
 
     # -- Secrets -----------------------------------------------------------------------------------
 
