@@ -22,6 +22,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/layerwatch"
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 revision=$(git rev-parse --verify --quiet HEAD 2>/dev/null || echo unknown)
 image="${LAYERWATCH_IMAGE:-localhost/layerwatch}:$version"
+build_cache="${LAYERWATCH_IMAGE:-localhost/layerwatch}-build:cache"
 ca_bundle="${LAYERWATCH_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}"
 builder="${LAYERWATCH_BUILDER:-auto}"
 
@@ -72,18 +73,24 @@ buildah)
   log "buildah build (chroot isolation, vfs, cached layers) FROM $base -> $image"
   start=$(now)
   # --network host: RUN steps reach PyPI through the host's network (chroot isolation has no netns).
-  buildah "${buildah_opts[@]}" build \
-    --isolation chroot \
-    --layers \
-    --network host \
-    "${pull[@]}" \
-    --format oci \
-    --build-arg "BASE_IMAGE=$base" \
-    "${build_args[@]}" "${secret[@]}" \
-    --tag "$image" \
-    . >&2
+  build=(
+    buildah "${buildah_opts[@]}" build
+    --isolation chroot
+    --layers
+    --network host
+    "${pull[@]}"
+    --format oci
+    --build-arg "BASE_IMAGE=$base"
+    "${build_args[@]}" "${secret[@]}"
+  )
+  # The build stage gets a tag of its own: nothing in the final image descends from it, so without the
+  # tag the prune below would take its cached layers (the pip installs) with the dangling images.
+  "${build[@]}" --target build --tag "$build_cache" . >&2
+  "${build[@]}" --tag "$image" . >&2
   log "image build took $(took "$start")"
   size=$(buildah "${buildah_opts[@]}" images --noheading --format '{{.Size}}' "$image" | head -n1)
+  # With vfs every layer is a full root filesystem copy: drop what earlier builds left untagged.
+  buildah "${buildah_opts[@]}" rmi --prune >/dev/null 2>&1 || log "warning: buildah rmi --prune failed"
   ;;
 *)
   log "LAYERWATCH_BUILDER must be auto, docker or buildah, not $builder"
