@@ -86,7 +86,6 @@ def test_basic_and_bearer_challenges_are_read_like_a_registry_client_reads_them(
         ('Bearer realm="ftp://a.example/token"', "without an http"),
         ('Bearer realm="/token"', "without an http"),
         ('Bearer realm="https://a.example/token', "malformed"),
-        ('Bearer realm="https://a.example/token",,', "malformed"),
         ("Bearer realm", "malformed"),
         ('Bearer =x,realm="https://a"', "malformed"),
         ('Bearer realm="https://a"x', "malformed"),
@@ -263,3 +262,20 @@ def test_the_docker_config_path_follows_docker_config_then_home(
 
 def test_basic_auth_header_encodes_user_and_password() -> None:
     assert basic_header(Credentials("bot", "pw")) == "Basic " + b64("bot:pw")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'Bearer realm="https://a.example/token",service="reg", Basic realm="reg"',
+        'Basic realm="reg", Bearer realm="https://a.example/token",service="reg"',
+        'Bearer realm="https://a.example/token",,service="reg"',
+    ],
+)
+def test_a_header_offering_several_challenges_is_answered_with_bearer(header: str) -> None:
+    challenge = parse_challenge(header)
+    assert (challenge.scheme, challenge.realm, challenge.service) == (
+        "bearer",
+        "https://a.example/token",
+        "reg",
+    )

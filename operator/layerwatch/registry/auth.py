@@ -39,6 +39,11 @@ MAX_CHALLENGE_LENGTH = 8192
 _PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
 
 
+_BEARER_START = re.compile(r"(?:^|,)\s*bearer(?:\s+|$)", re.IGNORECASE)
+_BASIC_START = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
+_NEXT_SCHEME = re.compile(r"[\s,]*[A-Za-z][A-Za-z0-9_-]*\s+[A-Za-z][A-Za-z0-9_-]*\s*=")
+
+
 class ChallengeError(ValueError):
     """The ``WWW-Authenticate`` header cannot be answered."""
 
@@ -54,21 +59,31 @@ class Challenge:
 
 
 def parse_challenge(header: str) -> Challenge:
-    """Parse the first challenge of a ``WWW-Authenticate`` header (only Basic and Bearer matter)."""
+    """Parse a ``WWW-Authenticate`` header; Bearer wins when it offers several challenges.
+
+    A header may list several challenges (``Bearer realm=..., Basic realm=...``), and proxies
+    join several header lines with commas; only Basic and Bearer are answerable.
+    """
     if len(header) > MAX_CHALLENGE_LENGTH:
         raise ChallengeError(f"WWW-Authenticate header of {len(header)} characters refused")
-    scheme, _, rest = header.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme == "basic":
-        return Challenge(scheme="basic")
-    if scheme != "bearer":
+    bearer = _BEARER_START.search(header)
+    if bearer is None:
+        scheme = header.strip().partition(" ")[0].lower()
+        if scheme == "basic" or _BASIC_START.search(header):
+            return Challenge(scheme="basic")
         raise ChallengeError(f"unsupported auth scheme {scheme[:20]!r}")
     params: dict[str, str] = {}
+    rest = header[bearer.end() :]
     pos = 0
-    rest = rest.strip()
-    while pos < len(rest):
+    while True:
+        while pos < len(rest) and rest[pos] in " \t,":
+            pos += 1  # empty list elements are allowed (RFC 9110 #rule)
+        if pos >= len(rest):
+            break
         match = _PARAM.match(rest, pos)
         if not match or match.end() == pos:
+            if _NEXT_SCHEME.match(rest, pos):
+                break  # the next challenge starts here
             raise ChallengeError("malformed Bearer challenge")
         value = match.group(2) if match.group(2) is not None else match.group(3)
         params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
