@@ -199,6 +199,8 @@ class Scheduler:
         for name in due:
             chain = self._chains[name]
             self._ping_due[name] = now + chain.interval
+            if name in self._caches:
+                self._caches[name].prune()  # once per interval: forget blobs no target asked for again
             results = await asyncio.gather(*(self.client(name, hop).ping() for hop in chain.hops))
             for hop, up in zip(chain.hops, results, strict=True):
                 self.metrics.set_hop_up(name, hop.name, up)

@@ -54,8 +54,6 @@ class KubeApi:
         self.api_client = api_client or load_client_config()
         self.custom = k8s.CustomObjectsApi(self.api_client)
         self.core = k8s.CoreV1Api(self.api_client)
-        self.writes = 0
-        """Status writes and event creations done (for tests and logs)."""
 
     def close(self) -> None:
         self.api_client.close()
@@ -64,14 +62,13 @@ class KubeApi:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _write(self, harmless: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """A write that counts; False when the apiserver answers ``harmless`` (exists, or gone)."""
+        """A write; False when the apiserver answers ``harmless`` (exists already, or gone)."""
         try:
             await self._call(fn, *args, **kwargs)
         except ApiException as exc:
             if exc.status == harmless:
                 return False
             raise
-        self.writes += 1
         return True
 
     # -- OCIRepository condition -----------------------------------------------------------------
@@ -139,7 +136,6 @@ class KubeApi:
                 if exc.status == 404:
                     return False
                 raise
-            self.writes += 1
             return True
         logger.warning(
             "gave up writing the condition on %s/%s after %d conflicts", namespace, name, _CONFLICT_RETRIES
