@@ -73,6 +73,28 @@ build_oras() {
   log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
 }
 
+# refused_requirements GOMOD: for each direct requirement whose exact version the module proxy refuses
+# (e.g. 403 "This module version is not available" for github.com/fluxcd/pkg/artifact v0.18.3, which
+# v1.9.5 and v1.9.6 require), print "path=path@fallback (refused vX)" with the highest older patch
+# release of the same minor the proxy lists, so `go mod edit -replace` can substitute it (patch
+# releases keep their API). With no such release nothing is printed and the build fails on the 403.
+refused_requirements() {
+  local mod ver fallback
+  awk '/^require[ \t]*\(/{b=1;next} b&&/^\)/{b=0} b&&NF>=2&&$0!~/\/\/ indirect/{print $1, $2}' "$1" |
+  while read -r mod ver; do
+    go mod download "$mod@$ver" >/dev/null 2>&1 && continue
+    fallback=$(go list -m -versions "$mod" 2>/dev/null | tr ' ' '\n' | tail -n +2 | python3 -c '
+import re, sys
+def key(v):
+    m = re.match(r"v(\d+)\.(\d+)\.(\d+)(-.*)?$", v)
+    return (int(m[1]), int(m[2]), int(m[3]), m[4] is None) if m else None
+want = key(sys.argv[1])
+older = [v for v in sys.stdin.read().split() if key(v) and key(v)[:2] == want[:2] and key(v) < want and key(v)[3]]
+print(max(older, key=key) if older else "")' "$ver") || true
+    if [ -n "$fallback" ]; then echo "$mod=$mod@$fallback (refused $ver)"; fi
+  done
+}
+
 build_source_controller() {
   local out=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
   if [ -x "$out/source-controller" ] && [ -d "$out/crd" ]; then log "source-controller v$SOURCE_CONTROLLER_VERSION: cached"; return; fi
@@ -102,6 +124,7 @@ for line in lines:
     print(f"{lhs}={rhs}")
 PY
     go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$gomod")"
+    refused_requirements "$gomod" | while read -r r; do log "source-controller: $r"; go mod edit -replace="${r%% *}"; done
     go get "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" >/dev/null
     # The api submodule is versioned separately; take the one the controller requires.
     mkdir -p "$out.tmp/crd"
