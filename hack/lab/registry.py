@@ -46,6 +46,7 @@ class RegistryProcess:
 
     Give ``remote_url`` to make it a pull-through proxy of that upstream (optionally with
     ``username``/``password`` for the upstream's token auth); without it, it is a plain registry.
+    ``tls`` (certificate and key files) makes it serve HTTPS.
     """
 
     def __init__(
@@ -55,9 +56,11 @@ class RegistryProcess:
         remote_url: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
         binary: str = DOCKER_REGISTRY,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.remote_url = remote_url
         self._username = username
         self._password = password
@@ -73,8 +76,8 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.address}"
+        """``http://127.0.0.1:PORT`` (``https://`` when serving TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
     def log_path(self) -> Path:
@@ -85,6 +88,9 @@ class RegistryProcess:
 
     def _config(self) -> dict[str, object]:
         assert self._dir is not None
+        http: dict[str, object] = {"addr": self.address, "secret": secrets.token_hex(16)}
+        if self.tls is not None:
+            http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -92,7 +98,7 @@ class RegistryProcess:
                 "filesystem": {"rootdirectory": str(self._dir / "data")},
                 "delete": {"enabled": True},
             },
-            "http": {"addr": self.address, "secret": secrets.token_hex(16)},
+            "http": http,
             "health": {"storagedriver": {"enabled": False}},
         }
         if self.remote_url is not None:
