@@ -184,6 +184,14 @@ def test_a_layer_lost_at_the_middle_hop_turns_the_condition_false_and_recovers(
     assert recovered[0].type == "Normal"
     assert len([e for e in events(core, namespace, "app") if e.type == "Warning"]) == 1
     _assert_untouched(custom, namespace, "app")
+    password = (chain.hop("edge").credentials or ("", ""))[1]
+    written = [
+        operator.logs(),
+        operator.metrics(),
+        str(custom.get_namespaced_custom_object_status(*FLUX, namespace, "ocirepositories", "app")),
+        str([e.message for e in events(core, namespace, "app")]),
+    ]
+    assert password and not any(password in text for text in written), "the edge password leaked"
 
 
 def _flux_writes_ready(
