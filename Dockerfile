@@ -49,6 +49,10 @@ RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     python3 -c 'import importlib, pkgutil, layerwatch; [importlib.import_module(m.name) for m in pkgutil.walk_packages(layerwatch.__path__, "layerwatch.")]'; \
     layerwatch --version
 
+# A passwd/group entry for UID 65532: getpass.getuser() (kopf's peering identity) and friends need a name.
+RUN echo 'layerwatch:x:65532:65532:layerwatch:/tmp:/usr/sbin/nologin' >> /etc/passwd; \
+    echo 'layerwatch:x:65532:' >> /etc/group
+
 FROM ${BASE_IMAGE}
 ARG VERSION=dev
 ARG REVISION=unknown
@@ -59,6 +63,7 @@ LABEL org.opencontainers.image.title="layerwatch" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
+COPY --from=build /etc/passwd /etc/group /etc/
 COPY --from=build /opt/layerwatch /opt/layerwatch
 # Read-only root friendly: bytecode was compiled at install time, HOME and the working directory are /tmp.
 ENV PATH=/opt/layerwatch/bin:$PATH \

@@ -243,6 +243,17 @@ def test_version_as_uid_65532(container: Container) -> None:
     assert groups.stdout.strip() == "65532"
 
 
+def test_operator_gets_past_startup_as_uid_65532(container: Container) -> None:
+    """UID 65532 has a name (kopf's peering identity calls getpass.getuser()), so ``layerwatch operator``
+    gets as far as looking for a cluster; there is none here, so that is where it must stop."""
+    user = container.exec("python3", "-c", "import getpass; print(getpass.getuser())")
+    assert user.stdout.strip() == "layerwatch", user.stderr
+    done = container.exec("timeout", "20", "layerwatch", "operator", "--all-namespaces", timeout=60.0)
+    output = done.stdout + done.stderr
+    assert "getpwuid" not in output
+    assert "ConfigException" in output or "kube" in output.lower(), output[-3000:]
+
+
 def test_check_through_lab_chain_from_inside_image(
     container: Container, chain: LocalChain, tmp_path: Path
 ) -> None:
