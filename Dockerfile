@@ -23,17 +23,15 @@ RUN python3 -m venv /opt/layerwatch
 ENV PATH=/opt/layerwatch/bin:$PATH
 WORKDIR /src
 
-# The pinned runtime dependencies first, in a layer that changes only with pyproject.toml.
-COPY pyproject.toml ./
+# Every runtime dependency, pinned in requirements.lock (hack/lock.sh), in a layer that changes only
+# with the lock.
+COPY requirements.lock ./
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     set -eu; \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt; \
-    pip install --no-cache-dir -r /tmp/requirements.txt; \
-    rm -f /tmp/requirements.txt
+    pip install --no-cache-dir -r requirements.lock
 
-# Then the package itself (.dockerignore admits only pyproject.toml, README.md, LICENSE and operator/).
+# Then the package itself (.dockerignore admits only pyproject.toml, requirements.lock, README.md, LICENSE and operator/).
 # Afterwards pip and setuptools leave the venv (the final image installs nothing), and so does
 # kubernetes/aio: kubernetes>=35 ships an asyncio copy of the whole generated client (~68 MB) that
 # layerwatch, which uses the synchronous client, never imports. Every layerwatch module is imported
@@ -42,7 +40,7 @@ COPY . ./
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     set -eu; \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install --no-cache-dir .; \
+    pip install --no-cache-dir --no-deps .; \
     python3 -m pip uninstall --yes --quiet pip setuptools; \
     rm -f /opt/layerwatch/bin/pip /opt/layerwatch/bin/pip3 /opt/layerwatch/bin/pip3.*; \
     rm -rf /opt/layerwatch/lib/python3*/site-packages/kubernetes/aio; \

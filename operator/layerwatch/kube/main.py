@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 import kopf
 
+from layerwatch.kube.api import load_client_config
 from layerwatch.kube.service import OperatorOptions
 from layerwatch.logs import configure_logging
 
@@ -50,6 +54,14 @@ def run_operator(argv: Sequence[str]) -> int:
     if not 0 <= args.shard_index < max(args.shard_count, 1):
         _parser().error(f"--shard-index must be in [0, {args.shard_count})")
     configure_logging(args.log_format)
+    try:
+        load_client_config().close()  # fail fast and plainly, before kopf retries forever
+    except Exception as exc:
+        print(
+            f"layerwatch operator: no usable cluster configuration: {str(exc).splitlines()[0]}",
+            file=sys.stderr,
+        )
+        return 2
     from layerwatch.kube import handlers  # noqa: F401 - registers the handlers with kopf
 
     options = OperatorOptions(
@@ -61,6 +73,9 @@ def run_operator(argv: Sequence[str]) -> int:
         namespace=args.secrets_namespace,
     )
     kopf.run(
+        # kopf would name itself after the OS user, which a pod's arbitrary UID may not have
+        # (kopf types the identity as a NewType of str it does not export).
+        identity=cast(Any, os.environ.get("POD_NAME") or f"layerwatch@{socket.gethostname()}/{os.getpid()}"),
         standalone=args.standalone,
         peering_name=args.peering,
         priority=args.priority,
