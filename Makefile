@@ -26,6 +26,7 @@ lint:
 	$(PYTHON) -m ruff check operator tests hack bench
 	$(PYTHON) -m ruff format --check operator tests hack bench
 	$(PYTHON) hack/dashboard/generate.py --check
+	shellcheck hack/*.sh .ci/run
 
 typecheck:
 	$(PYTHON) -m mypy

@@ -32,7 +32,7 @@ build_kube() {
   staging=0.${KUBE_VERSION#1.}; minor=${KUBE_VERSION#1.}; minor=${minor%%.*}
   ( throwaway kube
     gomod=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
-    for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u); do
+    awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u | while read -r m; do
       go mod edit -replace="$m=$m@v$staging"; done
     go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$gomod")"
     go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@v$KUBE_VERSION" >/dev/null
