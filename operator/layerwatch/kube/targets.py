@@ -27,6 +27,7 @@ __all__ = [
     "selector_matches",
 ]
 
+ANNOTATION_PREFIX = "layerwatch.io/"
 ANNOTATION_IGNORE = "layerwatch.io/ignore"
 ANNOTATION_CHAIN = "layerwatch.io/chain"
 ANNOTATION_INCLUDE_SUSPENDED = "layerwatch.io/include-suspended"
@@ -84,7 +85,13 @@ class FluxSource:
             cert_secret_ref=name_of("certSecretRef"),
             insecure=bool(spec.get("insecure", False)),
             suspend=bool(spec.get("suspend", False)),
-            annotations=dict(metadata.get("annotations") or {}),
+            # Only our own annotations steer the plan; others (reconcile.fluxcd.io/requestedAt, set
+            # by every `flux reconcile` and webhook Receiver) must not make every event re-plan.
+            annotations={
+                key: value
+                for key, value in (metadata.get("annotations") or {}).items()
+                if key.startswith(ANNOTATION_PREFIX)
+            },
             conditions=tuple(c for c in status.get("conditions") or () if isinstance(c, Mapping)),
         )
 
