@@ -14,6 +14,7 @@ import datetime
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ logger = logging.getLogger("layerwatch.kube")
 FLUX_GROUP = "source.toolkit.fluxcd.io"
 GROUP, VERSION = "layerwatch.io", "v1alpha1"
 _CONFLICT_RETRIES = 8
+SECRET_TTL = 60.0
+"""Seconds a Secret read is reused: rotation shows within a minute, bursts of re-plans cost one read."""
 
 
 class SecretError(Exception):
@@ -54,6 +57,7 @@ class KubeApi:
         self.api_client = api_client or load_client_config()
         self.custom = k8s.CustomObjectsApi(self.api_client)
         self.core = k8s.CoreV1Api(self.api_client)
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
     def close(self) -> None:
         self.api_client.close()
@@ -185,6 +189,11 @@ class KubeApi:
     # -- Secrets -----------------------------------------------------------------------------------
 
     async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's decoded data, read at most once per SECRET_TTL (re-plans read many)."""
+        key = (namespace, name)
+        cached = self._secrets.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
@@ -195,6 +204,7 @@ class KubeApi:
                 data[key] = base64.b64decode(value).decode()
             except (ValueError, UnicodeDecodeError):
                 continue
+        self._secrets[key] = (time.monotonic() + SECRET_TTL, data)
         return data
 
     async def credentials(self, namespace: str, name: str, host: str) -> Credentials | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -54,6 +55,9 @@ def run_operator(argv: Sequence[str]) -> int:
     if not 0 <= args.shard_index < max(args.shard_count, 1):
         _parser().error(f"--shard-index must be in [0, {args.shard_count})")
     configure_logging(args.log_format)
+    # kopf logs every handled watch event at INFO ("Handler ... succeeded"): one line per Flux status
+    # update per object. layerwatch logs what it decides; kopf's per-object lines only when they matter.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         load_client_config().close()  # fail fast and plainly, before kopf retries forever
     except Exception as exc:
