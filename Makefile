@@ -37,7 +37,7 @@ test-unit:
 test: deps install tools lint typecheck
 	$(PYTHON) -m pytest -ra -p no:cacheprovider tests
 
-demo: install
+demo: deps install
 	hack/build-tools.sh oras
 	PYTHONPATH=hack $(PYTHON) -m lab.demo
 
