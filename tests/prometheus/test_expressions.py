@@ -8,7 +8,6 @@ LIVE-SCRAPE HOOK below is wired, and from SPEC section 5 until then.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -81,32 +80,27 @@ SPEC_METRIC_NAMES = frozenset(
 )
 
 
-@functools.cache
-def live_exposition() -> str | None:
-    """LIVE-SCRAPE HOOK: the text of a running layerwatch's /metrics.
+def live_exposition() -> str:
+    """The text of a running layerwatch's /metrics.
 
     Starts ``layerwatch serve`` on a free port against the local registry chain with one healthy
     and one broken artifact (tests/serve_harness.py), waits until every target has a completed
-    check, GETs ``/metrics`` and stops everything again. Returns None (the tests then fall back to
-    the SPEC section 5 list above) only when the lab's tools are not installed; a lab that is
-    installed but fails raises. Cached: the skip condition below calls it while the module is
-    collected, the fixture calls it again.
+    check, GETs ``/metrics`` and stops everything again. ``make test`` installs the lab's tools;
+    without them this fails rather than falling back to a list that could drift from the code.
     """
     from tests.serve_harness import missing_tools, running_serve
 
-    if missing_tools() is not None:
-        return None
+    missing = missing_tools()
+    if missing is not None:
+        pytest.fail(f"the live scrape needs {missing} (make deps)", pytrace=False)
     with running_serve(interval="2s") as lab:
         return lab.metrics()
 
 
 @pytest.fixture(scope="session")
 def exported_metric_names() -> frozenset[str]:
-    """Series names the expressions may use: from a live scrape when wired, else from the SPEC."""
-    text = live_exposition()
-    if text is None:
-        return SPEC_METRIC_NAMES | PROMETHEUS_SERIES
-    return metric_names_from_exposition(text) | PROMETHEUS_SERIES
+    """Series names the expressions may use: what a running layerwatch really exports."""
+    return metric_names_from_exposition(live_exposition()) | PROMETHEUS_SERIES
 
 
 # --- collecting expressions --------------------------------------------------------------------
@@ -343,6 +337,5 @@ def test_metric_names_from_exposition_reads_client_python_output() -> None:
         assert metric_names_from_exposition(text) == SPEC_METRIC_NAMES
 
 
-@pytest.mark.skipif(live_exposition() is None, reason="LIVE-SCRAPE HOOK not wired yet (see live_exposition)")
 def test_live_exposition_exports_every_spec_metric(exported_metric_names: frozenset[str]) -> None:
     assert not SPEC_METRIC_NAMES - exported_metric_names
