@@ -26,7 +26,8 @@ build_kube() {
   local out=$CACHE/kube/v$KUBE_VERSION
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]; then
     log "kube-apiserver: using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"; return; fi
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then log "kube v$KUBE_VERSION: cached"; return; fi
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then
+    log "kube v$KUBE_VERSION: cached"; ln -sf "$out/kubectl" "$BIN/kubectl"; return; fi
   log "kube v$KUBE_VERSION: building (cold builds take 10-25 min on 2 cores)"
   local start=$SECONDS staging minor gomod m
   staging=0.${KUBE_VERSION#1.}; minor=${KUBE_VERSION#1.}; minor=${minor%%.*}
@@ -41,6 +42,7 @@ build_kube() {
     go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
     go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
     rm -rf "$out"; mv "$out.tmp" "$out" )
+  ln -sf "$out/kubectl" "$BIN/kubectl"
   log "kube v$KUBE_VERSION: built in $((SECONDS - start)) s"
 }
 

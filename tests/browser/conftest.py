@@ -17,5 +17,5 @@ def chromium() -> str:
     """Path of Debian's chromium; skips the test when it is not installed."""
     path = shutil.which("chromium")
     if path is None:
-        pytest.skip("chromium is not installed (Debian package chromium)")
+        pytest.fail("chromium is not installed (Debian package chromium)", pytrace=False)
     return path

@@ -24,7 +24,7 @@ def promtool() -> str:
     """Path of Debian's promtool; skips the test when it is not installed."""
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+        pytest.fail("promtool is not installed (Debian package prometheus)", pytrace=False)
     return path
 
 
@@ -46,5 +46,5 @@ def prometheus_binary() -> str:
     """Path of Debian's prometheus server; skips the test when it is not installed."""
     path = shutil.which("prometheus")
     if path is None:
-        pytest.skip("prometheus is not installed (Debian package prometheus)")
+        pytest.fail("prometheus is not installed (Debian package prometheus)", pytrace=False)
     return path
