@@ -34,6 +34,11 @@ ANNOTATION_INCLUDE_SUSPENDED = "layerwatch.io/include-suspended"
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A section of the body, or an empty one when it is absent or not a mapping at all."""
+    return value if isinstance(value, Mapping) else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class FluxSource:
     """The parts of an OCIRepository layerwatch reads."""
@@ -58,12 +63,12 @@ class FluxSource:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> FluxSource:
-        metadata = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        status = body.get("status") or {}
-        ref = spec.get("ref") or {}
-        artifact = status.get("artifact") or {}
-        selector = spec.get("layerSelector") or {}
+        metadata = _mapping(body.get("metadata"))
+        spec = _mapping(body.get("spec"))
+        status = _mapping(body.get("status"))
+        ref = _mapping(spec.get("ref"))
+        artifact = _mapping(status.get("artifact"))
+        selector = _mapping(spec.get("layerSelector"))
 
         def name_of(field: str) -> str | None:
             value = spec.get(field)
@@ -79,7 +84,7 @@ class FluxSource:
             tag=ref.get("tag"),
             digest=ref.get("digest"),
             semver=ref.get("semver"),
-            revision=artifact.get("revision"),
+            revision=revision if isinstance(revision := artifact.get("revision"), str) else None,
             layer_media_type=selector.get("mediaType"),
             secret_ref=name_of("secretRef"),
             cert_secret_ref=name_of("certSecretRef"),
@@ -89,7 +94,7 @@ class FluxSource:
             # by every `flux reconcile` and webhook Receiver) must not make every event re-plan.
             annotations={
                 key: value
-                for key, value in (metadata.get("annotations") or {}).items()
+                for key, value in _mapping(metadata.get("annotations")).items()
                 if key.startswith(ANNOTATION_PREFIX)
             },
             conditions=tuple(c for c in status.get("conditions") or () if isinstance(c, Mapping)),
