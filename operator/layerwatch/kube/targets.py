@@ -168,6 +168,12 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
     return True
 
 
+def _prefix_length(chain: Chain, reference: Reference) -> int:
+    """Length of the path prefix of the hop ``reference`` enters ``chain`` at (-1: none)."""
+    index = chain.entry(reference.registry, reference.repository)
+    return -1 if index is None else len(chain.hops[index].prefix)
+
+
 def select(
     source: FluxSource,
     chains: Sequence[Chain],
@@ -188,7 +194,9 @@ def select(
     candidates = [c for c in candidates if selector_matches(c.namespace_selector, namespace_labels or {})]
     if not candidates:
         return Selection(None, None, skipped="no chain has a hop for this URL")
-    chain = sorted(candidates, key=lambda c: c.name)[0]
+    # The most specific hop wins (a plain mirror of a whole host must not take the objects of a
+    # proxy project on it); between equally specific chains, the first by name.
+    chain = min(candidates, key=lambda c: (-_prefix_length(c, base), c.name))
     if chain.suspend:
         return Selection(None, chain, skipped=f"chain {chain.name} is suspended")
     resolved = source.resolved()
