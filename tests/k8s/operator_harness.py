@@ -47,10 +47,14 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0, in
 
 
 class Operator:
-    """``layerwatch operator --standalone -A`` on free ports, logs in a file."""
+    """``layerwatch operator --standalone -A`` on free ports, logs in a file.
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, *extra: str) -> None:
+    ``standalone=False`` leaves ``--standalone`` out, for peering (pass ``--peering NAME`` in ``extra``).
+    """
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, *extra: str, standalone: bool = True) -> None:
         self.kubeconfig, self.log_path, self.extra = kubeconfig, log_dir / "operator.log", extra
+        self.standalone = standalone
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,7 +66,7 @@ class Operator:
             "-m",
             "layerwatch.cli",
             "operator",
-            "--standalone",
+            *(["--standalone"] if self.standalone else []),
             "--all-namespaces",
             "--metrics-port",
             str(self.metrics_port),
