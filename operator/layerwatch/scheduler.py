@@ -166,7 +166,14 @@ class Scheduler:
                         interval = watch.chain.interval
                         self._due[key] = now + interval * (1 + random.uniform(-JITTER, JITTER))
                 self._changed.clear()
-                wake = min([*self._due.values(), *self._ping_due.values()], default=now + 60.0)
+                # Pending targets keep a due time but are never checked: they must not set the wake-up
+                # (one in the past would make this loop spin every 50 ms).
+                checkable = [
+                    when
+                    for key, when in self._due.items()
+                    if (w := self._watches.get(key)) is not None and not w.pending
+                ]
+                wake = min([*checkable, *self._ping_due.values()], default=now + 60.0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.05, wake - self._clock())):
                         stop_wait = asyncio.ensure_future(stop.wait())
