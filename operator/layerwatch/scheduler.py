@@ -113,7 +113,8 @@ class Scheduler:
                     self.store.remove(key)
                 if watch.pending:
                     self.store.put(TargetStatus(watch.target, watch.chain.name, pending=watch.pending))
-                elif self.store.get(key) is None:
+                elif self.store.get(key) is None or (previous is not None and previous.pending):
+                    # Flux resolved a pending target: stop showing the old ref and reason as pending.
                     self.store.put(TargetStatus(watch.target, watch.chain.name))
                 if (
                     previous is not None
