@@ -7,7 +7,8 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
-from layerwatch.chain import Chain, Hop
+from layerwatch.chain import Chain, Hop, Mode
+from layerwatch.check import CheckResult
 from layerwatch.manifest import FLUX_CONFIG, FLUX_CONTENT, OCI_MANIFEST, Descriptor, Manifest
 from layerwatch.observation import (
     BlobCheck,
@@ -18,6 +19,7 @@ from layerwatch.observation import (
     ManifestCheck,
 )
 from layerwatch.reference import Reference
+from layerwatch.verdict import judge
 
 SBOM = "application/vnd.example.sbom.v1+json"
 TAG = "v1"
@@ -119,3 +121,77 @@ def replace_at(
     result = list(observations)
     result[position] = new
     return result
+
+
+# -- check results and Kubernetes bodies (operator, scheduler, metrics and web tests) -------------
+
+FINISHED = 1_700_000_001.5
+"""When hand-built checks end (Unix time): 2023-11-14T22:13:21Z."""
+
+
+def check_result(
+    observations: Sequence[HopObservation],
+    *,
+    reference: Reference = REFERENCE,
+    layer_media_type: str | None = None,
+    pinned_digest: str | None = None,
+    finished: float = FINISHED,
+) -> CheckResult:
+    """A completed check of hand-built observations, judged as the engine would."""
+    return CheckResult(
+        reference=reference,
+        observations=tuple(observations),
+        judgement=judge(observations, layer_media_type=layer_media_type, pinned_digest=pinned_digest),
+        mode=Mode.FULL,
+        layer_media_type=layer_media_type,
+        started=finished - 1.0,
+        finished=finished,
+    )
+
+
+def oci_repository(
+    name: str = "app",
+    namespace: str = "team-a",
+    *,
+    url: str = "oci://a.example/p-core/p-ghcr/org/app",
+    ref: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+    suspend: bool | None = None,
+    api_version: str = "source.toolkit.fluxcd.io/v1",
+    conditions: Sequence[Mapping[str, object]] | None = None,
+    generation: int = 3,
+    spec: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """An OCIRepository body as the apiserver sends it (status only when Flux wrote something)."""
+    body_spec: dict[str, object] = {
+        "interval": "1m",
+        "url": url,
+        "ref": dict({"tag": TAG} if ref is None else ref),
+    }
+    if suspend is not None:
+        body_spec["suspend"] = suspend
+    body_spec.update(spec or {})
+    body: dict[str, object] = {
+        "apiVersion": api_version,
+        "kind": "OCIRepository",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{namespace}-{name}",
+            "generation": generation,
+            "resourceVersion": "4711",
+            "annotations": dict(annotations or {}),
+        },
+        "spec": body_spec,
+    }
+    if revision is not None or conditions is not None:
+        status: dict[str, object] = {"observedGeneration": generation, "conditions": list(conditions or ())}
+        if revision is not None:
+            status["artifact"] = {
+                "revision": revision,
+                "digest": digest_of("flux's own tarball"),
+                "path": f"ocirepository/{namespace}/{name}/x.tar.gz",
+            }
+        body["status"] = status
+    return body
