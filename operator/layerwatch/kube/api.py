@@ -147,9 +147,15 @@ class KubeApi:
         return False
 
     async def post_event(
-        self, api_version: str, namespace: str, name: str, uid: str, event: Transition
+        self, api_version: str, namespace: str, name: str, uid: str, event: Transition, *, repeat_after: float
     ) -> bool:
-        """Create the transition's Event; False when it exists already (a restart redoing it)."""
+        """Post the transition's Event; False when this very transition was posted already.
+
+        The name is stable per transition, so a restart redoing one meets its own event (409) and
+        posts nothing. The same transition can also truly happen again later (an unhealthy reason
+        flapping back and forth): when the existing event is older than ``repeat_after`` seconds,
+        its ``count`` goes up instead, the way the apiserver aggregates repeated events.
+        """
         now = datetime.datetime.now(datetime.UTC)
         body = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(name=event.name, namespace=namespace),
@@ -166,7 +172,18 @@ class KubeApi:
             reporting_component="layerwatch.io/operator",
             reporting_instance="layerwatch",
         )
-        return await self._write(409, self.core.create_namespaced_event, namespace, body)
+        if await self._write(409, self.core.create_namespaced_event, namespace, body):
+            return True
+        existing = await self._call(self.core.read_namespaced_event, event.name, namespace)
+        last = existing.last_timestamp or existing.first_timestamp
+        if last is not None and (now - last).total_seconds() < repeat_after:
+            return False
+        patch = {
+            "count": (existing.count or 1) + 1,
+            "lastTimestamp": now.isoformat(),
+            "message": event.message,
+        }
+        return await self._write(404, self.core.patch_namespaced_event, event.name, namespace, patch)
 
     # -- ProxyChain status -------------------------------------------------------------------------
 

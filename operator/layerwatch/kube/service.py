@@ -168,9 +168,8 @@ class OperatorService:
                 Watch(selection.target, selection.chain, selection.pinned_digest, entry, selection.pending)
             )
             if selection.pending:
-                await self._write(
-                    source, desired_condition(None, source.generation, pending=selection.pending)
-                )
+                pending = desired_condition(None, source.generation, pending=selection.pending)
+                await self._write(source, pending, selection.chain.interval)
         self.scheduler.update(chains, watches)
         self._chain_status_dirty.set()
         logger.info(
@@ -230,15 +229,29 @@ class OperatorService:
         self._last_check[key] = result.finished
         source = self.sources.get(key)
         if source is not None:
-            await self._write(source, desired_condition(result.judgement, source.generation))
+            await self._write(
+                source, desired_condition(result.judgement, source.generation), watch.chain.interval
+            )
         self._chain_status_dirty.set()
 
-    async def _write(self, source: FluxSource, desired: Mapping[str, Any]) -> None:
+    async def _write(self, source: FluxSource, desired: Mapping[str, Any], interval: float) -> None:
+        """Write the condition; post the transition's event first.
+
+        A restart redoes a transition within about one interval (first checks are spread over it);
+        the same transition happening again (a reason flapping) comes two intervals later at the
+        earliest. 1.5 intervals tells the two apart.
+        """
+
         async def announce(before: Sequence[Mapping[str, Any]]) -> None:
             event = transition(source.namespace, source.name, source.uid, before, desired)
             if event is not None:
                 await self.api.post_event(
-                    source.api_version, source.namespace, source.name, source.uid, event
+                    source.api_version,
+                    source.namespace,
+                    source.name,
+                    source.uid,
+                    event,
+                    repeat_after=1.5 * interval,
                 )
 
         try:
