@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import socket
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     parser.add_argument("--standalone", action="store_true", help="no peering: always active")
     parser.add_argument("--peering", metavar="NAME", help="kopf peering object for HA (active/standby)")
-    parser.add_argument("--priority", type=int, default=None, help="peering priority (distinct per replica)")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=os.environ.get("LAYERWATCH_PRIORITY"),
+        help="peering priority; distinct per replica (default with --peering: random)",
+    )
     parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
@@ -76,13 +82,17 @@ def run_operator(argv: Sequence[str]) -> int:
         timeout=args.timeout,
         namespace=args.secrets_namespace,
     )
+    priority: int | None = args.priority
+    if priority is None and args.peering:
+        # Equal priorities make every peer pause, and replicas of one Deployment share their args.
+        priority = random.randint(1, 1_000_000)
     kopf.run(
         # kopf would name itself after the OS user, which a pod's arbitrary UID may not have
         # (kopf types the identity as a NewType of str it does not export).
         identity=cast(Any, os.environ.get("POD_NAME") or f"layerwatch@{socket.gethostname()}/{os.getpid()}"),
         standalone=args.standalone,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=priority,
         liveness_endpoint=args.liveness,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -325,6 +325,8 @@ class OperatorService:
                     await self._chain_status_dirty.wait()
             await asyncio.sleep(2.0)  # batch a burst of results into one write per chain
             self._chain_status_dirty.clear()
+            if self.options.shard_count > 1:
+                continue  # a shard sees only its share: its counts would overwrite the others'
             for name in list(self.chains):
                 status = self.chain_status(name)
                 known = self._written_chain_status.get(name)
