@@ -201,6 +201,9 @@ def status_page(document: Mapping[str, Any]) -> str:
                 f'<tr data-artifact="{html.escape(who)}"><th>{html.escape(who)}'
                 f"<small>{html.escape(artifact['reference'])}</small>"
                 + (f"<small>{html.escape(artifact['pending'])}</small>" if artifact["pending"] else "")
+                + "".join(
+                    f'<small class="note">{html.escape(note)}</small>' for note in artifact.get("notes", ())
+                )
                 + "</th>"
             )
             by_hop = {h["name"]: h for h in artifact["hops"]}

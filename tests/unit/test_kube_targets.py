@@ -251,7 +251,11 @@ def test_status_artifact_digest_is_never_taken_for_a_registry_digest() -> None:
         pytest.param({"url": "https://a.example/p-core/app"}, "spec.url", id="not-oci-scheme"),
         pytest.param({"url": "oci://a.example/p-core/UPPER"}, "spec.url", id="bad-repository"),
         pytest.param({"url": ""}, "spec.url", id="empty-url"),
-        pytest.param({"annotations": {ANNOTATION_CHAIN: "nope"}}, "no chain", id="chain-annotation-unknown"),
+        pytest.param(
+            {"annotations": {ANNOTATION_CHAIN: "nope"}},
+            "no active ProxyChain named nope",
+            id="chain-annotation-unknown",
+        ),
         pytest.param(
             {"annotations": {ANNOTATION_CHAIN: "elsewhere"}}, "no chain", id="chain-annotation-url-off-chain"
         ),
@@ -347,7 +351,7 @@ def test_a_namespace_selector_limits_a_chain_to_matching_namespaces(
     selection = choose((TEAM_A,), labels=labels)
     assert (selection.target is not None) is watched
     if not watched:
-        assert selection.skipped == "no chain has a hop for this URL"
+        assert selection.skipped == "the chain's namespaceSelector excludes this namespace"
 
 
 def test_a_namespace_selector_sends_each_namespace_to_its_own_chain() -> None:

@@ -189,11 +189,14 @@ def select(
     except ReferenceError as exc:
         return Selection(None, None, skipped=f"spec.url: {exc}")
     wanted = source.annotations.get(ANNOTATION_CHAIN)
-    candidates = [c for c in chains if (c.name == wanted if wanted else c.matches(base))]
-    candidates = [c for c in candidates if c.matches(base)]
+    candidates = [c for c in chains if c.matches(base) and (c.name == wanted or not wanted)]
+    if not candidates:
+        if wanted and all(c.name != wanted for c in chains):
+            return Selection(None, None, skipped=f"no active ProxyChain named {wanted}")
+        return Selection(None, None, skipped="no chain has a hop for this URL")
     candidates = [c for c in candidates if selector_matches(c.namespace_selector, namespace_labels or {})]
     if not candidates:
-        return Selection(None, None, skipped="no chain has a hop for this URL")
+        return Selection(None, None, skipped="the chain's namespaceSelector excludes this namespace")
     # The most specific hop wins (a plain mirror of a whole host must not take the objects of a
     # proxy project on it); between equally specific chains, the first by name.
     chain = min(candidates, key=lambda c: (-_prefix_length(c, base), c.name))
