@@ -71,7 +71,7 @@ class OperatorService:
         self._dirty = asyncio.Event()
         self._chain_status_dirty = asyncio.Event()
         self._written_chain_status: dict[str, dict[str, Any]] = {}
-        self._last_check: dict[tuple[str, str], float] = {}
+        self._skipped: dict[tuple[str, str], str] = {}
 
     # -- what kopf tells us ------------------------------------------------------------------------
 
@@ -154,9 +154,13 @@ class OperatorService:
         self.chains = chains
         ordered = sorted(chains.values(), key=lambda c: c.name)
         watches: list[Watch] = []
+        skipped: dict[tuple[str, str], str] = {}
         for source in self.sources.values():
             selection = select(source, ordered, self.namespace_labels.get(source.namespace))
             if selection.target is None or selection.chain is None:
+                skipped[source.key] = selection.skipped or "not selected"
+                if self._skipped.get(source.key) != skipped[source.key]:  # say it once, not every re-plan
+                    logger.info("not watching %s/%s: %s", *source.key, skipped[source.key])
                 continue
             entry = await self._entry_hop(
                 source,
@@ -170,6 +174,7 @@ class OperatorService:
             if selection.pending:
                 pending = desired_condition(None, source.generation, pending=selection.pending)
                 await self._write(source, pending, selection.chain.interval)
+        self._skipped = skipped
         self.scheduler.update(chains, watches)
         self._chain_status_dirty.set()
         logger.info(
@@ -225,9 +230,7 @@ class OperatorService:
     # -- results -----------------------------------------------------------------------------------
 
     async def _on_result(self, watch: Watch, result: CheckResult) -> None:
-        key = watch.target.key
-        self._last_check[key] = result.finished
-        source = self.sources.get(key)
+        source = self.sources.get(watch.target.key)
         if source is not None:
             await self._write(
                 source, desired_condition(result.judgement, source.generation), watch.chain.interval
