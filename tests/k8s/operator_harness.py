@@ -92,7 +92,12 @@ class Operator:
         return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics") or ""
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        """The end of the log, for failure messages."""
+        return self.text()[-6000:]
+
+    def text(self) -> str:
+        """The whole log, for assertions about what the operator said (or never said)."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -186,7 +186,7 @@ def test_a_layer_lost_at_the_middle_hop_turns_the_condition_false_and_recovers(
     _assert_untouched(custom, namespace, "app")
     password = (chain.hop("edge").credentials or ("", ""))[1]
     written = [
-        operator.logs(),
+        operator.text(),
         operator.metrics(),
         str(custom.get_namespaced_custom_object_status(*FLUX, namespace, "ocirepositories", "app")),
         str([e.message for e in events(core, namespace, "app")]),

@@ -209,7 +209,7 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         assert series_names(standby.metrics(), namespace) == set(), "the standby checked while A was alive"
         assert checks_total(standby.metrics()) == 0, "the standby checked while A was alive"
         # --peering makes peering mandatory: the standby starts paused, so it never even plans.
-        assert "layerwatch.scheduler: checked" not in standby.logs()
+        assert "layerwatch.scheduler: checked" not in standby.text()
 
         lastseen = _peers(custom)
         killed_at = time.monotonic()
@@ -224,7 +224,7 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         print(f"\n[scale-out] standby took over {takeover:.1f} s after SIGKILL (peers before: {lastseen})")
         assert takeover < TAKEOVER_LIMIT, f"takeover took {takeover:.0f} s"
         assert checks_total(standby.metrics()) > 0
-        assert "Resuming operations after the pause" in standby.logs()
+        assert "Resuming operations after the pause" in standby.text()
 
         # B really writes: a fresh artifact whose layer is missing at core turns False under B.
         _, late_url, _ = _artifact(chain, drop_at="core")
@@ -241,6 +241,6 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         assert series_names(standby.metrics(), namespace) == {"app", "late"}
         assert not any(k.endswith(f"/{active.process.pid}") for k in _peers(custom)), "A's dead entry stayed"
         for operator in (active, standby):
-            assert "Forbidden" not in operator.logs(), operator.logs()
+            assert "Forbidden" not in operator.text(), operator.logs()
     finally:
         _stop_all(active, standby)

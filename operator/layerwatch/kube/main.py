@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help="namespace of ProxyChain Secrets whose secretRef names none",
     )
     parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning"],
+        default=os.environ.get("LAYERWATCH_LOG_LEVEL", "info"),
+        help="debug also says why each OCIRepository is not watched",
+    )
+    parser.add_argument(
         "--log-format", choices=["text", "json"], default=os.environ.get("LAYERWATCH_LOG_FORMAT", "text")
     )
     return parser
@@ -60,7 +66,7 @@ def run_operator(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if not 0 <= args.shard_index < max(args.shard_count, 1):
         _parser().error(f"--shard-index must be in [0, {args.shard_count})")
-    configure_logging(args.log_format)
+    configure_logging(args.log_format, getattr(logging, args.log_level.upper()))
     # kopf logs every handled watch event at INFO ("Handler ... succeeded"): one line per Flux status
     # update per object. layerwatch logs what it decides; kopf's per-object lines only when they matter.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -160,7 +160,7 @@ class OperatorService:
             if selection.target is None or selection.chain is None:
                 skipped[source.key] = selection.skipped or "not selected"
                 if self._skipped.get(source.key) != skipped[source.key]:  # say it once, not every re-plan
-                    logger.info("not watching %s/%s: %s", *source.key, skipped[source.key])
+                    logger.debug("not watching %s/%s: %s", *source.key, skipped[source.key])
                 continue
             entry = await self._entry_hop(
                 source,
@@ -178,10 +178,11 @@ class OperatorService:
         self.scheduler.update(chains, watches)
         self._chain_status_dirty.set()
         logger.info(
-            "planned %d targets on %d chains",
+            "planned %d targets on %d chains; %d OCIRepositories not watched (reasons at debug level)",
             len(watches),
             len(chains),
-            extra={"targets": len(watches), "chains": len(chains)},
+            len(skipped),
+            extra={"targets": len(watches), "chains": len(chains), "skipped": len(skipped)},
         )
 
     async def _chain(self, name: str, body: Mapping[str, Any]) -> Chain:
