@@ -31,7 +31,9 @@ from lab.kube import REPO, ControlPlane
 from layerwatch.kube.targets import in_shard
 
 PEERING = ("kopf.dev", "v1", "clusterkopfpeerings", "layerwatch")
-TAKEOVER_LIMIT = 100.0
+PEERING_LIFETIME = 20
+"""Seconds; kopf's default is 60. A standby takes over at most this long after a crash."""
+TAKEOVER_LIMIT = PEERING_LIFETIME + 25.0
 """kopf's default peering lifetime is 60 s: a standby resumes at most 60 s after the last keep-alive
 of the dead peer; the rest is margin for the re-list, the daemon start and one check cycle."""
 
@@ -175,6 +177,8 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         "layerwatch",
         "--priority",
         "100",
+        "--peering-lifetime",
+        str(PEERING_LIFETIME),
         standalone=False,
     )
     standby = Operator(
@@ -184,6 +188,8 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         "layerwatch",
         "--priority",
         "50",
+        "--peering-lifetime",
+        str(PEERING_LIFETIME),
         standalone=False,
     )
     try:

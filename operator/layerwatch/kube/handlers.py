@@ -36,6 +36,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="layerwatch.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="layerwatch.io")
     settings.posting.level = logging.WARNING  # kopf's own k8s events only for real trouble
+    settings.peering.lifetime = options.peering_lifetime
     settings.watching.server_timeout = 300  # re-open watches every 5 min, well within kopf's client timeout
     service = OperatorService(KubeApi(), options)
     web = WebServer(service.metrics, lambda: service.chains)

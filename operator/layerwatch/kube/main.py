@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         help="peering priority; distinct per replica (default with --peering: random)",
     )
     parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(os.environ.get("LAYERWATCH_PEERING_LIFETIME", 60)),
+        metavar="SECONDS",
+        help="how long a silent peer counts as alive (failover time)",
+    )
+    parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument(
@@ -87,6 +94,7 @@ def run_operator(argv: Sequence[str]) -> int:
         shard_count=args.shard_count,
         timeout=args.timeout,
         namespace=args.secrets_namespace,
+        peering_lifetime=args.peering_lifetime,
     )
     priority: int | None = args.priority
     if priority is None and args.peering:

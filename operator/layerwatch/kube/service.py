@@ -50,6 +50,9 @@ class OperatorOptions:
     timeout: float = 30.0
     namespace: str = "layerwatch"
     """Namespace of ProxyChain Secrets when a secretRef names none."""
+    peering_lifetime: int = 60
+    """Seconds a peer's keep-alive counts (kopf's default): a standby takes over at most this long
+    after the active replica dies; shorter costs more keep-alive patches."""
 
 
 class OperatorService:
