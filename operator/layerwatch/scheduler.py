@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import heapq
 import logging
 import random
 import time
@@ -78,6 +79,8 @@ class Scheduler:
         self._clock = clock
         self._watches: dict[tuple[str, str], Watch] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, tuple[str, str]]] = []
+        """Due times in order; an entry no longer equal to ``_due[key]`` is stale and skipped."""
         self._chains: dict[str, Chain] = {}
         self._caches: dict[str, BlobCache] = {}
         self._clients: dict[tuple[str, Hop], RegistryClient] = {}
@@ -107,7 +110,7 @@ class Scheduler:
         for key, watch in fresh.items():
             previous = self._watches.get(key)
             if previous is None or previous.chain.interval != watch.chain.interval:
-                self._due[key] = now + first_due_offset(key, watch.chain.interval)
+                self._schedule(key, now + first_due_offset(key, watch.chain.interval))
             if previous != watch:
                 if previous is not None and previous.chain.name != watch.chain.name:
                     self.store.remove(key)
@@ -121,7 +124,7 @@ class Scheduler:
                     and not watch.pending
                     and self._identity(previous) != self._identity(watch)
                 ):
-                    self._due[key] = now  # what to check changed: check it now.
+                    self._schedule(key, now)  # what to check changed: check it now.
         self._watches = fresh
         self._retire_clients()
         self._changed.set()
@@ -129,6 +132,10 @@ class Scheduler:
     @staticmethod
     def _identity(watch: Watch) -> tuple[object, ...]:
         return (watch.target, watch.pinned_digest, watch.entry_hop, watch.chain.hops, watch.chain.mode)
+
+    def _schedule(self, key: tuple[str, str], when: float) -> None:
+        self._due[key] = when
+        heapq.heappush(self._heap, (when, key))
 
     def _forget(self, key: tuple[str, str]) -> None:
         self._due.pop(key, None)
@@ -160,21 +167,19 @@ class Scheduler:
             while not stop.is_set():
                 now = self._clock()
                 await self._ping_due_chains(now)
-                for key, due in list(self._due.items()):
+                while self._heap and self._heap[0][0] <= now:
+                    when, key = heapq.heappop(self._heap)
                     watch = self._watches.get(key)
-                    if due <= now and key not in self._running and watch is not None and not watch.pending:
+                    if self._due.get(key) != when or watch is None or watch.pending:
+                        continue  # stale, removed, or pending (update() re-schedules it once resolved)
+                    self._schedule(key, now + watch.chain.interval * (1 + random.uniform(-JITTER, JITTER)))
+                    if key not in self._running:  # a check still running from last time is not doubled
                         self._running[key] = asyncio.create_task(self._check(watch))
-                        interval = watch.chain.interval
-                        self._due[key] = now + interval * (1 + random.uniform(-JITTER, JITTER))
                 self._changed.clear()
-                # Pending targets keep a due time but are never checked: they must not set the wake-up
-                # (one in the past would make this loop spin every 50 ms).
-                checkable = [
-                    when
-                    for key, when in self._due.items()
-                    if (w := self._watches.get(key)) is not None and not w.pending
-                ]
-                wake = min([*checkable, *self._ping_due.values()], default=now + 60.0)
+                while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)
+                next_check = [self._heap[0][0]] if self._heap else []
+                wake = min([*next_check, *self._ping_due.values()], default=now + 60.0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.05, wake - self._clock())):
                         stop_wait = asyncio.ensure_future(stop.wait())
