@@ -36,28 +36,39 @@ _MAX_INDEX_CHILDREN = 64
 
 
 class BlobCache:
-    """Blobs verified recently, by (hop URL, repository, digest), each trusted for ``ttl`` seconds."""
+    """Content verified recently at a hop: blobs and manifests, by (hop URL, repository, digest).
+
+    Both are content-addressed, so what was verified stays true for its digest; ``ttl`` (the
+    chain's interval) bounds how long layerwatch trusts that the hop still serves it. A manifest
+    is kept with its bytes, so a check that resolves a tag to a known digest needs no GET: the
+    HEAD alone, as Flux does between revisions.
+    """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._verified: dict[tuple[str, str, str], float] = {}
+        self._verified: dict[tuple[str, str, str], tuple[float, FetchedManifest | None]] = {}
+
+    def _entry(self, key: tuple[str, str, str]) -> tuple[float, FetchedManifest | None] | None:
+        entry = self._verified.get(key)
+        if entry is not None and self._clock() - entry[0] >= self.ttl:
+            del self._verified[key]
+            return None
+        return entry
 
     def fresh(self, key: tuple[str, str, str]) -> bool:
-        stamp = self._verified.get(key)
-        if stamp is None:
-            return False
-        if self._clock() - stamp >= self.ttl:
-            del self._verified[key]
-            return False
-        return True
+        return self._entry(key) is not None
 
-    def remember(self, key: tuple[str, str, str]) -> None:
-        self._verified[key] = self._clock()
+    def remember(self, key: tuple[str, str, str], manifest: FetchedManifest | None = None) -> None:
+        self._verified[key] = (self._clock(), manifest)
+
+    def manifest(self, key: tuple[str, str, str]) -> FetchedManifest | None:
+        entry = self._entry(key)
+        return entry[1] if entry is not None else None
 
     def prune(self) -> None:
         cutoff = self._clock() - self.ttl
-        self._verified = {k: v for k, v in self._verified.items() if v > cutoff}
+        self._verified = {k: v for k, v in self._verified.items() if v[0] > cutoff}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +117,21 @@ class _HopCheck:
                 fetched = await self.client.fetch_manifest(repository, reference.tag)
                 tag_digest = fetched.digest_header or fetched.digest()
                 return tag_digest, tag_digest, fetched
-            return tag_digest, tag_digest, await self.client.fetch_manifest(repository, tag_digest)
+            return tag_digest, tag_digest, await self._manifest(tag_digest)
         digest = reference.ref
-        return None, digest, await self.client.fetch_manifest(repository, digest)
+        return None, digest, await self._manifest(digest)
+
+    def _key(self, digest: str) -> tuple[str, str, str]:
+        return (self.target.hop.url, self.target.repository, digest)
+
+    async def _manifest(self, digest: str) -> FetchedManifest:
+        cached = self.cache.manifest(self._key(digest)) if self.cache is not None else None
+        return cached or await self.client.fetch_manifest(self.target.repository, digest)
+
+    def remember_manifest(self, digest: str, fetched: FetchedManifest) -> None:
+        """A manifest whose bytes matched its digest and parsed: trusted for the cache's lifetime."""
+        if self.cache is not None:
+            self.cache.remember(self._key(digest), fetched)
 
     async def blob(self, descriptor: manifests.Descriptor, index: int | None) -> BlobCheck:
         """Verify a blob once per check, whatever number of manifests list it."""
@@ -120,7 +143,7 @@ class _HopCheck:
         return dataclasses.replace(result, descriptor=descriptor, index=index)
 
     async def _verify(self, descriptor: manifests.Descriptor) -> BlobCheck:
-        key = (self.target.hop.url, self.target.repository, descriptor.digest)
+        key = self._key(descriptor.digest)
         if self.cache is not None and self.cache.fresh(key):
             return BlobCheck(descriptor, None, BlobStatus.OK, "verified earlier this interval")
         result = await self.client.verify_blob(
@@ -191,6 +214,7 @@ async def observe_hop(
             parsed = manifests.parse(fetched.body, fetched.media_type)
         except manifests.ManifestError as exc:
             return observed(manifest_corrupt=f"manifest {short_digest(digest)}: {exc}")
+        work.remember_manifest(digest, fetched)
         if isinstance(parsed, manifests.Index):
             checks = await _index_children(work, parsed)
             if isinstance(checks, str):

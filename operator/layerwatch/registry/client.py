@@ -191,7 +191,9 @@ class RegistryClient:
         """True when ``/v2/`` answers like a registry (200, or 401 with a challenge)."""
         try:
             async with self._limit:
-                response = await self._exchange("GET", f"{self.hop.base_url}/v2/", repository=None)
+                response = await self._exchange(
+                    "GET", f"{self.hop.base_url}/v2/", repository=None, answer_challenge=False
+                )
                 await response.aclose()
         except RegistryError:
             return False
@@ -350,13 +352,15 @@ class RegistryClient:
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, self.settings.backoff * 2 ** (attempt - 1)))
 
-    async def _exchange(self, method: str, url: str, *, repository: str | None) -> httpx.Response:
+    async def _exchange(
+        self, method: str, url: str, *, repository: str | None, answer_challenge: bool = True
+    ) -> httpx.Response:
         """Send, answering one auth challenge and following redirects (Authorization stays home)."""
         headers = {"Accept": ACCEPT, "User-Agent": "layerwatch"}
         authorization = await self._authorization(repository) if repository else None
         if authorization:
             headers["Authorization"] = authorization
-        challenged = False
+        challenged = not answer_challenge  # a ping only asks whether the registry answers
         for _ in range(_MAX_REDIRECTS + 1):
             response = await self._send(method, url, headers)
             if response.status_code in _REDIRECTS and "location" in response.headers:
