@@ -9,7 +9,6 @@ any hop without its own credentials gets them from the docker config (``--docker
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from layerwatch.chain import (
     split_documents,
     target_from_document,
 )
+from layerwatch.documents import json_object
 from layerwatch.registry.auth import credentials_from_docker_config, default_docker_config_path
 
 __all__ = [
@@ -59,12 +59,9 @@ def _docker_config(path: Path | None, *, required: bool) -> Mapping[str, Any]:
     if not path.exists() and not required:
         return {}
     try:
-        document = json.loads(_read_text(path, "docker config"))
-    except json.JSONDecodeError:
-        raise ChainError(f"docker config {path} is not valid JSON") from None
-    if not isinstance(document, Mapping):
-        raise ChainError(f"docker config {path} is not a JSON object")
-    return document
+        return json_object(_read_text(path, "docker config"))
+    except ValueError as exc:
+        raise ChainError(f"docker config {path} is {exc}") from None
 
 
 def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings, host: str) -> dict[str, Any]:

@@ -8,10 +8,10 @@ about everything else, so a hop serving something odd yields ``ManifestCorrupt``
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from layerwatch.documents import json_object
 from layerwatch.reference import is_digest
 
 __all__ = [
@@ -142,11 +142,9 @@ def parse(body: bytes, content_type: str | None = None) -> Manifest | Index:
     if len(body) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest is {len(body)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise ManifestError("manifest is not valid JSON") from None
-    if not isinstance(document, Mapping):
-        raise ManifestError("manifest is not a JSON object")
+        document = json_object(body)
+    except ValueError as exc:
+        raise ManifestError(f"manifest is {exc}") from None
     if document.get("schemaVersion") != 2:
         raise ManifestError(f"unsupported schemaVersion {document.get('schemaVersion')!r}")
     media_type = _media_type(document, content_type)

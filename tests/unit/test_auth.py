@@ -184,11 +184,11 @@ def test_a_token_and_its_lifetime_are_read_from_the_token_endpoints_answer(
 @pytest.mark.parametrize(
     ("body", "complaint"),
     [
-        (b"<html>", "did not answer JSON"),
-        (b"\xff\xfe", "did not answer JSON"),
-        (b"1" * 5000, "did not answer JSON"),
-        (b"[" * 100_000, "did not answer JSON"),
-        (b'["token"]', "other than a JSON object"),
+        (b"<html>", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"1" * 5000, "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON"),
+        (b'["token"]', "not a JSON object"),
         (b"{}", "without a token"),
         (b'{"token": ""}', "without a token"),
         (b'{"token": 5}', "without a token"),

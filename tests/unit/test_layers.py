@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "layerwatch"
-CORE = ["reference", "chain", "manifest", "observation", "verdict", "report", "check", "config"]
+CORE = ["reference", "chain", "documents", "manifest", "observation", "verdict", "report", "check", "config"]
 SHELL_IMPORTS = ("kopf", "kubernetes", "aiohttp.web", "layerwatch.kube", "layerwatch.cli", "layerwatch.serve")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import json
 import logging
 import random
 import time
@@ -23,6 +22,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from layerwatch.chain import Credentials
+from layerwatch.documents import json_object
 from layerwatch.kube.conditions import Transition, merge_conditions, now_rfc3339
 from layerwatch.registry.auth import credentials_from_docker_config
 
@@ -229,10 +229,10 @@ class KubeApi:
         data = await self._secret_data(namespace, name)
         if ".dockerconfigjson" in data:
             try:
-                config = json.loads(data[".dockerconfigjson"])
-            except json.JSONDecodeError:
-                raise SecretError(f"Secret {namespace}/{name}: .dockerconfigjson is not JSON") from None
-            return credentials_from_docker_config(config, host) if isinstance(config, dict) else None
+                config = json_object(data[".dockerconfigjson"])
+            except ValueError as exc:
+                raise SecretError(f"Secret {namespace}/{name}: .dockerconfigjson is {exc}") from None
+            return credentials_from_docker_config(config, host)
         if "username" in data and "password" in data:
             return Credentials(data["username"], data["password"])
         raise SecretError(f"Secret {namespace}/{name}: neither .dockerconfigjson nor username/password")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from layerwatch.chain import Credentials
+from layerwatch.documents import json_object
 from layerwatch.reference import DOCKER_HUB
 
 __all__ = [
@@ -129,11 +129,9 @@ class TokenCache:
 def token_from_response(body: bytes) -> tuple[str, float]:
     """Token and lifetime from a token endpoint's JSON (``token`` or ``access_token``; 60 s default)."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise ChallengeError("token endpoint did not answer JSON") from None
-    if not isinstance(document, Mapping):
-        raise ChallengeError("token endpoint answered something other than a JSON object")
+        document = json_object(body)
+    except ValueError as exc:
+        raise ChallengeError(f"token endpoint answer is {exc}") from None
     token = document.get("token") or document.get("access_token")
     if not isinstance(token, str) or not token:
         raise ChallengeError("token endpoint answered without a token")
