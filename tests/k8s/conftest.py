@@ -15,6 +15,7 @@ so a cold build (10-25 min) is not charged to the first test's timeout.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
+from tests.k8s.operator_harness import LAB_INTERVAL, LW, proxychain_document
 
+from lab.chain import LocalChain
 from lab.kube import REPO, ControlPlane, ControlPlaneError, Tools, find_tools, load_docs, load_flux_crds
 
 MANIFESTS = REPO / "manifests"
@@ -111,3 +115,41 @@ def operator_kubeconfig(control_plane: ControlPlane) -> Path:
 def operator_api(control_plane: ControlPlane, operator_kubeconfig: Path) -> Any:
     """``kubernetes.client.ApiClient`` authenticated as the operator's ServiceAccount."""
     return control_plane.api_client(operator_kubeconfig)
+
+
+# --- the lab registry chain and a ProxyChain for it, shared by the operator tests ----------------
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[LocalChain]:
+    with LocalChain() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def proxychain(control_plane: ControlPlane, operator_kubeconfig: Path, chain: LocalChain) -> Iterator[str]:
+    """A ProxyChain for the lab chain; the edge's robot account is a basic-auth Secret."""
+    user, password = chain.hop("edge").credentials or ("", "")
+    control_plane.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/basic-auth",
+            "metadata": {"name": "lab-edge", "namespace": "layerwatch"},
+            "stringData": {"username": user, "password": password},
+        }
+    )
+    name = f"lab-{secrets.token_hex(3)}"
+    control_plane.apply(proxychain_document(chain, name, LAB_INTERVAL))
+    yield name
+    client.CustomObjectsApi(control_plane.api_client()).delete_cluster_custom_object(*LW, "proxychains", name)
+
+
+@pytest.fixture
+def custom(admin_api: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(admin_api)
+
+
+@pytest.fixture
+def core(admin_api: Any) -> client.CoreV1Api:
+    return client.CoreV1Api(admin_api)

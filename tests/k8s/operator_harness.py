@@ -7,6 +7,7 @@ the TokenRequest token of ServiceAccount layerwatch/layerwatch, bound to manifes
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,10 +20,15 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
+from lab.artifacts import push_flux_artifact
+from lab.chain import LocalChain
+
 T = TypeVar("T")
 FLUX = ("source.toolkit.fluxcd.io", "v1")
 LW = ("layerwatch.io", "v1alpha1")
 CONDITION = "layerwatch.io/ProxyHealthy"
+LAB_INTERVAL = "3s"
+"""Check interval of the shared lab ProxyChain: short, so tests see verdicts within seconds."""
 
 
 def free_port() -> int:
@@ -145,3 +151,40 @@ def metric_value(text: str, metric: str, /, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             return float(value)
     return None
+
+
+def proxychain_document(lab: LocalChain, name: str, interval: str) -> dict[str, Any]:
+    """A ProxyChain for the lab chain; the edge's credentials come from Secret layerwatch/lab-edge."""
+    hops = []
+    for hop in lab.hops:
+        entry: dict[str, Any] = {"name": hop.name, "url": hop.url}
+        if hop.credentials:
+            entry["secretRef"] = {"name": "lab-edge", "namespace": "layerwatch"}
+        hops.append(entry)
+    return {
+        "apiVersion": "layerwatch.io/v1alpha1",
+        "kind": "ProxyChain",
+        "metadata": {"name": name},
+        "spec": {"hops": hops, "interval": interval},
+    }
+
+
+def push_artifact(chain: LocalChain, drop_at: str | None = None) -> tuple[str, str, str]:
+    """Push a fresh Flux artifact; optionally drop its content layer at a hop before any pull."""
+    repository = f"org/app-{secrets.token_hex(4)}"
+    pushed = push_flux_artifact(chain.push_address, repository, "v1")
+    if drop_at:
+        chain.faults(drop_at).set(
+            [
+                {
+                    "kind": "drop",
+                    "repository": chain.repository_at(drop_at, repository),
+                    "digest": pushed.content_layer.digest,
+                }
+            ]
+        )
+    return (
+        repository,
+        f"oci://{chain.reference(repository, 'v1').rsplit(':', 1)[0]}",
+        pushed.content_layer.digest,
+    )

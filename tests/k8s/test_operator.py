@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -16,60 +15,20 @@ from kubernetes.client.exceptions import ApiException
 from tests.k8s.operator_harness import (
     CONDITION,
     FLUX,
+    LAB_INTERVAL,
     LW,
     Operator,
     condition,
     events,
     metric_value,
     ocirepository,
+    proxychain_document,
+    push_artifact,
     wait_for,
 )
 
-from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
 from lab.kube import ControlPlane
-
-INTERVAL = "3s"
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[LocalChain]:
-    with LocalChain() as lab:
-        yield lab
-
-
-def _proxychain(lab: LocalChain, name: str, interval: str) -> dict[str, Any]:
-    hops = []
-    for hop in lab.hops:
-        entry: dict[str, Any] = {"name": hop.name, "url": hop.url}
-        if hop.credentials:
-            entry["secretRef"] = {"name": "lab-edge", "namespace": "layerwatch"}
-        hops.append(entry)
-    return {
-        "apiVersion": "layerwatch.io/v1alpha1",
-        "kind": "ProxyChain",
-        "metadata": {"name": name},
-        "spec": {"hops": hops, "interval": interval},
-    }
-
-
-@pytest.fixture(scope="module")
-def proxychain(control_plane: ControlPlane, operator_kubeconfig: Path, chain: LocalChain) -> Iterator[str]:
-    """A ProxyChain for the lab chain; the edge's robot account is a basic-auth Secret."""
-    user, password = chain.hop("edge").credentials or ("", "")
-    control_plane.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/basic-auth",
-            "metadata": {"name": "lab-edge", "namespace": "layerwatch"},
-            "stringData": {"username": user, "password": password},
-        }
-    )
-    name = f"lab-{secrets.token_hex(3)}"
-    control_plane.apply(_proxychain(chain, name, INTERVAL))
-    yield name
-    client.CustomObjectsApi(control_plane.api_client()).delete_cluster_custom_object(*LW, "proxychains", name)
 
 
 @pytest.fixture
@@ -81,37 +40,6 @@ def operator(operator_kubeconfig: Path, proxychain: str, tmp_path: Path) -> Iter
         process.stop()
         if process.process is not None and process.process.returncode not in (0, -signal.SIGTERM):
             print(process.logs())
-
-
-@pytest.fixture
-def custom(admin_api: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(admin_api)
-
-
-@pytest.fixture
-def core(admin_api: Any) -> client.CoreV1Api:
-    return client.CoreV1Api(admin_api)
-
-
-def _artifact(chain: LocalChain, drop_at: str | None = None) -> tuple[str, str, str]:
-    """Push a fresh Flux artifact; optionally drop its content layer at a hop before any pull."""
-    repository = f"org/app-{secrets.token_hex(4)}"
-    pushed = push_flux_artifact(chain.push_address, repository, "v1")
-    if drop_at:
-        chain.faults(drop_at).set(
-            [
-                {
-                    "kind": "drop",
-                    "repository": chain.repository_at(drop_at, repository),
-                    "digest": pushed.content_layer.digest,
-                }
-            ]
-        )
-    return (
-        repository,
-        f"oci://{chain.reference(repository, 'v1').rsplit(':', 1)[0]}",
-        pushed.content_layer.digest,
-    )
 
 
 def _assert_untouched(
@@ -130,7 +58,7 @@ def test_a_layer_lost_at_the_middle_hop_turns_the_condition_false_and_recovers(
     core: client.CoreV1Api,
     namespace: str,
 ) -> None:
-    repository, url, layer = _artifact(chain, drop_at="core")
+    repository, url, layer = push_artifact(chain, drop_at="core")
     custom.create_namespaced_custom_object(
         *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
     )
@@ -235,7 +163,7 @@ def test_flux_and_layerwatch_writing_the_same_conditions_never_lose_each_other(
     core: client.CoreV1Api,
     namespace: str,
 ) -> None:
-    repository, url, _ = _artifact(chain)
+    repository, url, _ = push_artifact(chain)
     custom.create_namespaced_custom_object(
         *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
     )
@@ -277,9 +205,9 @@ def test_a_thousand_unchanged_ocirepositories_cause_no_writes_per_cycle(
     namespace: str,
 ) -> None:
     bulk = f"bulk-{secrets.token_hex(3)}"
-    control_plane.apply(_proxychain(chain, bulk, "20s"))
+    control_plane.apply(proxychain_document(chain, bulk, "20s"))
     try:
-        _, url, _ = _artifact(chain)
+        _, url, _ = push_artifact(chain)
         count = 1000
         for index in range(count):
             body = ocirepository(namespace, f"app-{index:04d}", url)
@@ -339,7 +267,7 @@ def test_killing_the_operator_mid_cycle_loses_nothing_and_duplicates_no_event(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    _, url, _ = _artifact(chain, drop_at="core")
+    _, url, _ = push_artifact(chain, drop_at="core")
     custom.create_namespaced_custom_object(
         *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
     )
@@ -392,7 +320,7 @@ def test_deleting_an_ocirepository_or_a_proxychain_removes_its_series(
     custom: client.CustomObjectsApi,
     namespace: str,
 ) -> None:
-    _, url, _ = _artifact(chain)
+    _, url, _ = push_artifact(chain)
     custom.create_namespaced_custom_object(
         *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
     )
@@ -408,7 +336,7 @@ def test_deleting_an_ocirepository_or_a_proxychain_removes_its_series(
     )
 
     doomed = f"doomed-{secrets.token_hex(3)}"
-    control_plane.apply(_proxychain(chain, doomed, INTERVAL))
+    control_plane.apply(proxychain_document(chain, doomed, LAB_INTERVAL))
     body = ocirepository(namespace, "other", url)
     body["metadata"]["annotations"] = {"layerwatch.io/chain": doomed}
     custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)

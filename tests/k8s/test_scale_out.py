@@ -7,24 +7,20 @@ layerwatch/layerwatch (manifests/clusterrole.yaml only), against the lab registr
 from __future__ import annotations
 
 import re
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 from tests.k8s.operator_harness import (
     FLUX,
-    LW,
     Operator,
     condition,
     ocirepository,
+    push_artifact,
     wait_for,
 )
-from tests.k8s.test_operator import INTERVAL, _artifact, _proxychain
 
 from lab.chain import LocalChain
 from lab.kube import REPO, ControlPlane
@@ -36,35 +32,6 @@ PEERING_LIFETIME = 20
 TAKEOVER_LIMIT = PEERING_LIFETIME + 25.0
 """kopf's default peering lifetime is 60 s: a standby resumes at most 60 s after the last keep-alive
 of the dead peer; the rest is margin for the re-list, the daemon start and one check cycle."""
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[LocalChain]:
-    with LocalChain() as lab:
-        yield lab
-
-
-@pytest.fixture(scope="module")
-def proxychain(control_plane: ControlPlane, operator_kubeconfig: Path, chain: LocalChain) -> Iterator[str]:
-    user, password = chain.hop("edge").credentials or ("", "")
-    control_plane.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/basic-auth",
-            "metadata": {"name": "lab-edge", "namespace": "layerwatch"},
-            "stringData": {"username": user, "password": password},
-        }
-    )
-    name = f"scale-{secrets.token_hex(3)}"
-    control_plane.apply(_proxychain(chain, name, INTERVAL))
-    yield name
-    client.CustomObjectsApi(control_plane.api_client()).delete_cluster_custom_object(*LW, "proxychains", name)
-
-
-@pytest.fixture
-def custom(admin_api: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(admin_api)
 
 
 def _dir(base: Path, name: str) -> Path:
@@ -110,7 +77,7 @@ def test_two_shards_split_the_ocirepositories_by_the_stable_hash_and_each_is_che
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    _, url, _ = _artifact(chain)
+    _, url, _ = push_artifact(chain)
     names = [f"app-{index:02d}" for index in range(20)]
     for name in names:
         custom.create_namespaced_custom_object(
@@ -204,7 +171,7 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         )
         assert _peers(custom)[standby_id]["priority"] == 50
 
-        _, url, _ = _artifact(chain)
+        _, url, _ = push_artifact(chain)
         custom.create_namespaced_custom_object(
             *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
         )
@@ -233,7 +200,7 @@ def test_with_peering_only_the_higher_priority_replica_checks_and_the_standby_ta
         assert "Resuming operations after the pause" in standby.text()
 
         # B really writes: a fresh artifact whose layer is missing at core turns False under B.
-        _, late_url, _ = _artifact(chain, drop_at="core")
+        _, late_url, _ = push_artifact(chain, drop_at="core")
         custom.create_namespaced_custom_object(
             *FLUX, namespace, "ocirepositories", ocirepository(namespace, "late", late_url)
         )
