@@ -17,6 +17,7 @@ import pytest
 from tests.registry.helpers import (
     FAST,
     HOPS,
+    CliRun,
     chain_file,
     closed_port_url,
     engine_check,
@@ -38,6 +39,11 @@ pytestmark = [pytest.mark.registry, pytest.mark.timeout(120)]
 
 FILES = {"kustomization.yaml": b"resources: []\n", "app.yaml": b"kind: ConfigMap\n"}
 """Fixed content, so a one-layer and a two-layer artifact share the very same content layer blob."""
+
+
+def check_json(path: Path, reference: str) -> CliRun:
+    """``layerwatch check --chain PATH --output json --timeout 5 REF``, as a user runs it."""
+    return run_cli("check", "--chain", str(path), "--output", "json", "--timeout", "5", reference)
 
 
 def assert_verdicts(
@@ -323,16 +329,7 @@ def test_a_hop_whose_port_is_closed_is_unreachable_not_unhealthy_and_exits_3(
     prefix = local_chain.hop(hop).prefix
     url = closed_port_url() + (f"/{prefix}" if prefix else "")
     path = chain_file(local_chain, tmp_path, urls={hop: url})
-    run = run_cli(
-        "check",
-        "--chain",
-        str(path),
-        "--output",
-        "json",
-        "--timeout",
-        "5",
-        f"oci://{local_chain.reference(fresh_repo, 'v1')}",
-    )
+    run = check_json(path, f"oci://{local_chain.reference(fresh_repo, 'v1')}")
     verdicts = dict.fromkeys(HOPS, "Healthy") | {hop: "Unreachable"}
     _unknown(run.status, run.report, verdicts, hop, "Unreachable")
 
@@ -344,16 +341,7 @@ def test_a_hop_answering_503_after_retries_is_unreachable_not_unhealthy(
     repository = local_chain.repository_at("edge", fresh_repo)
     local_chain.faults("edge").set([{"kind": "error", "status": 503, "repository": repository}])
     path = chain_file(local_chain, tmp_path)
-    run = run_cli(
-        "check",
-        "--chain",
-        str(path),
-        "--output",
-        "json",
-        "--timeout",
-        "5",
-        f"oci://{local_chain.reference(fresh_repo, 'v1')}",
-    )
+    run = check_json(path, f"oci://{local_chain.reference(fresh_repo, 'v1')}")
     _unknown(
         run.status,
         run.report,
