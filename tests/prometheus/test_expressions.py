@@ -17,20 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from monitoring_support import DASHBOARD_FILE, run_promtool
+from tests.spec_metrics import SPEC_METRIC_FAMILIES
 
-# SPEC section 5, plus the planned chain interval gauge: (family name, type).
-SPEC_METRIC_FAMILIES: tuple[tuple[str, str], ...] = (
-    ("layerwatch_artifact_hop_healthy", "gauge"),
-    ("layerwatch_artifact_hop_verdict", "gauge"),
-    ("layerwatch_artifact_hop_last_check_timestamp_seconds", "gauge"),
-    ("layerwatch_hop_up", "gauge"),
-    ("layerwatch_checks_total", "counter"),
-    ("layerwatch_check_duration_seconds", "histogram"),
-    ("layerwatch_registry_requests_total", "counter"),
-    ("layerwatch_blob_bytes_verified_total", "counter"),
-    ("layerwatch_build_info", "gauge"),
-    ("layerwatch_chain_interval_seconds", "gauge"),
-)
 # Series Prometheus itself makes for every scrape target (used by LayerwatchDown).
 PROMETHEUS_SERIES = frozenset({"up"})
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from tests.spec_metrics import SPEC_METRIC_FAMILIES
 
 from layerwatch import __version__
 from layerwatch.chain import Target
@@ -225,17 +226,7 @@ def test_hop_up_chain_interval_and_build_info(metrics: Metrics) -> None:
 
 def test_a_fresh_operator_exports_every_spec_family_with_its_type(metrics: Metrics) -> None:
     exposition = metrics.exposition().decode()
-    for name, kind in [
-        ("layerwatch_artifact_hop_healthy", "gauge"),
-        ("layerwatch_artifact_hop_verdict", "gauge"),
-        ("layerwatch_artifact_hop_last_check_timestamp_seconds", "gauge"),
-        ("layerwatch_hop_up", "gauge"),
-        ("layerwatch_checks_total", "counter"),
-        ("layerwatch_check_duration_seconds", "histogram"),
-        ("layerwatch_registry_requests_total", "counter"),
-        ("layerwatch_blob_bytes_verified_total", "counter"),
-        ("layerwatch_build_info", "gauge"),
-    ]:
+    for name, kind in SPEC_METRIC_FAMILIES:
         assert f"# TYPE {name} {kind}" in exposition, name
 
 
