@@ -46,12 +46,12 @@ from benchlib import (
 from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
 from layerwatch.chain import Chain, HopTarget, Mode
-from layerwatch.check import BlobCache, CheckResult, check_target
+from layerwatch.check import BlobCache, check_target
 from layerwatch.manifest import ACCEPT
 from layerwatch.reference import Reference
 from layerwatch.registry import ClientSettings, RegistryClient
 from layerwatch.registry.auth import basic_header
-from layerwatch.verdict import Verdict
+from layerwatch.verdict import CheckResult, Verdict
 
 TAG = "v1"
 HOPS = 3

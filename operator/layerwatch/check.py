@@ -27,9 +27,9 @@ from layerwatch.registry import (
     RegistryNotFound,
     RegistryRateLimited,
 )
-from layerwatch.verdict import Judgement, judge
+from layerwatch.verdict import CheckResult, judge
 
-__all__ = ["BlobCache", "CheckResult", "check_target", "observe_hop"]
+__all__ = ["BlobCache", "check_target", "observe_hop"]
 
 _MAX_INDEX_CHILDREN = 64
 """Children of an index checked at most (a 64-platform index is already extreme)."""
@@ -69,19 +69,6 @@ class BlobCache:
     def prune(self) -> None:
         cutoff = self._clock() - self.ttl
         self._verified = {k: v for k, v in self._verified.items() if v[0] > cutoff}
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    """One check of one target: what each hop served and what that means."""
-
-    reference: Reference
-    observations: tuple[HopObservation, ...]
-    judgement: Judgement
-    mode: Mode
-    layer_media_type: str | None
-    started: float
-    finished: float
 
 
 class _HopCheck:

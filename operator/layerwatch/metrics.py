@@ -22,9 +22,8 @@ from prometheus_client.core import (
 )
 
 from layerwatch import __version__
-from layerwatch.check import CheckResult
 from layerwatch.store import ResultStore
-from layerwatch.verdict import Health
+from layerwatch.verdict import CheckResult, Health
 
 __all__ = ["DURATION_BUCKETS", "Metrics"]
 

@@ -11,11 +11,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from layerwatch.check import CheckResult
 from layerwatch.manifest import FLUX_CONTENT, Index, Manifest, flux_layer
 from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
-from layerwatch.verdict import Health, HopVerdict
+from layerwatch.verdict import CheckResult, Health, HopVerdict
 
 __all__ = ["describe_artifact", "exit_code", "to_json", "to_text"]
 

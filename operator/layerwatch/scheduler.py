@@ -21,10 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from layerwatch.chain import Chain, Hop, HopTarget, Target
-from layerwatch.check import BlobCache, CheckResult, check_target
+from layerwatch.check import BlobCache, check_target
 from layerwatch.metrics import Metrics
 from layerwatch.registry import ClientSettings, RegistryClient
 from layerwatch.store import ResultStore, TargetStatus
+from layerwatch.verdict import CheckResult
 
 __all__ = ["ResultHook", "Scheduler", "Watch", "first_due_offset"]
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 from layerwatch.chain import Target
-from layerwatch.check import CheckResult
+from layerwatch.verdict import CheckResult
 
 __all__ = ["ResultStore", "TargetStatus"]
 

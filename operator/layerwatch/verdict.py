@@ -11,11 +11,12 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 
+from layerwatch.chain import Mode
 from layerwatch.manifest import FLUX_CONTENT, flux_layer
 from layerwatch.observation import BlobCheck, BlobStatus, HopObservation
-from layerwatch.reference import short_digest
+from layerwatch.reference import Reference, short_digest
 
-__all__ = ["Health", "HopVerdict", "Judgement", "Verdict", "judge"]
+__all__ = ["CheckResult", "Health", "HopVerdict", "Judgement", "Verdict", "judge"]
 
 
 class Health(enum.IntEnum):
@@ -76,6 +77,19 @@ class Judgement:
             if hop.hop == self.blame:
                 return hop.message
         return self.hops[0].message if self.hops else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One check of one target: what each hop served and what that means."""
+
+    reference: Reference
+    observations: tuple[HopObservation, ...]
+    judgement: Judgement
+    mode: Mode
+    layer_media_type: str | None
+    started: float
+    finished: float
 
 
 def _blob_name(blob: BlobCheck, platform: str | None) -> str:

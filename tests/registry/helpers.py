@@ -21,10 +21,11 @@ import yaml
 
 from lab.chain import LocalChain
 from layerwatch.chain import Mode
-from layerwatch.check import CheckResult, check_target
+from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
 from layerwatch.reference import Reference
 from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.verdict import CheckResult
 
 __all__ = [
     "CLI_TIMEOUT",

@@ -23,10 +23,11 @@ from tests.registry.helpers import HOPS, chain_file, empty_docker_config, engine
 from lab.artifacts import OCTET_STREAM, push_blob_artifact, push_flux_artifact, push_multilayer_artifact
 from lab.chain import EDGE_USER, LocalChain
 from layerwatch.chain import HopTarget
-from layerwatch.check import CheckResult, check_target
+from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
 from layerwatch.reference import Reference
 from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.verdict import CheckResult
 
 pytestmark = [pytest.mark.registry, pytest.mark.timeout(180)]
 

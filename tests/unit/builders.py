@@ -8,7 +8,6 @@ import json
 from collections.abc import Mapping, Sequence
 
 from layerwatch.chain import Chain, Hop, Mode
-from layerwatch.check import CheckResult
 from layerwatch.manifest import FLUX_CONFIG, FLUX_CONTENT, OCI_MANIFEST, Descriptor, Manifest
 from layerwatch.observation import (
     BlobCheck,
@@ -19,7 +18,7 @@ from layerwatch.observation import (
     ManifestCheck,
 )
 from layerwatch.reference import Reference
-from layerwatch.verdict import judge
+from layerwatch.verdict import CheckResult, judge
 
 SBOM = "application/vnd.example.sbom.v1+json"
 TAG = "v1"

@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 
 from layerwatch.chain import Chain, Credentials, Hop, Mode
-from layerwatch.check import CheckResult
 from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX, Descriptor, Index
 from layerwatch.observation import BlobStatus, FailureKind, HopObservation
 from layerwatch.reference import Reference
 from layerwatch.report import describe_artifact, exit_code, to_json, to_text
-from layerwatch.verdict import judge
+from layerwatch.verdict import CheckResult, judge
 
 from .builders import ARTIFACT, REFERENCE, descriptor, failure, healthy_chain, manifest, observe, replace_at
 

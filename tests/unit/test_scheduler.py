@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from layerwatch import scheduler as scheduler_module
 from layerwatch.chain import Chain, HopTarget, Mode, Target
-from layerwatch.check import CheckResult
 from layerwatch.metrics import Metrics
 from layerwatch.reference import Reference
 from layerwatch.registry import RegistryClient
 from layerwatch.scheduler import Scheduler, Watch, first_due_offset
 from layerwatch.store import ResultStore
+from layerwatch.verdict import CheckResult
 
 from .builders import CHAIN, REFERENCE, check_result, digest_of, healthy_chain
 

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerwatch.chain import Chain, ChainError, Hop, chain_from_spec
-from layerwatch.check import CheckResult
 from layerwatch.kube.api import KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
 from layerwatch.kube.targets import FluxSource, in_shard, select
@@ -27,7 +26,7 @@ from layerwatch.metrics import Metrics
 from layerwatch.registry import ClientSettings
 from layerwatch.scheduler import Scheduler, Watch
 from layerwatch.store import ResultStore
-from layerwatch.verdict import Health
+from layerwatch.verdict import CheckResult, Health
 
 __all__ = ["OperatorOptions", "OperatorService"]
 
