@@ -32,7 +32,8 @@ from lab.chain import LocalChain
 from layerwatch.chain import Chain, Credentials, Hop, Mode
 from layerwatch.check import check_target
 from layerwatch.reference import Reference
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.registry import RegistryClient
+from layerwatch.settings import EngineSettings
 
 REPOSITORY = "bench/big"
 TAG = "v1"
@@ -71,8 +72,8 @@ async def _child_check(spec: dict[str, Any]) -> dict[str, Any]:
     chain = Chain(name="bench", hops=tuple(hops))
     reference = Reference.parse(spec["reference"])
     path = [t for t in chain.pull_path(reference) if t.hop.name in spec["check_hops"]]
-    settings = ClientSettings(transport=spec["transport"])
-    clients = {hop.name: RegistryClient(hop, settings) for hop in chain.hops}
+    settings = EngineSettings(transport=spec["transport"])
+    clients = {hop.name: RegistryClient.for_hop(hop, settings) for hop in chain.hops}
     try:
         await asyncio.gather(*(clients[t.hop.name].ping() for t in path))
         _reset_peak()

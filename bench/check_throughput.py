@@ -49,8 +49,9 @@ from layerwatch.chain import Chain, HopTarget, Mode
 from layerwatch.check import BlobCache, check_target
 from layerwatch.manifest import ACCEPT
 from layerwatch.reference import Reference
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.registry import RegistryClient
 from layerwatch.registry.auth import basic_header
+from layerwatch.settings import EngineSettings
 from layerwatch.verdict import CheckResult, Verdict
 
 TAG = "v1"
@@ -115,11 +116,11 @@ class LayerwatchRunner(Runner):
         super().__init__()
         self.name = transport
         self.chain = chain
-        self.settings = ClientSettings(transport=transport)  # type: ignore[arg-type]
+        self.settings = EngineSettings(transport=transport)  # type: ignore[arg-type]
         self.clients: dict[str, RegistryClient] = {}
 
     async def start(self) -> None:
-        self.clients = {hop.name: RegistryClient(hop, self.settings) for hop in self.chain.hops}
+        self.clients = {hop.name: RegistryClient.for_hop(hop, self.settings) for hop in self.chain.hops}
 
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))
@@ -155,7 +156,7 @@ class BareAiohttpRunner(Runner):
 
     async def start(self) -> None:
         for hop in self.chain.hops:
-            connector = aiohttp.TCPConnector(limit=ClientSettings().concurrency)
+            connector = aiohttp.TCPConnector(limit=EngineSettings().endpoint_concurrency)
             self.sessions[hop.name] = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=60)
             )

@@ -51,7 +51,7 @@ from lab.chain import LocalChain
 from lab.process import LOOPBACK, free_port, log_tail, stop_process
 from layerwatch.chain import Mode
 from layerwatch.check import check_target
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.registry import RegistryClient
 from layerwatch.verdict import Verdict
 
 TAG = "v1"
@@ -139,7 +139,7 @@ async def warm(local: LocalChain, repositories: list[str]) -> None:
     """Pull every artifact through the edge, twice (a proxy caches blobs in the background)."""
     chain = bench_chain(local)
     edge = chain.hop("edge")
-    client = RegistryClient(edge, ClientSettings())
+    client = RegistryClient.for_hop(edge)
     limit = asyncio.Semaphore(4)
 
     async def one(repository: str) -> bool:

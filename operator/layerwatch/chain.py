@@ -27,6 +27,7 @@ from layerwatch.reference import (
 
 __all__ = [
     "DEFAULT_INTERVAL",
+    "MIN_INTERVAL",
     "Chain",
     "ChainError",
     "Credentials",
@@ -39,6 +40,8 @@ __all__ = [
 
 DEFAULT_INTERVAL = 300.0
 """Seconds between checks of one target: the ProxyChain default of 5m."""
+MIN_INTERVAL = 1.0
+"""Shorter intervals would make the monitor the registry's busiest client; labs use 5-10 s."""
 
 _HOP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -149,6 +152,8 @@ class Chain:
     def __post_init__(self) -> None:
         if not self.hops:
             raise ChainError(f"chain {self.name}: needs at least one hop")
+        if not self.interval >= MIN_INTERVAL:  # also refuses NaN
+            raise ChainError(f"chain {self.name}: interval must be at least 1s, not {self.interval:g}s")
         names = [hop.name for hop in self.hops]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -2,69 +2,90 @@
 
 Per hop: resolve the tag (HEAD, GET when HEAD fails or gives no digest), GET the manifest by
 digest and verify its bytes, then every blob of it (and of every child of an index). Hops run
-concurrently and independently: one hop's failure never stops another. A blob verified at a hop
-for a repository within the cache's lifetime is not fetched again (content-addressed), which is
-what keeps many targets sharing layers cheap on the registries.
+concurrently and independently: one hop's failure never stops another, and nothing a hop sends
+makes this raise: whatever goes wrong ends in the hop's observation.
+
+A blob verified at a hop may be shared with *other* targets of the chain within one interval
+(``BlobCache``), so each distinct blob is fetched about once per hop per interval. A target never
+trusts what its own previous check verified, the manifest is always fetched by digest, and the
+credentials used are part of what an entry is valid for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from layerwatch import manifest as manifests
-from layerwatch.chain import HopTarget, Mode
-from layerwatch.observation import BlobCheck, BlobStatus, Failure, FailureKind, HopObservation, ManifestCheck
+from layerwatch.chain import Credentials, HopTarget, Mode
+from layerwatch.observation import BlobCheck, BlobFacts, Fault, FaultKind, HopObservation, ManifestCheck
 from layerwatch.reference import Reference, short_digest
-from layerwatch.registry import (
-    FetchedManifest,
-    RegistryAuthFailed,
-    RegistryClient,
-    RegistryError,
-    RegistryNotFound,
-    RegistryRateLimited,
-)
-from layerwatch.verdict import CheckResult, judge
+from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
+from layerwatch.verdict import CheckResult, classify_blob, judge, not_found
 
-__all__ = ["BlobCache", "check_target", "observe_hop"]
+__all__ = [
+    "MAX_BLOB_BYTES",
+    "MAX_INDEX_CHILDREN",
+    "MAX_LAYERS",
+    "BlobCache",
+    "check_target",
+    "failed_result",
+    "observe_hop",
+]
 
-_MAX_INDEX_CHILDREN = 64
+logger = logging.getLogger("layerwatch.check")
+
+MAX_INDEX_CHILDREN = 64
 """Children of an index checked at most (a 64-platform index is already extreme)."""
+MAX_LAYERS = 1024
+"""Layers of one manifest checked at most (overlay filesystems stack at most 128)."""
+MAX_BLOB_BYTES = 64 * 1024**3
+"""A blob declared larger than 64 GiB is refused rather than streamed."""
+
+CacheKey = tuple[str, str, str, str]
+"""(endpoint, repository, digest, credential identity)."""
+Asker = tuple[str, str]
+"""The target a check is for (namespace, name)."""
+
+
+def credential_id(credentials: Credentials | None) -> str:
+    """Which credentials verified an entry, without keeping them: a short one-way fingerprint."""
+    if credentials is None:
+        return "anonymous"
+    raw = f"{credentials.username}\0{credentials.password}".encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class BlobCache:
-    """Content verified recently at a hop: blobs and manifests, by (hop URL, repository, digest).
+    """Blobs verified recently at a hop, shared between the targets of one chain.
 
-    Both are content-addressed, so what was verified stays true for its digest; ``ttl`` (the
-    chain's interval) bounds how long layerwatch trusts that the hop still serves it. A manifest
-    is kept with its bytes, so a check that resolves a tag to a known digest needs no GET: the
-    HEAD alone, as Flux does between revisions.
+    An entry lives ``ttl`` seconds (the chain's interval) and records which target verified it:
+    that target's own later checks do not accept it, so every check of every target fetches each
+    blob itself unless *another* target fetched it within the interval.
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._verified: dict[tuple[str, str, str], tuple[float, FetchedManifest | None]] = {}
+        self._verified: dict[CacheKey, tuple[float, Asker]] = {}
 
-    def _entry(self, key: tuple[str, str, str]) -> tuple[float, FetchedManifest | None] | None:
+    def trusted(self, key: CacheKey, asker: Asker) -> bool:
+        """True when another target verified ``key`` within the interval."""
         entry = self._verified.get(key)
-        if entry is not None and self._clock() - entry[0] >= self.ttl:
+        if entry is None:
+            return False
+        if self._clock() - entry[0] >= self.ttl:
             del self._verified[key]
-            return None
-        return entry
+            return False
+        return entry[1] != asker
 
-    def fresh(self, key: tuple[str, str, str]) -> bool:
-        return self._entry(key) is not None
-
-    def remember(self, key: tuple[str, str, str], manifest: FetchedManifest | None = None) -> None:
-        self._verified[key] = (self._clock(), manifest)
-
-    def manifest(self, key: tuple[str, str, str]) -> FetchedManifest | None:
-        entry = self._entry(key)
-        return entry[1] if entry is not None else None
+    def remember(self, key: CacheKey, asker: Asker) -> None:
+        self._verified[key] = (self._clock(), asker)
 
     def prune(self) -> None:
         cutoff = self._clock() - self.ttl
@@ -81,44 +102,33 @@ class _HopCheck:
         reference: Reference,
         mode: Mode,
         cache: BlobCache | None,
+        asker: Asker,
     ) -> None:
-        self.client, self.target, self.reference, self.mode, self.cache = (
-            client,
-            target,
-            reference,
-            mode,
-            cache,
-        )
+        self.client, self.target, self.reference, self.mode = client, target, reference, mode
+        self.cache, self.asker = cache, asker
+        self.budget: RetryBudget = client.budget()
+        self.credential = credential_id(client.credentials)
         self.blob_results: dict[str, asyncio.Task[BlobCheck]] = {}
 
     async def manifest_bytes(self) -> tuple[str | None, str, FetchedManifest]:
         """(tag digest, manifest digest, bytes): resolve the tag, then fetch by digest."""
         repository, reference = self.target.repository, self.reference
-        tag_digest: str | None = None
         if reference.digest is None and reference.tag is not None:
-            try:
-                tag_digest = await self.client.resolve(repository, reference.tag)
-            except RegistryNotFound:
-                tag_digest = None  # some proxies only answer GET; ask once more the full way.
+            tag_digest = await self.client.resolve(repository, reference.tag, self.budget)
             if tag_digest is None:
-                fetched = await self.client.fetch_manifest(repository, reference.tag)
+                fetched = await self.client.fetch_manifest(repository, reference.tag, self.budget)
                 tag_digest = fetched.digest_header or fetched.digest()
                 return tag_digest, tag_digest, fetched
-            return tag_digest, tag_digest, await self._manifest(tag_digest)
+            return (
+                tag_digest,
+                tag_digest,
+                await self.client.fetch_manifest(repository, tag_digest, self.budget),
+            )
         digest = reference.ref
-        return None, digest, await self._manifest(digest)
+        return None, digest, await self.client.fetch_manifest(repository, digest, self.budget)
 
-    def _key(self, digest: str) -> tuple[str, str, str]:
-        return (self.target.hop.url, self.target.repository, digest)
-
-    async def _manifest(self, digest: str) -> FetchedManifest:
-        cached = self.cache.manifest(self._key(digest)) if self.cache is not None else None
-        return cached or await self.client.fetch_manifest(self.target.repository, digest)
-
-    def remember_manifest(self, digest: str, fetched: FetchedManifest) -> None:
-        """A manifest whose bytes matched its digest and parsed: trusted for the cache's lifetime."""
-        if self.cache is not None:
-            self.cache.remember(self._key(digest), fetched)
+    def _key(self, digest: str) -> CacheKey:
+        return (self.client.base_url, self.target.repository, digest, self.credential)
 
     async def blob(self, descriptor: manifests.Descriptor, index: int | None) -> BlobCheck:
         """Verify a blob once per check, whatever number of manifests list it."""
@@ -131,14 +141,16 @@ class _HopCheck:
 
     async def _verify(self, descriptor: manifests.Descriptor) -> BlobCheck:
         key = self._key(descriptor.digest)
-        if self.cache is not None and self.cache.fresh(key):
-            return BlobCheck(descriptor, None, BlobStatus.OK, "verified earlier this interval")
-        result = await self.client.verify_blob(
-            self.target.repository, descriptor, download=self.mode is Mode.FULL
-        )
-        if result.status == "ok" and self.cache is not None:
-            self.cache.remember(key)
-        return BlobCheck(descriptor, None, BlobStatus(result.status), result.detail, result.bytes_verified)
+        if self.cache is not None and self.cache.trusted(key, self.asker):
+            facts = BlobFacts(cached=True, actual=descriptor.digest, received=descriptor.size)
+        else:
+            facts = await self.client.fetch_blob(
+                self.target.repository, descriptor, download=self.mode is Mode.FULL, budget=self.budget
+            )
+        status, detail = classify_blob(descriptor, facts)
+        if status.value == "ok" and not facts.cached and self.cache is not None:
+            self.cache.remember(key, self.asker)
+        return BlobCheck(descriptor, None, status, detail, facts)
 
     async def manifest_check(
         self, digest: str, parsed: manifests.Manifest, platform: str | None
@@ -151,13 +163,39 @@ class _HopCheck:
 
 def _verify_manifest_bytes(fetched: FetchedManifest, digest: str) -> str | None:
     """Why the bytes are not the manifest ``digest`` names, or None when they are."""
-    if len(fetched.body) > manifests.MAX_MANIFEST_BYTES:
+    if fetched.encoding is not None:
+        return f"served with Content-Encoding {fetched.encoding}: not the bytes {short_digest(digest)} names"
+    if fetched.oversize:
         return f"manifest larger than {manifests.MAX_MANIFEST_BYTES} bytes"
     algorithm = digest.partition(":")[0]
     actual = fetched.digest(algorithm)
     if actual != digest:
         return f"manifest bytes hash to {short_digest(actual)}, not {short_digest(digest)}"
     return None
+
+
+def _over_caps(parsed: manifests.Manifest, where: str) -> str | None:
+    """Why a manifest asks for more work than a check does, or None."""
+    if len(parsed.layers) > MAX_LAYERS:
+        return f"{where}lists {len(parsed.layers)} layers, more than the {MAX_LAYERS} checked"
+    for blob in parsed.blobs:
+        if blob.size > MAX_BLOB_BYTES:
+            return f"{where}declares a blob of {blob.size} bytes, over the {MAX_BLOB_BYTES} byte limit"
+    return None
+
+
+def _parse(fetched: FetchedManifest, digest: str, where: str) -> manifests.Manifest | manifests.Index | str:
+    """The verified, parsed manifest, or why it is corrupt."""
+    problem = _verify_manifest_bytes(fetched, digest)
+    if problem is not None:
+        return f"{where}{problem}"
+    try:
+        parsed = manifests.parse(fetched.body, fetched.media_type)
+    except manifests.ManifestError as exc:
+        return f"{where}manifest {short_digest(digest)}: {exc}"
+    if isinstance(parsed, manifests.Manifest):
+        return _over_caps(parsed, where) or parsed
+    return parsed
 
 
 async def observe_hop(
@@ -167,8 +205,10 @@ async def observe_hop(
     *,
     mode: Mode = Mode.FULL,
     cache: BlobCache | None = None,
+    asker: Asker = ("", ""),
 ) -> HopObservation:
-    """Pull ``reference`` from one hop and record what it served; never raises for registry trouble."""
+    """Pull ``reference`` from one hop and record what it served. Never raises (but for
+    cancellation), and never outlives the check deadline."""
     base = HopObservation(
         hop=target.hop.name,
         url=target.hop.url,
@@ -177,74 +217,88 @@ async def observe_hop(
         tag=reference.tag,
     )
     started = time.monotonic()
-    work = _HopCheck(client, target, reference, mode, cache)
+    work = _HopCheck(client, target, reference, mode, cache, asker)
     seen: dict[str, Any] = {"tag_digest": None, "digest": None}
 
     def observed(**facts: Any) -> HopObservation:
         return dataclasses.replace(base, **seen, duration=time.monotonic() - started, **facts)
 
+    deadline = client.settings.check_deadline
     try:
-        try:
-            seen["tag_digest"], digest, fetched = await work.manifest_bytes()
-        except RegistryNotFound as exc:
-            what = (
-                f"tag {reference.tag}"
-                if reference.digest is None
-                else f"manifest {short_digest(reference.digest)}"
-            )
-            return observed(manifest_missing=f"{what} unknown ({exc.status})")
-        seen["digest"] = digest
-        problem = _verify_manifest_bytes(fetched, digest)
-        if problem is not None:
-            return observed(manifest_corrupt=problem)
-        try:
-            parsed = manifests.parse(fetched.body, fetched.media_type)
-        except manifests.ManifestError as exc:
-            return observed(manifest_corrupt=f"manifest {short_digest(digest)}: {exc}")
-        work.remember_manifest(digest, fetched)
-        if isinstance(parsed, manifests.Index):
-            checks = await _index_children(work, parsed)
-            if isinstance(checks, str):
-                return observed(index=parsed, manifest_corrupt=checks)
-            return observed(index=parsed, manifests=checks)
-        return observed(manifests=(await work.manifest_check(digest, parsed, None),))
+        async with asyncio.timeout(deadline):
+            return await _observe(work, seen, observed)
+    except TimeoutError:
+        return observed(failure=Fault(FaultKind.DEADLINE, f"check deadline of {deadline:.0f}s passed"))
     except RegistryError as exc:
-        kind = FailureKind.UNREACHABLE
-        if isinstance(exc, RegistryAuthFailed):
-            kind = FailureKind.AUTH_FAILED
-        elif isinstance(exc, RegistryRateLimited):
-            kind = FailureKind.RATE_LIMITED
-        return observed(failure=Failure(kind, str(exc)))
+        return observed(failure=exc.fault)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug must end as a verdict for this hop, never cost the others theirs
+        logger.exception("check of hop %s failed unexpectedly", target.hop.name)
+        return observed(failure=Fault(FaultKind.INTERNAL, f"{type(exc).__name__}: {exc}"[:160]))
     finally:
         for task in work.blob_results.values():
             task.cancel()
 
 
-async def _index_children(work: _HopCheck, index: manifests.Index) -> tuple[ManifestCheck, ...] | str:
-    """Check every image manifest an index lists; a string explains a corrupt or missing child."""
-    children = [c for c in index.manifests if c.media_type in manifests.MANIFEST_TYPES or not c.media_type]
-    if len(children) > _MAX_INDEX_CHILDREN:
-        return f"index lists {len(children)} manifests, more than the {_MAX_INDEX_CHILDREN} checked"
+async def _observe(
+    work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation]
+) -> HopObservation:
+    reference = work.reference
+    try:
+        seen["tag_digest"], digest, fetched = await work.manifest_bytes()
+    except RegistryNotFound as exc:
+        what = (
+            f"tag {reference.tag}"
+            if reference.digest is None
+            else f"manifest {short_digest(reference.digest)}"
+        )
+        return observed(manifest_missing=f"{what} unknown ({not_found(exc.fault)})")
+    seen["digest"] = digest
+    parsed = _parse(fetched, digest, "")
+    if isinstance(parsed, str):
+        return observed(manifest_corrupt=parsed)
+    if isinstance(parsed, manifests.Index):
+        children = await _index_children(work, parsed)
+        if isinstance(children, _ChildProblem):
+            return observed(index=parsed, **{children.field: children.why})
+        return observed(index=parsed, manifests=children)
+    return observed(manifests=(await work.manifest_check(digest, parsed, None),))
 
-    async def child(descriptor: manifests.Descriptor) -> ManifestCheck | str:
+
+@dataclasses.dataclass(frozen=True)
+class _ChildProblem:
+    """Why an index's child could not be checked: ``field`` names the observation field to set."""
+
+    field: str
+    why: str
+
+
+async def _index_children(
+    work: _HopCheck, index: manifests.Index
+) -> tuple[ManifestCheck, ...] | _ChildProblem:
+    """Check every image manifest an index lists, or say why the first bad child is missing or corrupt."""
+    children = [c for c in index.manifests if c.media_type in manifests.MANIFEST_TYPES or not c.media_type]
+    if len(children) > MAX_INDEX_CHILDREN:
+        why = f"index lists {len(children)} manifests, more than the {MAX_INDEX_CHILDREN} checked"
+        return _ChildProblem("manifest_corrupt", why)
+
+    async def child(descriptor: manifests.Descriptor) -> ManifestCheck | _ChildProblem:
+        name = f"child manifest {short_digest(descriptor.digest)} ({descriptor.platform or 'no platform'})"
         try:
-            fetched = await work.client.fetch_manifest(work.target.repository, descriptor.digest)
-        except RegistryNotFound:
-            return f"child manifest {short_digest(descriptor.digest)} ({descriptor.platform}) missing (404)"
-        problem = _verify_manifest_bytes(fetched, descriptor.digest)
-        if problem:
-            return f"child manifest {descriptor.platform}: {problem}"
-        try:
-            parsed = manifests.parse(fetched.body, fetched.media_type)
-        except manifests.ManifestError as exc:
-            return f"child manifest {short_digest(descriptor.digest)}: {exc}"
+            fetched = await work.client.fetch_manifest(work.target.repository, descriptor.digest, work.budget)
+        except RegistryNotFound as exc:
+            return _ChildProblem("manifest_missing", f"{name} missing ({not_found(exc.fault)})")
+        parsed = _parse(fetched, descriptor.digest, f"{name}: ")
+        if isinstance(parsed, str):
+            return _ChildProblem("manifest_corrupt", parsed)
         if not isinstance(parsed, manifests.Manifest):
-            return f"child manifest {short_digest(descriptor.digest)} is itself an index"
+            return _ChildProblem("manifest_corrupt", f"{name} is itself an index")
         return await work.manifest_check(descriptor.digest, parsed, descriptor.platform)
 
     results = await asyncio.gather(*(child(c) for c in children))
     for result in results:
-        if isinstance(result, str):
+        if isinstance(result, _ChildProblem):
             return result
     return tuple(r for r in results if isinstance(r, ManifestCheck))
 
@@ -258,17 +312,19 @@ async def check_target(
     layer_media_type: str | None = None,
     pinned_digest: str | None = None,
     cache: BlobCache | None = None,
+    asker: Asker = ("", ""),
 ) -> CheckResult:
     """Check one target over its whole pull path (hops concurrently) and judge the result.
 
     ``clients`` maps hop names to their clients (shared across checks, so tokens and connections
     are reused). ``pinned_digest`` is the digest Flux resolved, for the "Flux is behind" note.
+    ``asker`` names the target, so that its checks never trust their own earlier cache entries.
     """
     started = time.time()
     observations = await asyncio.gather(
-        *(observe_hop(clients[t.hop.name], t, reference, mode=mode, cache=cache) for t in path)
+        *(observe_hop(clients[t.hop.name], t, reference, mode=mode, cache=cache, asker=asker) for t in path)
     )
-    judgement = judge(observations, layer_media_type=layer_media_type, pinned_digest=pinned_digest)
+    judgement = judge(observations, layer_media_type=layer_media_type, pinned_digest=pinned_digest, mode=mode)
     return CheckResult(
         reference=reference,
         observations=tuple(observations),
@@ -278,3 +334,17 @@ async def check_target(
         started=started,
         finished=time.time(),
     )
+
+
+def failed_result(
+    reference: Reference, path: Sequence[HopTarget], fault: Fault, *, mode: Mode
+) -> CheckResult:
+    """A check that could not run at all: every hop ends with ``fault`` (unknown), never silently."""
+    now = time.time()
+    observations = [
+        HopObservation(
+            hop=t.hop.name, url=t.hop.url, repository=t.repository, location=t.location, failure=fault
+        )
+        for t in path
+    ]
+    return CheckResult(reference, tuple(observations), judge(observations, mode=mode), mode, None, now, now)

@@ -27,8 +27,10 @@ from layerwatch.config import (
     load_chain_file,
 )
 from layerwatch.reference import Reference, ReferenceError
-from layerwatch.registry import ClientSettings, RegistryClient, RegistryError, RegistryNotFound
+from layerwatch.registry import RegistryClient, RegistryError, RegistryNotFound
 from layerwatch.report import describe_artifact, exit_code, to_json, to_text
+from layerwatch.settings import EngineSettings, SettingsError
+from layerwatch.verdict import describe_fault
 
 __all__ = ["main"]
 
@@ -63,8 +65,8 @@ def _chain(args: argparse.Namespace, reference: Reference) -> Chain:
 async def _clients(
     path: Sequence[HopTarget], args: argparse.Namespace
 ) -> AsyncIterator[dict[str, RegistryClient]]:
-    settings = ClientSettings(timeout=args.timeout, rate_limit_budget=min(30.0, args.timeout))
-    clients = {t.hop.name: RegistryClient(t.hop, settings) for t in path}
+    settings = EngineSettings.from_args(args)
+    clients = {t.hop.name: RegistryClient.for_hop(t.hop, settings) for t in path}
     try:
         yield clients
     finally:
@@ -129,12 +131,12 @@ async def _inspect(args: argparse.Namespace) -> int:
     async with _clients([target], args) as clients:
         client = clients[target.hop.name]
         try:
-            fetched = await client.fetch_manifest(target.repository, reference.ref)
+            fetched = await client.fetch_manifest(target.repository, reference.ref, client.budget())
         except RegistryNotFound:
             print(f"{target.location}: {reference.ref} not found (404)", file=sys.stderr)
             return 1
         except RegistryError as exc:
-            print(f"{target.location}: {exc}", file=sys.stderr)
+            print(f"{target.location}: {describe_fault(exc.fault)}", file=sys.stderr)
             return 3
     digest = fetched.digest()
     try:
@@ -167,7 +169,7 @@ def _add_chain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plain-http", action="store_true", help="without a chain: talk plain HTTP to the registry"
     )
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request timeout")
+    EngineSettings.add_arguments(parser)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--docker-config", metavar="PATH")
     serve.add_argument("--ca-file", metavar="PATH")
     serve.add_argument("--insecure", action="store_true")
-    serve.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    EngineSettings.add_arguments(serve)
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("options", nargs="*", help="see: layerwatch operator --help")
@@ -214,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from layerwatch.serve import run_serve
 
             return run_serve(args, _settings(args))
-    except (UsageError, ChainError) as exc:
+    except (UsageError, ChainError, SettingsError) as exc:
         print(f"layerwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

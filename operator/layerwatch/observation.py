@@ -11,7 +11,7 @@ import enum
 
 from layerwatch.manifest import Descriptor, Index, Manifest
 
-__all__ = ["BlobCheck", "BlobStatus", "Failure", "FailureKind", "HopObservation", "ManifestCheck"]
+__all__ = ["BlobCheck", "BlobFacts", "BlobStatus", "Fault", "FaultKind", "HopObservation", "ManifestCheck"]
 
 
 class BlobStatus(enum.StrEnum):
@@ -21,18 +21,73 @@ class BlobStatus(enum.StrEnum):
     UNCHECKED = "unchecked"
 
 
-class FailureKind(enum.StrEnum):
-    """Why a hop could not be checked; each maps to an unknown-class verdict."""
+class FaultKind(enum.StrEnum):
+    """What stopped an exchange with a registry, as a fact; ``verdict`` says what it means."""
 
-    UNREACHABLE = "Unreachable"
-    AUTH_FAILED = "AuthFailed"
-    RATE_LIMITED = "RateLimited"
+    REFUSED = "refused"
+    DNS = "dns"
+    TLS = "tls"
+    TLS_SETTINGS = "tls-settings"
+    """The hop's own TLS settings (CA bundle, client certificate) cannot be used."""
+    CONNECT_TIMEOUT = "connect-timeout"
+    HEADER_TIMEOUT = "header-timeout"
+    RESET = "reset"
+    PROTOCOL = "protocol"
+    STALLED = "stalled"
+    BODY_CUT = "body-cut"
+    HTTP_STATUS = "http-status"
+    """5xx after retries, or a status a registry should not answer."""
+    RATE_LIMITED = "rate-limited"
+    AUTH_REJECTED = "auth-rejected"
+    """401/403 with the configured credentials, or from the token endpoint."""
+    AUTH_UNANSWERABLE = "auth-unanswerable"
+    """A challenge layerwatch cannot answer, or one that needs credentials nobody configured."""
+    BAD_REDIRECT = "bad-redirect"
+    HOP_DOWN = "hop-down"
+    DEADLINE = "deadline"
+    INTERNAL = "internal"
+    """A bug in layerwatch; reported as a verdict rather than lost."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Failure:
-    kind: FailureKind
-    message: str
+class Fault:
+    """One failed exchange: its kind plus what the registry and the network said.
+
+    ``subject`` names what was asked for ("tag v1", "layer 0 sha256:…"); ``code`` and
+    ``registry_message`` come from an OCI error body; ``detail`` is a short technical line
+    (never a URL query, header or credential).
+    """
+
+    kind: FaultKind
+    detail: str = ""
+    status: int | None = None
+    code: str | None = None
+    registry_message: str | None = None
+    attempts: int = 1
+    subject: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobFacts:
+    """What a hop did when asked for one blob (all facts, no conclusions).
+
+    ``status`` is the HTTP status of the answer that counted; ``received`` the body bytes that
+    arrived; ``actual`` the digest of those bytes (when the body was read to its end);
+    ``header_size`` a HEAD's Content-Length; ``encoding`` a Content-Encoding the hop put on it.
+    """
+
+    status: int | None = None
+    received: int = 0
+    actual: str | None = None
+    header_size: int | None = None
+    encoding: str | None = None
+    overflow: bool = False
+    """More bytes arrived than the descriptor's size."""
+    headed: bool = False
+    """Only asked for (HEAD), not downloaded."""
+    cached: bool = False
+    """Verified at this hop by another target's check within the interval; not fetched now."""
+    fault: Fault | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +98,12 @@ class BlobCheck:
     index: int | None
     status: BlobStatus
     detail: str = ""
-    bytes_verified: int = 0
+    facts: BlobFacts = dataclasses.field(default_factory=BlobFacts)
+
+    @property
+    def bytes_verified(self) -> int:
+        verified = self.status is BlobStatus.OK and not (self.facts.headed or self.facts.cached)
+        return self.facts.received if verified else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +132,7 @@ class HopObservation:
     url: str
     repository: str
     location: str
-    failure: Failure | None = None
+    failure: Fault | None = None
     tag: str | None = None
     tag_digest: str | None = None
     """What the tag resolved to here (None for digest references or when resolution failed)."""

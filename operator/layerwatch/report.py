@@ -25,6 +25,7 @@ def _blob_json(blob: BlobCheck) -> dict[str, Any]:
         "mediaType": blob.descriptor.media_type,
         "size": blob.descriptor.size,
         "status": blob.status.value,
+        "cached": blob.facts.cached,
     }
     if blob.index is not None:
         data = {"index": blob.index, **data}
@@ -91,6 +92,15 @@ def exit_code(result: CheckResult) -> int:
 _MARK = {Health.HEALTHY: "ok", Health.UNKNOWN: "??", Health.UNHEALTHY: "!!"}
 
 
+def _printable(text: str) -> str:
+    """Registry-supplied text for a terminal: control characters (newlines, ANSI escapes) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _lines(lines: Iterable[str]) -> str:
+    return "\n".join(_printable(line) for line in lines)
+
+
 def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
     rows = list(rows)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -128,7 +138,7 @@ def to_text(result: CheckResult) -> str:
         lines.append(f"verdict {judgement.verdict.value}, blame: hop {judgement.blame}")
     else:
         lines.append("verdict Healthy: every hop serves the artifact intact")
-    return "\n".join(lines)
+    return _lines(lines)
 
 
 def describe_artifact(
@@ -142,7 +152,7 @@ def describe_artifact(
         lines.append(f"index of {len(parsed.manifests)} manifests:")
         for child in parsed.manifests:
             lines.append(f"  {child.platform or '-'}  {child.digest}  {child.size} B  {child.media_type}")
-        return "\n".join(lines)
+        return _lines(lines)
     if parsed.artifact_type:
         lines.append(f"artifactType  {parsed.artifact_type}")
     config = parsed.config
@@ -170,4 +180,4 @@ def describe_artifact(
         f"  with layerSelector.mediaType={selector}: "
         + (f"layer {chosen}" if chosen is not None else "nothing (no layer matches; Flux fails)")
     )
-    return "\n".join(lines)
+    return _lines(lines)

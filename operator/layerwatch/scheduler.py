@@ -6,6 +6,11 @@ never hit a registry in the same second (no thundering herd after a restart eith
 re-plans when chains or targets change; removed targets and chains lose their series at once.
 Registry clients live per hop for as long as the hop is unchanged, so tokens and connections are
 reused across checks; each chain has a blob cache that lives one interval.
+
+Fairness: each chain has its own check slots, and each registry endpoint its own request limit
+and health, so a hop that hangs or is down holds up nobody else's checks. Pings run beside the
+dispatch loop, never in it. The loop records every turn (``alive``); a failing turn is logged and
+retried, it never ends the loop.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from layerwatch.chain import Chain, Hop, HopTarget, Target
-from layerwatch.check import BlobCache, check_target
+from layerwatch.check import BlobCache, check_target, failed_result
 from layerwatch.metrics import Metrics
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.observation import Fault, FaultKind
+from layerwatch.registry import Endpoint, EndpointState, RegistryClient, endpoint_of
+from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import CheckResult
 
@@ -34,6 +41,8 @@ logger = logging.getLogger("layerwatch.scheduler")
 ResultHook = Callable[["Watch", CheckResult], Awaitable[None]]
 JITTER = 0.1
 """Fraction of the interval by which a check's next due time may move either way."""
+MAX_WAKE = 30.0
+"""The loop turns at least this often, so its liveness means something."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,22 +71,23 @@ def first_due_offset(key: tuple[str, str], interval: float) -> float:
 
 
 class Scheduler:
-    """Runs checks when due, at most ``parallel`` at a time, and keeps results and metrics current."""
+    """Runs checks when due (at most ``parallel_checks`` per chain) and keeps results and metrics current."""
 
     def __init__(
         self,
         *,
         store: ResultStore,
         metrics: Metrics,
-        client_settings: ClientSettings | None = None,
+        settings: EngineSettings | None = None,
         on_result: ResultHook | None = None,
-        parallel: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.metrics = store, metrics
-        self.client_settings = client_settings or ClientSettings()
+        self.settings = settings or EngineSettings()
         self.on_result = on_result
         self._clock = clock
+        self.last_turn = clock()
+        """When the dispatch loop last completed a turn (liveness)."""
         self._watches: dict[tuple[str, str], Watch] = {}
         self._due: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, tuple[str, str]]] = []
@@ -85,9 +95,11 @@ class Scheduler:
         self._chains: dict[str, Chain] = {}
         self._caches: dict[str, BlobCache] = {}
         self._clients: dict[tuple[str, Hop], RegistryClient] = {}
+        self._states: dict[Endpoint, EndpointState] = {}
         self._ping_due: dict[str, float] = {}
+        self._pings: set[asyncio.Task[None]] = set()
         self._running: dict[tuple[str, str], asyncio.Task[CheckResult | None]] = {}
-        self._limit = asyncio.Semaphore(parallel)
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._changed = asyncio.Event()
 
     # -- planning ------------------------------------------------------------------------------
@@ -149,16 +161,34 @@ class Scheduler:
         live = {(w.chain.name, t.hop) for w in self._watches.values() for t in w.pull_path()}
         live |= {(c.name, hop) for c in self._chains.values() for hop in c.hops}
         for key in [k for k in self._clients if k not in live]:
-            client = self._clients.pop(key)
-            asyncio.get_running_loop().create_task(client.aclose())
+            del self._clients[key]
+        endpoints = {endpoint_of(hop) for _, hop in live}
+        for endpoint in [e for e in self._states if e not in endpoints]:
+            asyncio.get_running_loop().create_task(self._states.pop(endpoint).aclose())
+        for endpoint, state in self._states.items():
+            intervals = [
+                c.interval for c in self._chains.values() if any(endpoint_of(h) == endpoint for h in c.hops)
+            ]
+            state.probe_interval = min(intervals, default=state.probe_interval)
 
     def client(self, chain: str, hop: Hop) -> RegistryClient:
+        """The client for a hop of a chain; all clients of one endpoint share its state."""
         key = (chain, hop)
         if key not in self._clients:
+            endpoint = endpoint_of(hop)
+            state = self._states.get(endpoint)
+            if state is None:
+                state = self._states[endpoint] = EndpointState(endpoint, self.settings)
+                interval = self._chains[chain].interval if chain in self._chains else None
+                state.probe_interval = interval or state.probe_interval
             self._clients[key] = RegistryClient(
-                hop, self.client_settings, on_request=self.metrics.request_hook(chain, hop.name)
+                state, hop.credentials, on_request=self.metrics.request_hook(chain, hop.name)
             )
         return self._clients[key]
+
+    def alive(self) -> bool:
+        """False when the dispatch loop has not turned for three times its longest sleep."""
+        return self._clock() - self.last_turn <= 3 * MAX_WAKE
 
     # -- running -------------------------------------------------------------------------------
 
@@ -166,40 +196,54 @@ class Scheduler:
         """Check targets as they fall due until ``stop`` is set; then finish cleanly."""
         try:
             while not stop.is_set():
-                now = self._clock()
-                await self._ping_due_chains(now)
-                while self._heap and self._heap[0][0] <= now:
-                    when, key = heapq.heappop(self._heap)
-                    watch = self._watches.get(key)
-                    if self._due.get(key) != when or watch is None or watch.pending:
-                        continue  # stale, removed, or pending (update() re-schedules it once resolved)
-                    self._schedule(key, now + watch.chain.interval * (1 + random.uniform(-JITTER, JITTER)))
-                    if key not in self._running:  # a check still running from last time is not doubled
-                        self._running[key] = asyncio.create_task(self._check(watch))
-                self._changed.clear()
-                while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
-                    heapq.heappop(self._heap)
-                next_check = [self._heap[0][0]] if self._heap else []
-                wake = min([*next_check, *self._ping_due.values()], default=now + 60.0)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.05, wake - self._clock())):
-                        stop_wait = asyncio.ensure_future(stop.wait())
-                        change_wait = asyncio.ensure_future(self._changed.wait())
-                        try:
-                            await asyncio.wait({stop_wait, change_wait}, return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            stop_wait.cancel()
-                            change_wait.cancel()
+                try:
+                    wake = self._turn()
+                except Exception:  # a bug in one turn must not end the loop; the next turn retries
+                    logger.exception("scheduler turn failed; retrying")
+                    wake = self._clock() + 1.0
+                self.last_turn = self._clock()
+                await self._sleep_until(wake, stop)
         finally:
             await self.aclose()
 
+    def _turn(self) -> float:
+        """Start what is due (checks and pings); return when the next thing falls due."""
+        now = self._clock()
+        self._start_pings(now)
+        while self._heap and self._heap[0][0] <= now:
+            when, key = heapq.heappop(self._heap)
+            watch = self._watches.get(key)
+            if self._due.get(key) != when or watch is None or watch.pending:
+                continue  # stale, removed, or pending (update() re-schedules it once resolved)
+            self._schedule(key, now + watch.chain.interval * (1 + random.uniform(-JITTER, JITTER)))
+            if key not in self._running:  # a check still running from last time is not doubled
+                self._running[key] = asyncio.create_task(self._check(watch))
+        self._changed.clear()
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        next_check = [self._heap[0][0]] if self._heap else []
+        return min([*next_check, *self._ping_due.values(), now + MAX_WAKE])
+
+    async def _sleep_until(self, wake: float, stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.05, wake - self._clock())):
+                stop_wait = asyncio.ensure_future(stop.wait())
+                change_wait = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({stop_wait, change_wait}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop_wait.cancel()
+                    change_wait.cancel()
+
     async def aclose(self) -> None:
-        for task in self._running.values():
+        tasks = [*self._running.values(), *self._pings]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
-        await asyncio.gather(*(c.aclose() for c in self._clients.values()), return_exceptions=True)
         self._clients.clear()
+        await asyncio.gather(*(s.aclose() for s in self._states.values()), return_exceptions=True)
+        self._states.clear()
 
     async def check_now(self, key: tuple[str, str]) -> CheckResult | None:
         """Check one target immediately (tests and the CLI-like paths use it)."""
@@ -208,33 +252,51 @@ class Scheduler:
             return None
         return await self._check(watch)
 
-    async def _ping_due_chains(self, now: float) -> None:
+    def _start_pings(self, now: float) -> None:
+        """Ping every hop of the chains due, each in a task of its own (never in the loop)."""
         due = [name for name, when in self._ping_due.items() if when <= now and name in self._chains]
         for name in due:
             chain = self._chains[name]
             self._ping_due[name] = now + chain.interval
             if name in self._caches:
                 self._caches[name].prune()  # once per interval: forget blobs no target asked for again
-            results = await asyncio.gather(*(self.client(name, hop).ping() for hop in chain.hops))
-            for hop, up in zip(chain.hops, results, strict=True):
-                self.metrics.set_hop_up(name, hop.name, up)
+            for hop in chain.hops:
+                task = asyncio.create_task(self._ping(name, hop))
+                self._pings.add(task)
+                task.add_done_callback(self._pings.discard)
+
+    async def _ping(self, chain: str, hop: Hop) -> None:
+        try:
+            fault = await self.client(chain, hop).ping()
+        except Exception:  # a ping that fails oddly says the hop is not up; nothing more
+            logger.exception("ping of hop %s failed unexpectedly", hop.name)
+            fault = Fault(FaultKind.INTERNAL)
+        if chain in self._chains:
+            self.metrics.set_hop_up(chain, hop.name, fault is None)
 
     async def _check(self, watch: Watch) -> CheckResult | None:
         key = watch.target.key
+        slots = self._slots.setdefault(watch.chain.name, asyncio.Semaphore(self.settings.parallel_checks))
         try:
-            async with self._limit:
+            async with slots:
                 path = watch.pull_path()
-                clients = {t.hop.name: self.client(watch.chain.name, t.hop) for t in path}
-                cache = self._caches.setdefault(watch.chain.name, BlobCache(watch.chain.interval))
-                result = await check_target(
-                    watch.target.reference,
-                    path,
-                    clients,
-                    mode=watch.chain.mode,
-                    layer_media_type=watch.target.layer_media_type,
-                    pinned_digest=watch.pinned_digest,
-                    cache=cache,
-                )
+                try:
+                    clients = {t.hop.name: self.client(watch.chain.name, t.hop) for t in path}
+                    cache = self._caches.setdefault(watch.chain.name, BlobCache(watch.chain.interval))
+                    result = await check_target(
+                        watch.target.reference,
+                        path,
+                        clients,
+                        mode=watch.chain.mode,
+                        layer_media_type=watch.target.layer_media_type,
+                        pinned_digest=watch.pinned_digest,
+                        cache=cache,
+                        asker=key,
+                    )
+                except Exception as exc:  # never silent: a bug still ends as a verdict for every hop
+                    logger.exception("check of %s failed unexpectedly", "/".join(p for p in key if p))
+                    fault = Fault(FaultKind.INTERNAL, f"{type(exc).__name__}: {exc}"[:160])
+                    result = failed_result(watch.target.reference, path, fault, mode=watch.chain.mode)
             if self._watches.get(key) != watch:
                 return None  # changed or removed while checking: this result describes the past.
             self.store.put(TargetStatus(watch.target, watch.chain.name, result))
@@ -256,8 +318,8 @@ class Scheduler:
             return result
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug in one check must not stop the scheduler; the next interval retries
-            logger.exception("check of %s failed unexpectedly", "/".join(p for p in key if p))
+        except Exception:  # a bug after the check (store, hook) must not stop the scheduler
+            logger.exception("recording the check of %s failed unexpectedly", "/".join(p for p in key if p))
             return None
         finally:
             if self._running.get(key) is asyncio.current_task():

@@ -17,8 +17,8 @@ from layerwatch.chain import ChainError
 from layerwatch.config import FileSettings, ServeConfig, load_serve_config
 from layerwatch.logs import configure_logging
 from layerwatch.metrics import Metrics
-from layerwatch.registry import ClientSettings
 from layerwatch.scheduler import Scheduler, Watch
+from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.web import WebServer
 
@@ -34,9 +34,9 @@ def watches(config: ServeConfig) -> list[Watch]:
 async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, config: ServeConfig) -> int:
     store = ResultStore()
     metrics = Metrics(store)
-    scheduler = Scheduler(store=store, metrics=metrics, client_settings=ClientSettings(timeout=args.timeout))
+    scheduler = Scheduler(store=store, metrics=metrics, settings=EngineSettings.from_args(args))
     current = {"config": config}
-    web = WebServer(metrics, lambda: current["config"].chains)
+    web = WebServer(metrics, lambda: current["config"].chains, healthy=scheduler.alive)
     port = await web.start(args.metrics_address, args.metrics_port)
     logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
     scheduler.update(config.chains, watches(config))

@@ -12,11 +12,22 @@ import enum
 from collections.abc import Sequence
 
 from layerwatch.chain import Mode
-from layerwatch.manifest import FLUX_CONTENT, flux_layer
-from layerwatch.observation import BlobCheck, BlobStatus, HopObservation
+from layerwatch.manifest import FLUX_CONTENT, Descriptor, flux_layer
+from layerwatch.observation import BlobCheck, BlobFacts, BlobStatus, Fault, FaultKind, HopObservation
 from layerwatch.reference import Reference, short_digest
 
-__all__ = ["CheckResult", "Health", "HopVerdict", "Judgement", "Verdict", "judge"]
+__all__ = [
+    "CheckResult",
+    "Health",
+    "HopVerdict",
+    "Judgement",
+    "Verdict",
+    "classify_blob",
+    "describe_fault",
+    "judge",
+    "not_found",
+    "verdict_of",
+]
 
 
 class Health(enum.IntEnum):
@@ -92,6 +103,78 @@ class CheckResult:
     finished: float
 
 
+_AUTH_FAULTS = frozenset({FaultKind.AUTH_REJECTED, FaultKind.AUTH_UNANSWERABLE})
+
+
+def verdict_of(fault: Fault) -> Verdict:
+    """The unknown-class verdict a fault means: could not check, never unhealthy."""
+    if fault.kind in _AUTH_FAULTS:
+        return Verdict.AUTH_FAILED
+    if fault.kind is FaultKind.RATE_LIMITED:
+        return Verdict.RATE_LIMITED
+    return Verdict.UNREACHABLE
+
+
+def _registry_said(fault: Fault) -> str:
+    """``(CODE: message)`` from an OCI error body, or nothing."""
+    said = ": ".join(part for part in (fault.code, fault.registry_message) if part)
+    return f" ({said})" if said else ""
+
+
+def not_found(fault: Fault) -> str:
+    """``404 MANIFEST_UNKNOWN``: the status and the registry's error code, as a 404 is quoted."""
+    return f"{fault.status or 404} {fault.code}" if fault.code else f"{fault.status or 404}"
+
+
+def describe_fault(fault: Fault) -> str:
+    """One line saying what stopped an exchange, as a person debugging the hop needs it."""
+    attempts = f" after {fault.attempts} attempts" if fault.attempts > 1 else ""
+    if fault.kind is FaultKind.HTTP_STATUS or (
+        fault.kind in _AUTH_FAULTS and fault.status and not fault.detail
+    ):
+        text = f"HTTP {fault.status}{attempts}{_registry_said(fault)}"
+        if fault.kind is FaultKind.AUTH_REJECTED:
+            text += " with the configured credentials"
+    elif fault.kind is FaultKind.RATE_LIMITED:
+        text = f"HTTP 429{attempts}{_registry_said(fault)}; {fault.detail}".rstrip("; ")
+    elif fault.kind is FaultKind.HOP_DOWN:
+        text = f"hop down ({fault.detail}); probed again once per interval"
+    elif fault.kind is FaultKind.INTERNAL:
+        text = f"internal error in layerwatch ({fault.detail}); please report"
+    else:
+        text = f"{fault.detail or fault.kind.value}{attempts}"
+    return f"{fault.subject}: {text}" if fault.subject else text
+
+
+def classify_blob(descriptor: Descriptor, facts: BlobFacts) -> tuple[BlobStatus, str]:
+    """What a hop's answer for one blob means: ok, missing, corrupt, or unchecked (with why)."""
+    size = descriptor.size
+    if facts.cached:
+        return BlobStatus.OK, "verified by another target's check this interval"
+    if facts.fault is not None:
+        if facts.status == 404:
+            return BlobStatus.MISSING, f"missing ({not_found(facts.fault)})"
+        if facts.fault.kind is FaultKind.BODY_CUT:
+            return BlobStatus.CORRUPT, f"truncated: {facts.received} of {size} bytes (connection closed)"
+        return BlobStatus.UNCHECKED, describe_fault(facts.fault)
+    if facts.encoding is not None:
+        return (
+            BlobStatus.CORRUPT,
+            f"served with Content-Encoding {facts.encoding}: not the bytes the digest names",
+        )
+    if facts.headed:
+        if facts.header_size is not None and facts.header_size != size:
+            return BlobStatus.CORRUPT, f"size {facts.header_size}, expected {size}"
+        return BlobStatus.OK, "present (HEAD)"
+    if facts.overflow:
+        return BlobStatus.CORRUPT, f"more than {size} bytes served"
+    if facts.received < size:
+        return BlobStatus.CORRUPT, f"truncated: {facts.received} of {size} bytes"
+    if facts.actual != descriptor.digest:
+        return BlobStatus.CORRUPT, f"content hashes to {short_digest(facts.actual)}"
+    return BlobStatus.OK, "verified"
+
+
 def _blob_name(blob: BlobCheck, platform: str | None) -> str:
     where = "config" if blob.index is None else f"layer {blob.index}"
     prefix = f"manifest for {platform}: " if platform else ""
@@ -119,6 +202,15 @@ def _first_blob(observation: HopObservation, status: BlobStatus) -> str | None:
     return None
 
 
+def _first_unchecked(observation: HopObservation) -> tuple[Verdict, str] | None:
+    """The verdict and message of the first blob that could not be checked (its fault's)."""
+    for manifest in observation.manifests:
+        for blob in manifest.blobs:
+            if blob.status is BlobStatus.UNCHECKED and blob.facts.fault is not None:
+                return verdict_of(blob.facts.fault), f"{_blob_name(blob, manifest.platform)}: {blob.detail}"
+    return None
+
+
 def _reference_digest(observations: Sequence[HopObservation], position: int) -> HopObservation | None:
     """The observation a hop's tag resolution is compared with: the origin's, else the nearest upstream."""
     for upstream in reversed(observations[position + 1 :]):
@@ -128,11 +220,11 @@ def _reference_digest(observations: Sequence[HopObservation], position: int) -> 
 
 
 def _judge_hop(
-    observations: Sequence[HopObservation], position: int, layer_media_type: str | None
+    observations: Sequence[HopObservation], position: int, layer_media_type: str | None, mode: Mode
 ) -> tuple[Verdict, str]:
     obs = observations[position]
     if obs.failure is not None:
-        return Verdict(obs.failure.kind.value), obs.failure.message
+        return verdict_of(obs.failure), describe_fault(obs.failure)
     if obs.manifest_missing is not None:
         return Verdict.MANIFEST_MISSING, obs.manifest_missing
     if obs.manifest_corrupt is not None or not obs.manifests:
@@ -156,12 +248,16 @@ def _judge_hop(
             f"manifest lists {len(obs.layer_digests)} of the {len(upstream.layer_digests)} layers at "
             f"{upstream.hop}; {short_digest(lost[0])} missing"
         )
+    # A definite finding about one blob is not hidden by another blob that could not be checked.
     missing = _first_blob(obs, BlobStatus.MISSING)
     if missing:
         return Verdict.LAYER_MISSING, missing
     corrupt = _first_blob(obs, BlobStatus.CORRUPT)
     if corrupt:
         return Verdict.LAYER_CORRUPT, corrupt
+    unchecked = _first_unchecked(obs)
+    if unchecked is not None:
+        return unchecked
     if reordered and upstream is not None:
         return Verdict.LAYER_ORDER_MISMATCH, (
             f"same layers as at {upstream.hop} in another order (manifest {short_digest(obs.digest)} "
@@ -179,6 +275,8 @@ def _judge_hop(
         elif flux_layer(manifest, layer_media_type) is None:
             return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {layer_media_type}"
     blobs = sum(len(m.blobs) for m in obs.manifests)
+    if mode is Mode.HEAD:
+        return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} verified, {blobs} blobs present (HEAD)"
     return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified"
 
 
@@ -187,6 +285,7 @@ def judge(
     *,
     layer_media_type: str | None = None,
     pinned_digest: str | None = None,
+    mode: Mode = Mode.FULL,
 ) -> Judgement:
     """Verdict per hop (edge first, origin last), overall verdict and blame.
 
@@ -195,7 +294,7 @@ def judge(
     """
     verdicts: list[HopVerdict] = []
     for position, obs in enumerate(observations):
-        verdict, detail = _judge_hop(observations, position, layer_media_type)
+        verdict, detail = _judge_hop(observations, position, layer_media_type, mode)
         verdicts.append(HopVerdict(obs.hop, verdict, f"hop {obs.hop} ({obs.location}): {detail}"))
     worst = max((v.verdict.health for v in verdicts), default=Health.HEALTHY)
     blame: str | None = None

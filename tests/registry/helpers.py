@@ -24,7 +24,8 @@ from layerwatch.chain import Mode
 from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
 from layerwatch.reference import Reference
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.registry import RegistryClient
+from layerwatch.settings import EngineSettings
 from layerwatch.verdict import CheckResult
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 
 HOPS = ("edge", "core", "origin")
 CLI_TIMEOUT = 90.0
-FAST = ClientSettings(timeout=5.0, retries=1, backoff=0.05, rate_limit_budget=3.0)
+FAST = EngineSettings(timeout=5.0, retries=1, backoff=0.05, retry_budget=3.0)
 """Client settings for checks that are meant to fail: short timeouts, one retry, a small 429 budget."""
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,13 +93,13 @@ def empty_docker_config(directory: Path) -> Path:
 async def _check(
     path: Path,
     reference: Reference,
-    settings: ClientSettings,
+    settings: EngineSettings,
     mode: Mode,
     layer_media_type: str | None,
 ) -> CheckResult:
     chain = load_chain_file(path, FileSettings(docker_config=empty_docker_config(path.parent)))
     pull_path = chain.pull_path(reference)
-    clients = {t.hop.name: RegistryClient(t.hop, settings) for t in pull_path}
+    clients = {t.hop.name: RegistryClient.for_hop(t.hop, settings) for t in pull_path}
     try:
         return await check_target(reference, pull_path, clients, mode=mode, layer_media_type=layer_media_type)
     finally:
@@ -109,13 +110,13 @@ def engine_check(
     path: Path,
     reference: str,
     *,
-    settings: ClientSettings | None = None,
+    settings: EngineSettings | None = None,
     mode: Mode = Mode.FULL,
     layer_media_type: str | None = None,
 ) -> CheckResult:
     """One in-process check of ``reference`` over the chain in ``path``, with fresh clients."""
     return asyncio.run(
-        _check(path, Reference.parse(reference), settings or ClientSettings(), mode, layer_media_type)
+        _check(path, Reference.parse(reference), settings or EngineSettings(), mode, layer_media_type)
     )
 
 

@@ -26,7 +26,8 @@ from layerwatch.chain import HopTarget
 from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
 from layerwatch.reference import Reference
-from layerwatch.registry import ClientSettings, RegistryClient
+from layerwatch.registry import RegistryClient
+from layerwatch.settings import EngineSettings
 from layerwatch.verdict import CheckResult
 
 pytestmark = [pytest.mark.registry, pytest.mark.timeout(180)]
@@ -38,12 +39,12 @@ def _pull_path(path: Path, reference: str) -> list[HopTarget]:
 
 
 async def _checks(
-    path: Path, references: Sequence[str], settings: ClientSettings | None = None, *, only: str | None = None
+    path: Path, references: Sequence[str], settings: EngineSettings | None = None, *, only: str | None = None
 ) -> list[CheckResult]:
     """Check each reference in turn with one set of clients shared by all checks (as the scheduler does)."""
     targets = [_pull_path(path, ref) for ref in references]
     hops = {t.hop.name: t.hop for pull_path in targets for t in pull_path}
-    clients = {name: RegistryClient(hop, settings) for name, hop in hops.items()}
+    clients = {name: RegistryClient.for_hop(hop, settings) for name, hop in hops.items()}
     try:
         results = []
         for ref, pull_path in zip(references, targets, strict=True):
@@ -172,7 +173,7 @@ def test_no_more_requests_than_the_concurrency_limit_are_in_flight_at_one_hop(
     for limit in (2, 7):
         faults.set([{"kind": "slow", "seconds": 0.8, "repository": fresh_repo, "method": "GET"}])
         started = time.monotonic()
-        (result,) = asyncio.run(_checks(path, [reference], ClientSettings(concurrency=limit)))
+        (result,) = asyncio.run(_checks(path, [reference], EngineSettings(endpoint_concurrency=limit)))
         durations[limit] = time.monotonic() - started
         assert hop_verdicts(result) == {"origin": "LayerOrderMismatch"}  # octet-stream first: see verdicts
         assert result.observations[0].bytes_verified == pushed.config.size + sum(
@@ -210,6 +211,7 @@ def test_a_64_mib_blob_is_verified_in_full_at_every_hop_without_holding_it_in_me
             "mediaType": OCTET_STREAM,
             "size": size,
             "status": "ok",
+            "cached": False,
             "detail": "verified",
         }
         assert hop["bytesVerified"] == size + pushed.config.size

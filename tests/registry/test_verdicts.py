@@ -33,7 +33,7 @@ from lab.artifacts import (
 )
 from lab.chain import LocalChain
 from layerwatch.chain import Mode
-from layerwatch.registry import ClientSettings
+from layerwatch.settings import EngineSettings
 
 pytestmark = [pytest.mark.registry, pytest.mark.timeout(120)]
 
@@ -280,6 +280,7 @@ def test_an_intact_artifact_is_healthy_at_every_hop_with_a_two_prefix_harbor_pat
             "mediaType": pushed.config.media_type,
             "size": pushed.config.size,
             "status": "ok",
+            "cached": False,
             "detail": "verified",
         }
         assert [(x["digest"], x["size"], x["status"]) for x in hop["layers"]] == [
@@ -351,7 +352,7 @@ def test_a_hop_answering_503_after_retries_is_unreachable_not_unhealthy(
     )
     assert "503" in run.report["hops"][0]["message"]
     errors = [r for r in local_chain.faults("edge").requests() if r["status"] == 503]
-    assert len(errors) == 3, "the first attempt and two retries (ClientSettings.retries=2)"
+    assert len(errors) == 3, "the first attempt and two retries (EngineSettings.retries=2)"
 
 
 def test_wrong_credentials_at_the_edge_are_auth_failed_not_unhealthy(
@@ -410,7 +411,7 @@ def test_a_429_with_a_short_retry_after_is_waited_out_and_ends_healthy(
     )
     path = chain_file(local_chain, tmp_path)
     result = engine_check(
-        path, local_chain.reference(fresh_repo, "v1"), settings=ClientSettings(rate_limit_budget=5.0)
+        path, local_chain.reference(fresh_repo, "v1"), settings=EngineSettings(retry_budget=5.0)
     )
     assert hop_verdicts(result) == dict.fromkeys(HOPS, "Healthy")
     assert local_chain.faults("edge").active()[0]["count"] == 0, "both 429s were served and waited out"

@@ -11,9 +11,10 @@ from layerwatch.chain import Chain, Hop, Mode
 from layerwatch.manifest import FLUX_CONFIG, FLUX_CONTENT, OCI_MANIFEST, Descriptor, Manifest
 from layerwatch.observation import (
     BlobCheck,
+    BlobFacts,
     BlobStatus,
-    Failure,
-    FailureKind,
+    Fault,
+    FaultKind,
     HopObservation,
     ManifestCheck,
 )
@@ -73,7 +74,7 @@ def observe(
     *,
     blobs: Mapping[int | None, tuple[BlobStatus, str]] | None = None,
     tag: str | None = TAG,
-    failure: Failure | None = None,
+    failure: Fault | None = None,
     manifest_missing: str | None = None,
     manifest_corrupt: str | None = None,
 ) -> HopObservation:
@@ -101,7 +102,9 @@ def observe(
     for index, desc in [(None, served.config), *enumerate(served.layers)]:
         status, detail = statuses.get(index, (BlobStatus.OK, "verified"))
         verified = desc.size if status is BlobStatus.OK else 0
-        checks.append(BlobCheck(desc, index, status, detail, verified))
+        checks.append(
+            BlobCheck(desc, index, status, detail, BlobFacts(received=verified, actual=desc.digest))
+        )
     check = ManifestCheck(digest=digest, manifest=served, blobs=tuple(checks))
     return dataclasses.replace(base, tag_digest=tag_digest, digest=digest, manifests=(check,))
 
@@ -110,8 +113,8 @@ def healthy_chain(served: Manifest = ARTIFACT, *, tag: str | None = TAG) -> list
     return [observe(position, served, tag=tag) for position in range(len(PATH))]
 
 
-def failure(kind: FailureKind, message: str = "") -> Failure:
-    return Failure(kind, message or f"{kind.value.lower()} for the test")
+def failure(kind: FaultKind, message: str = "") -> Fault:
+    return Fault(kind, message or f"{kind.value} for the test")
 
 
 def replace_at(

@@ -15,7 +15,7 @@ from layerwatch.chain import Target
 from layerwatch.kube.api import KubeApi
 from layerwatch.kube.service import STATUS_REFRESH, OperatorOptions, OperatorService, _rfc3339, _settle
 from layerwatch.kube.targets import FluxSource
-from layerwatch.observation import BlobStatus, FailureKind
+from layerwatch.observation import BlobStatus, FaultKind
 from layerwatch.store import TargetStatus
 
 from .builders import (
@@ -146,7 +146,7 @@ def test_the_chain_status_counts_artifacts_per_hop_and_overall() -> None:
     operator.chains = {"corp": CHAIN}
     operator.chain_bodies = {"corp": {"metadata": {"name": "corp", "generation": 4}}}
     operator.metrics.set_hop_up("corp", "edge", True)
-    unreachable = replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FailureKind.UNREACHABLE)))
+    unreachable = replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FaultKind.REFUSED)))
     store = operator.store
     store.put(TargetStatus(target("healthy"), "corp", check_result(healthy_chain(), finished=FINISHED - 10)))
     store.put(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwatch.kube.conditions import CONDITION_TYPE, desired_condition, merge_conditions, transition
-from layerwatch.observation import BlobStatus, FailureKind
+from layerwatch.observation import BlobStatus, FaultKind
 from layerwatch.reference import short_digest
 from layerwatch.verdict import HopVerdict, Judgement, Verdict, judge
 
@@ -29,9 +29,7 @@ T0, T1, T2, T3 = (
 MISSING = {0: (BlobStatus.MISSING, "missing (404)")}
 HEALTHY = judge(healthy_chain())
 CORE_LOST_A_LAYER = judge([observe(EDGE, blobs=MISSING), observe(CORE, blobs=MISSING), observe(ORIGIN)])
-EDGE_UNREACHABLE = judge(
-    replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FailureKind.UNREACHABLE)))
-)
+EDGE_UNREACHABLE = judge(replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FaultKind.REFUSED))))
 
 FLUX_CONDITIONS: list[dict[str, Any]] = [
     {

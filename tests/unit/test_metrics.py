@@ -14,7 +14,7 @@ from tests.spec_metrics import SPEC_METRIC_FAMILIES
 from layerwatch import __version__
 from layerwatch.chain import Target
 from layerwatch.metrics import DURATION_BUCKETS, Metrics
-from layerwatch.observation import BlobStatus, FailureKind, HopObservation
+from layerwatch.observation import BlobStatus, FaultKind, HopObservation
 from layerwatch.store import ResultStore, TargetStatus
 
 from .builders import (
@@ -83,7 +83,7 @@ def test_an_unhealthy_hop_is_0_and_its_verdict_series_carries_the_verdict(metric
 
 
 def test_an_unknown_hop_has_no_healthy_series_but_says_why_in_its_verdict(metrics: Metrics) -> None:
-    unreachable = observe(EDGE, failure=failure(FailureKind.UNREACHABLE))
+    unreachable = observe(EDGE, failure=failure(FaultKind.REFUSED))
     checked(metrics, replace_at(healthy_chain(), EDGE, unreachable))
     assert value(metrics, "layerwatch_artifact_hop_healthy", **artifact("edge")) is None
     assert value(metrics, "layerwatch_artifact_hop_verdict", **artifact("edge"), verdict="Unreachable") == 1.0

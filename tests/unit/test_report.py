@@ -11,7 +11,7 @@ import pytest
 
 from layerwatch.chain import Chain, Credentials, Hop, Mode
 from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX, Descriptor, Index
-from layerwatch.observation import BlobStatus, FailureKind, HopObservation
+from layerwatch.observation import BlobStatus, FaultKind, HopObservation
 from layerwatch.reference import Reference
 from layerwatch.report import describe_artifact, exit_code, to_json, to_text
 from layerwatch.verdict import CheckResult, judge
@@ -131,14 +131,12 @@ def test_an_index_lists_its_platform_manifests_in_the_report() -> None:
         pytest.param(healthy_chain(), 0, id="all-healthy-is-0"),
         pytest.param(core_lost_a_layer(), 1, id="unhealthy-is-1"),
         pytest.param(
-            replace_at(healthy_chain(), CORE, observe(CORE, failure=failure(FailureKind.UNREACHABLE))),
+            replace_at(healthy_chain(), CORE, observe(CORE, failure=failure(FaultKind.REFUSED))),
             3,
             id="unknown-is-3",
         ),
         pytest.param(
-            replace_at(
-                core_lost_a_layer(), ORIGIN, observe(ORIGIN, failure=failure(FailureKind.RATE_LIMITED))
-            ),
+            replace_at(core_lost_a_layer(), ORIGIN, observe(ORIGIN, failure=failure(FaultKind.RATE_LIMITED))),
             1,
             id="unhealthy-and-unknown-is-1",
         ),
@@ -181,7 +179,7 @@ def test_a_hop_password_never_appears_in_any_report() -> None:
         )
         observations.append(dataclasses.replace(seen, url=target.hop.url, location=target.location))
     observations[EDGE] = dataclasses.replace(
-        observations[EDGE], failure=failure(FailureKind.AUTH_FAILED, "HTTP 401")
+        observations[EDGE], failure=failure(FaultKind.AUTH_REJECTED, "HTTP 401")
     )
     checked = result(observations)
     for text in (json.dumps(to_json(checked)), to_text(checked), repr(checked)):

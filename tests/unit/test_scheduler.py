@@ -23,7 +23,7 @@ from layerwatch.reference import Reference
 from layerwatch.registry import RegistryClient
 from layerwatch.scheduler import Scheduler, Watch, first_due_offset
 from layerwatch.store import ResultStore
-from layerwatch.verdict import CheckResult
+from layerwatch.verdict import CheckResult, Health
 
 from .builders import CHAIN, REFERENCE, check_result, digest_of, healthy_chain
 
@@ -264,8 +264,8 @@ class FakeChecks:
 def checks(monkeypatch: pytest.MonkeyPatch) -> FakeChecks:
     fake = FakeChecks()
 
-    async def ping(self: RegistryClient) -> bool:
-        return True
+    async def ping(self: RegistryClient) -> None:
+        return None  # up
 
     monkeypatch.setattr(scheduler_module, "check_target", fake)
     monkeypatch.setattr(RegistryClient, "ping", ping)
@@ -335,14 +335,22 @@ async def test_stop_ends_a_run_promptly_even_with_nothing_due(checks: FakeChecks
     assert checks.checked == []
 
 
-async def test_a_check_that_raises_does_not_stop_the_others(checks: FakeChecks) -> None:
+async def test_a_check_that_raises_does_not_stop_the_others_and_is_not_silent(checks: FakeChecks) -> None:
     checks.fail = {"p-core/p-ghcr/org/broken"}
     scheduler, clock = planned([per_repository("broken"), per_repository("fine")])
     clock.now += INTERVAL  # both due
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
     await until(lambda: getattr(scheduler.store.get(("team-a", "fine")), "result", None) is not None)
+    await until(lambda: getattr(scheduler.store.get(("team-a", "broken")), "result", None) is not None)
     assert sorted(checks.checked) == ["p-core/p-ghcr/org/broken", "p-core/p-ghcr/org/fine"]
+    broken = scheduler.store.get(("team-a", "broken"))
+    assert broken is not None and broken.result is not None
+    # The bug ends as an unknown verdict on every hop (a condition and a metric someone sees).
+    assert broken.result.judgement.health is Health.UNKNOWN
+    assert (
+        "internal error in layerwatch (RuntimeError: a bug in one check)" in broken.result.judgement.message
+    )
     stop.set()
     async with asyncio.timeout(1.0):
         await task

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwatch.manifest import FLUX_CONTENT
-from layerwatch.observation import BlobCheck, BlobStatus, FailureKind, HopObservation, ManifestCheck
+from layerwatch.observation import BlobCheck, BlobStatus, FaultKind, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
-from layerwatch.verdict import Health, Verdict, judge
+from layerwatch.verdict import Health, Verdict, judge, verdict_of
 
 from .builders import (
     ARTIFACT,
@@ -39,11 +39,11 @@ REORDERED = manifest(EXTRA, CONTENT)
 REANNOTATED = manifest(CONTENT, EXTRA, annotations={"org.opencontainers.image.revision": "other"})
 README_FIRST = manifest(descriptor("readme", "text/markdown"), CONTENT)
 
-Fault = Callable[[int], HopObservation]
-FAULTS: dict[str, tuple[Fault, Verdict]] = {
-    "unreachable": (lambda p: observe(p, failure=failure(FailureKind.UNREACHABLE)), Verdict.UNREACHABLE),
-    "auth-failed": (lambda p: observe(p, failure=failure(FailureKind.AUTH_FAILED)), Verdict.AUTH_FAILED),
-    "rate-limited": (lambda p: observe(p, failure=failure(FailureKind.RATE_LIMITED)), Verdict.RATE_LIMITED),
+HopFault = Callable[[int], HopObservation]
+FAULTS: dict[str, tuple[HopFault, Verdict]] = {
+    "unreachable": (lambda p: observe(p, failure=failure(FaultKind.REFUSED)), Verdict.UNREACHABLE),
+    "auth-failed": (lambda p: observe(p, failure=failure(FaultKind.AUTH_REJECTED)), Verdict.AUTH_FAILED),
+    "rate-limited": (lambda p: observe(p, failure=failure(FaultKind.RATE_LIMITED)), Verdict.RATE_LIMITED),
     "manifest-missing": (
         lambda p: observe(p, manifest_missing="tag v1 unknown (404)"),
         Verdict.MANIFEST_MISSING,
@@ -128,12 +128,12 @@ def test_a_blob_missing_at_the_origin_is_blamed_on_the_origin_though_every_hop_m
 # -- unknown is never unhealthy ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", list(FailureKind))
+@pytest.mark.parametrize("kind", list(FaultKind))
 @pytest.mark.parametrize("position", [EDGE, CORE, ORIGIN])
-def test_a_hop_that_could_not_be_checked_is_unknown_never_unhealthy(kind: FailureKind, position: int) -> None:
+def test_a_hop_that_could_not_be_checked_is_unknown_never_unhealthy(kind: FaultKind, position: int) -> None:
     judgement = judge(replace_at(healthy_chain(), position, observe(position, failure=failure(kind))))
     assert judgement.health is Health.UNKNOWN
-    assert judgement.verdict.value == kind.value
+    assert judgement.verdict is verdict_of(failure(kind))
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_an_unhealthy_hop_outranks_any_hop_that_could_not_be_checked(
     unknown_at: int, unhealthy_at: int
 ) -> None:
     observations = replace_at(
-        healthy_chain(), unknown_at, observe(unknown_at, failure=failure(FailureKind.UNREACHABLE))
+        healthy_chain(), unknown_at, observe(unknown_at, failure=failure(FaultKind.REFUSED))
     )
     observations = replace_at(
         observations,
@@ -157,7 +157,7 @@ def test_an_unhealthy_hop_outranks_any_hop_that_could_not_be_checked(
 
 def test_when_the_origin_cannot_be_checked_its_digest_is_unknown() -> None:
     judgement = judge(
-        replace_at(healthy_chain(), ORIGIN, observe(ORIGIN, failure=failure(FailureKind.UNREACHABLE)))
+        replace_at(healthy_chain(), ORIGIN, observe(ORIGIN, failure=failure(FaultKind.REFUSED)))
     )
     assert judgement.origin_digest is None
     assert [v.verdict for v in judgement.hops] == [Verdict.HEALTHY, Verdict.HEALTHY, Verdict.UNREACHABLE]
@@ -250,7 +250,7 @@ def test_when_the_origin_cannot_be_checked_a_hop_is_compared_with_the_hop_above_
     observations = [
         observe(EDGE, STALE),
         observe(CORE),
-        observe(ORIGIN, failure=failure(FailureKind.AUTH_FAILED)),
+        observe(ORIGIN, failure=failure(FaultKind.AUTH_REJECTED)),
     ]
     judgement = judge(observations)
     assert judgement.hops[EDGE].verdict is Verdict.DIGEST_MISMATCH
@@ -432,7 +432,7 @@ def test_verdict_classes_match_the_spec_table() -> None:
         else:
             assert verdict.health is Health.UNHEALTHY
     assert Health.UNHEALTHY > Health.UNKNOWN > Health.HEALTHY
-    assert {kind.value for kind in FailureKind} == {v.value for v in unknown}
+    assert {verdict_of(failure(kind)) for kind in FaultKind} == unknown
 
 
 def test_a_missing_blob_without_detail_still_reads_cleanly() -> None:

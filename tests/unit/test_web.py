@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from layerwatch import __version__
 from layerwatch.chain import Chain, Mode, Target
 from layerwatch.metrics import Metrics
-from layerwatch.observation import BlobStatus, FailureKind
+from layerwatch.observation import BlobStatus, FaultKind
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import HopVerdict
 from layerwatch.web import WebServer, status_document, status_page
@@ -35,9 +35,7 @@ def core_lost_a_layer() -> Any:
 
 
 def edge_unreachable() -> Any:
-    return check_result(
-        replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FailureKind.UNREACHABLE)))
-    )
+    return check_result(replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FaultKind.REFUSED))))
 
 
 def populated() -> ResultStore:

@@ -39,11 +39,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.lifetime = options.peering_lifetime
     settings.watching.server_timeout = 300  # re-open watches every 5 min, well within kopf's client timeout
     service = OperatorService(KubeApi(), options)
-    web = WebServer(service.metrics, lambda: service.chains)
-    await web.start(options.metrics_address, options.metrics_port)
     stop = asyncio.Event()
-    memo.service, memo.web, memo.stop = service, web, stop
-    memo.task = asyncio.create_task(service.run(stop))
+    task = asyncio.create_task(service.run(stop))
+    web = WebServer(service.metrics, lambda: service.chains, healthy=lambda: _alive(task, service))
+    await web.start(options.metrics_address, options.metrics_port)
+    memo.service, memo.web, memo.stop, memo.task = service, web, stop, task
+
+
+def _alive(task: asyncio.Task[None], service: OperatorService) -> bool:
+    """The scheduler task still runs and its loop turned recently."""
+    return not task.done() and service.scheduler.alive()
+
+
+@kopf.on.probe(id="scheduler")
+def scheduler_probe(memo: kopf.Memo, **_: Any) -> str:
+    """kopf's liveness endpoint fails (so the pod restarts) when the scheduler has stopped turning."""
+    if not _alive(memo.task, memo.service):
+        raise RuntimeError("the scheduler loop is not running")
+    return "turning"
 
 
 @kopf.on.cleanup()

@@ -16,6 +16,7 @@ import kopf
 from layerwatch.kube.api import load_client_config
 from layerwatch.kube.service import OperatorOptions
 from layerwatch.logs import configure_logging
+from layerwatch.settings import EngineSettings, SettingsError
 
 __all__ = ["run_operator"]
 
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-address", default=os.environ.get("LAYERWATCH_METRICS_ADDRESS", "0.0.0.0"))  # noqa: S104
     parser.add_argument("--shard-index", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_INDEX", 0)))
     parser.add_argument("--shard-count", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_COUNT", 1)))
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-request registry timeout (seconds)")
+    EngineSettings.add_arguments(parser)
     parser.add_argument(
         "--secrets-namespace",
         default=os.environ.get("LAYERWATCH_NAMESPACE", "layerwatch"),
@@ -73,6 +74,11 @@ def run_operator(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if not 0 <= args.shard_index < max(args.shard_count, 1):
         _parser().error(f"--shard-index must be in [0, {args.shard_count})")
+    try:
+        engine = EngineSettings.from_args(args)
+    except SettingsError as exc:
+        print(f"layerwatch operator: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.log_format, getattr(logging, args.log_level.upper()))
     # kopf logs every handled watch event at INFO ("Handler ... succeeded"): one line per Flux status
     # update per object. layerwatch logs what it decides; kopf's per-object lines only when they matter.
@@ -92,7 +98,7 @@ def run_operator(argv: Sequence[str]) -> int:
         metrics_address=args.metrics_address,
         shard_index=args.shard_index,
         shard_count=args.shard_count,
-        timeout=args.timeout,
+        engine=engine,
         namespace=args.secrets_namespace,
         peering_lifetime=args.peering_lifetime,
     )

@@ -23,8 +23,8 @@ from layerwatch.kube.api import KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
 from layerwatch.kube.targets import FluxSource, in_shard, select
 from layerwatch.metrics import Metrics
-from layerwatch.registry import ClientSettings
 from layerwatch.scheduler import Scheduler, Watch
+from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.verdict import CheckResult, Health
 
@@ -46,7 +46,7 @@ class OperatorOptions:
     metrics_address: str = "0.0.0.0"  # noqa: S104 - a server in a pod
     shard_index: int = 0
     shard_count: int = 1
-    timeout: float = 30.0
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     namespace: str = "layerwatch"
     """Namespace of ProxyChain Secrets when a secretRef names none."""
     peering_lifetime: int = 60
@@ -62,7 +62,7 @@ class OperatorService:
         self.scheduler = Scheduler(
             store=self.store,
             metrics=self.metrics,
-            client_settings=ClientSettings(timeout=options.timeout),
+            settings=options.engine,
             on_result=self._on_result,
         )
         self.sources: dict[tuple[str, str], FluxSource] = {}

@@ -1,22 +1,16 @@
-"""The registry client: one async client per hop (auth, retries, limits, streaming verification)."""
+"""The registry client: auth, retries, limits and streaming verification, per registry endpoint."""
 
-from layerwatch.registry.client import BlobResult, ClientSettings, FetchedManifest, RegistryClient
-from layerwatch.registry.errors import (
-    RegistryAuthFailed,
-    RegistryError,
-    RegistryNotFound,
-    RegistryRateLimited,
-    RegistryUnavailable,
-)
+from layerwatch.registry.client import FetchedManifest, RegistryClient, endpoint_of
+from layerwatch.registry.errors import RegistryError, RegistryNotFound
+from layerwatch.registry.network import Endpoint, EndpointState, RetryBudget
 
 __all__ = [
-    "BlobResult",
-    "ClientSettings",
+    "Endpoint",
+    "EndpointState",
     "FetchedManifest",
-    "RegistryAuthFailed",
     "RegistryClient",
     "RegistryError",
     "RegistryNotFound",
-    "RegistryRateLimited",
-    "RegistryUnavailable",
+    "RetryBudget",
+    "endpoint_of",
 ]

@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from layerwatch.chain import Credentials
 from layerwatch.documents import json_object
@@ -35,6 +36,9 @@ __all__ = [
 
 MAX_CHALLENGE_LENGTH = 8192
 """Longer ``WWW-Authenticate`` headers are refused instead of parsed."""
+
+MAX_TOKEN_LIFETIME = 86400.0
+"""A token is trusted for at most a day, whatever ``expires_in`` claims."""
 
 _PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
 
@@ -91,6 +95,13 @@ def parse_challenge(header: str) -> Challenge:
     realm = params.get("realm", "")
     if not realm.startswith(("https://", "http://")):
         raise ChallengeError("Bearer challenge without an http(s) realm")
+    try:
+        parts = urlsplit(realm)
+        _ = parts.port  # raises for a port out of range
+    except ValueError:
+        raise ChallengeError("Bearer realm is not a usable URL") from None
+    if not parts.hostname:
+        raise ChallengeError("Bearer realm is not a usable URL")
     return Challenge(
         scheme="bearer", realm=realm, service=params.get("service", ""), scope=params.get("scope", "")
     )
@@ -144,7 +155,7 @@ def token_from_response(body: bytes) -> tuple[str, float]:
             lifetime = 60.0
     if not math.isfinite(lifetime) or lifetime <= 0:
         lifetime = 60.0  # NaN would never expire from the cache; nonsense gets the default
-    return token, lifetime
+    return token, min(lifetime, MAX_TOKEN_LIFETIME)
 
 
 def basic_header(credentials: Credentials) -> str:

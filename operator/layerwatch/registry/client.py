@@ -1,12 +1,16 @@
-"""The async registry client: one per hop, owning auth, retries, limits, redirects and streaming.
+"""The async registry client: auth, retries, redirects and streaming, reporting facts.
 
-Everything that touches the network for a hop goes through ``RegistryClient``. It exposes just
-what a check needs (resolve a tag, fetch a manifest, verify a blob, ping ``/v2/``) and turns every
-HTTP or network outcome into either a value or one of the errors in ``errors.py``.
+Everything that touches the network for a hop goes through ``RegistryClient``. It exposes what a
+check needs (resolve a tag, fetch a manifest, fetch a blob, ping ``/v2/``). It never words a
+verdict: a blob comes back as ``BlobFacts`` (status, bytes received, their digest, encoding), and
+anything that stopped an exchange is a ``RegistryError`` carrying a typed ``Fault``.
 
-The HTTP transport is a single seam (``make_transport``): httpx's own transport or httpx over
-aiohttp. Measured on a 2-core box, httpx over aiohttp costs about half the client CPU per check
-of httpx's default transport, so it is the default.
+Every value a registry supplies is checked before use: digest headers must be digests, lengths
+must be plain integers, redirect targets must be http(s) URLs, ``Retry-After`` is floored at one
+second and capped by the retry budget, and no body is ever decompressed (``Accept-Encoding:
+identity``; a ``Content-Encoding`` on a manifest or blob is reported as such). Every wait is
+bounded: the request deadline covers send to last header, body deadlines follow the size at the
+minimum rate, and retries draw on the hop check's ``RetryBudget``.
 """
 
 from __future__ import annotations
@@ -16,138 +20,131 @@ import dataclasses
 import email.utils
 import hashlib
 import random
-import ssl
+import re
 import time
 from collections.abc import Callable
-from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 import httpx
 
-from layerwatch.chain import Hop
+from layerwatch.chain import Credentials, Hop
+from layerwatch.documents import json_object
 from layerwatch.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor
+from layerwatch.observation import BlobFacts, Fault, FaultKind
+from layerwatch.reference import is_digest
 from layerwatch.registry import auth
-from layerwatch.registry.errors import (
-    RegistryAuthFailed,
-    RegistryError,
-    RegistryNotFound,
-    RegistryRateLimited,
-    RegistryUnavailable,
+from layerwatch.registry.errors import RegistryError, RegistryNotFound
+from layerwatch.registry.network import (
+    CONNECT_FAULTS,
+    Endpoint,
+    EndpointState,
+    RetryBudget,
+    clean_text,
+    fault_from_exception,
 )
+from layerwatch.settings import EngineSettings
 
 __all__ = [
-    "BlobResult",
-    "ClientSettings",
+    "MAX_RETRY_AFTER",
     "FetchedManifest",
     "RegistryClient",
-    "TransportKind",
-    "make_transport",
+    "RequestHook",
+    "endpoint_of",
+    "retry_after",
 ]
 
-TransportKind = Literal["aiohttp", "httpx"]
 RequestHook = Callable[[str, str], None]
 """Called as ``hook(method, code)`` for every HTTP exchange; ``code`` is the status or ``error``."""
 
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_RETRY_FAULTS = frozenset(
+    {
+        FaultKind.REFUSED,
+        FaultKind.CONNECT_TIMEOUT,
+        FaultKind.HEADER_TIMEOUT,
+        FaultKind.RESET,
+        FaultKind.PROTOCOL,
+    }
+)
+_NO_HEAD = frozenset({400, 405, 501})
+"""HEAD answers that mean "ask with GET instead"."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _MAX_TOKEN_BYTES = 64 * 1024
-_MIN_BLOB_RATE = 512 * 1024
-"""Bytes per second below which a blob download counts as stalled (bounds endless slow bodies)."""
-_CHUNK = 256 * 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientSettings:
-    """How a hop is talked to. Times are seconds."""
-
-    timeout: float = 30.0
-    """Per request: connect, and each read; a whole manifest download is bounded by it too."""
-    concurrency: int = 4
-    """Requests in flight at once to one hop; registries rate-limit, so layerwatch stays polite."""
-    retries: int = 2
-    """Extra attempts after a transient failure (network error, 500/502/503/504)."""
-    backoff: float = 0.25
-    """First retry delay; doubles per attempt, with full jitter."""
-    rate_limit_budget: float = 30.0
-    """Total Retry-After waiting one client accepts per call before calling it RateLimited."""
-    transport: TransportKind = "aiohttp"
+_MAX_ERROR_BYTES = 16 * 1024
+_LENGTH = re.compile(r"[0-9]{1,19}")
+_DELTA_SECONDS = re.compile(r"[0-9]{1,9}")
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+_HEADERS = {"Accept": ACCEPT, "User-Agent": "layerwatch", "Accept-Encoding": "identity"}
 
 
 @dataclasses.dataclass(frozen=True)
 class FetchedManifest:
-    """Manifest bytes as served, with the headers that matter."""
+    """Manifest bytes as served, with the headers that matter (already validated)."""
 
     body: bytes
     media_type: str
     digest_header: str | None
+    """``Docker-Content-Digest`` when it is a well-formed digest; None otherwise."""
+    encoding: str | None = None
+    """A Content-Encoding the hop put on the bytes (then ``body`` is empty: never decoded)."""
+    oversize: bool = False
 
     def digest(self, algorithm: str = "sha256") -> str:
         return f"{algorithm}:{hashlib.new(algorithm, self.body).hexdigest()}"
 
 
-@dataclasses.dataclass(frozen=True)
-class BlobResult:
-    """What a hop served for one blob: ``ok``, ``missing`` or ``corrupt``, and why."""
-
-    status: Literal["ok", "missing", "corrupt"]
-    detail: str
-    bytes_verified: int = 0
+def endpoint_of(hop: Hop) -> Endpoint:
+    return Endpoint(hop.base_url, hop.ca_pem, hop.insecure)
 
 
-def make_transport(
-    kind: TransportKind, verify: ssl.SSLContext | bool, limits: httpx.Limits
-) -> httpx.AsyncBaseTransport:
-    """The HTTP transport seam; everything above it speaks httpx."""
-    if kind == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        transport: httpx.AsyncBaseTransport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
-        return transport
-    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+def _length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if _LENGTH.fullmatch(value) else None
 
 
-def _ssl_context(hop: Hop) -> ssl.SSLContext | bool:
-    if hop.scheme != "https":
-        return False
-    if hop.insecure:
-        return False
-    context = ssl.create_default_context()
-    if hop.ca_pem:
-        context.load_verify_locations(cadata=hop.ca_pem)
-    return context
+def _encoding(response: httpx.Response) -> str | None:
+    value = clean_text(response.headers.get("content-encoding", ""), 40)
+    return value if value and value.lower() != "identity" else None
 
 
-def _describe(exc: Exception) -> str:
-    """One line for a network error, without the URL's query or anything secret."""
-    kinds: dict[type[Exception], str] = {
-        httpx.ConnectTimeout: "connect timeout",
-        httpx.ReadTimeout: "read timeout",
-        httpx.PoolTimeout: "connection pool timeout",
-        httpx.ConnectError: "connection failed",
-        httpx.RemoteProtocolError: "protocol error",
-        httpx.ReadError: "read error",
-    }
-    kind = kinds.get(type(exc), type(exc).__name__)
-    text = str(exc).splitlines()[0][:160] if str(exc) else ""
-    if "certificate" in text.lower() or "ssl" in text.lower():
-        kind = "TLS failure"
-    return f"{kind}: {text}" if text else kind
+def _digest_header(response: httpx.Response) -> str | None:
+    value = response.headers.get("docker-content-digest", "").strip()
+    return value if is_digest(value) else None
 
 
-def _retry_after(value: str | None) -> float:
-    """Seconds from ``Retry-After`` (delta seconds or an HTTP date); 1 s when absent or odd."""
-    if not value:
-        return 1.0
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+MAX_RETRY_AFTER = 900.0
+"""A registry may ask for at most this much quiet; longer asks are read as this (a typo or a
+hostile header must not silence the monitor for a year)."""
+
+
+def retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds from ``Retry-After`` (delta seconds or an HTTP date), within [1, 900]; 1 when odd."""
+    value = (value or "").strip()
+    seconds = 1.0
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, OverflowError, IndexError):
+            seconds = 1.0
+    return min(MAX_RETRY_AFTER, max(1.0, seconds))
+
+
+def _redirect_target(current: str, location: str) -> str:
+    """An absolute http(s) URL for a redirect, or a ``BAD_REDIRECT`` fault."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return max(0.0, when.timestamp() - time.time())
+        target = urljoin(current, location.strip())
+        parts = urlsplit(target)
+        _ = parts.port  # raises for ports out of range
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL")
+        httpx.URL(target)
+    except (ValueError, httpx.InvalidURL):
+        raise RegistryError(Fault(FaultKind.BAD_REDIRECT, "redirect to an unusable location")) from None
+    return target
 
 
 def _same_origin(a: str, b: str) -> bool:
@@ -155,29 +152,58 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
+def _oci_error(body: bytes) -> tuple[str | None, str | None]:
+    """The first ``errors[].code`` and ``message`` of an OCI error body, made safe to print."""
+    try:
+        errors = json_object(body).get("errors")
+    except ValueError:
+        return None, None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None, None
+    code, message = errors[0].get("code"), errors[0].get("message")
+    code = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None
+    message = clean_text(message, 120) if isinstance(message, str) else None
+    return code, message or None
+
+
 class RegistryClient:
-    """A connection pool, a concurrency limit and an auth state for one hop."""
+    """Auth state for one (endpoint, credentials); connections, limits and health are the endpoint's."""
 
     def __init__(
-        self, hop: Hop, settings: ClientSettings | None = None, *, on_request: RequestHook | None = None
+        self,
+        state: EndpointState,
+        credentials: Credentials | None = None,
+        *,
+        on_request: RequestHook | None = None,
+        owns_state: bool = False,
     ) -> None:
-        self.hop = hop
-        self.settings = settings or ClientSettings()
+        self.state = state
+        self.settings = state.settings
+        self.credentials = credentials
         self._on_request = on_request
-        limits = httpx.Limits(
-            max_connections=self.settings.concurrency, max_keepalive_connections=self.settings.concurrency
-        )
-        # The transport is driven directly: auth, redirects and retries are this class's job, and
-        # httpx's client layer (cookies, URL merging, hooks) was half the client CPU per check.
-        self._transport = make_transport(self.settings.transport, _ssl_context(hop), limits)
-        self._timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self.settings.timeout)
-        self._limit = asyncio.Semaphore(self.settings.concurrency)
+        self._owns_state = owns_state
         self._tokens = auth.TokenCache()
         self._challenge: auth.Challenge | None = None
         self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
+    @classmethod
+    def for_hop(
+        cls, hop: Hop, settings: EngineSettings | None = None, *, on_request: RequestHook | None = None
+    ) -> RegistryClient:
+        """A client with an endpoint state of its own (the CLI and tests; the scheduler shares states)."""
+        state = EndpointState(endpoint_of(hop), settings or EngineSettings())
+        return cls(state, hop.credentials, on_request=on_request, owns_state=True)
+
+    @property
+    def base_url(self) -> str:
+        return self.state.endpoint.base_url
+
+    def budget(self) -> RetryBudget:
+        return RetryBudget(self.settings.retry_budget)
+
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        if self._owns_state:
+            await self.state.aclose()
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -187,176 +213,232 @@ class RegistryClient:
 
     # -- what a check asks ---------------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        """True when ``/v2/`` answers like a registry (200, or 401 with a challenge)."""
+    async def ping(self) -> Fault | None:
+        """None when ``/v2/`` answers like a registry (200, or 401 with a challenge); else why not."""
         try:
-            async with self._limit:
-                response = await self._exchange(
-                    "GET", f"{self.hop.base_url}/v2/", repository=None, answer_challenge=False
+            async with self.state.limit:
+                response = await self._exchange("GET", f"{self.base_url}/v2/", None, answer_challenge=False)
+                await response.aclose()
+        except RegistryError as exc:
+            if exc.fault.kind in CONNECT_FAULTS:
+                self.state.mark_down(exc.fault)
+            return exc.fault
+        if response.status_code == 200 or (
+            response.status_code == 401 and "www-authenticate" in response.headers
+        ):
+            return None
+        return Fault(
+            FaultKind.HTTP_STATUS, f"/v2/ answered HTTP {response.status_code}", response.status_code
+        )
+
+    async def resolve(self, repository: str, tag: str, budget: RetryBudget) -> str | None:
+        """Digest a tag points at, by HEAD; None when HEAD gives no usable digest or is not supported."""
+        try:
+            async with self.state.limit:
+                response = await self._request(
+                    "HEAD", self._url(repository, "manifests", tag), repository, budget
                 )
                 await response.aclose()
-        except RegistryError:
-            return False
-        return response.status_code == 200 or (
-            response.status_code == 401 and "www-authenticate" in response.headers
-        )
+        except RegistryNotFound:
+            return None  # some proxies only answer GET: the caller asks once more the full way
+        except RegistryError as exc:
+            if exc.status in _NO_HEAD:
+                return None
+            raise
+        return _digest_header(response)
 
-    async def resolve(self, repository: str, tag: str) -> str | None:
-        """Digest a tag points at, by HEAD; None when the hop answers without a digest header."""
-        url = self._url(repository, "manifests", tag)
-        async with self._limit:
-            response = await self._request("HEAD", url, repository=repository)
-            await response.aclose()
-        return response.headers.get("docker-content-digest") or None
-
-    async def fetch_manifest(self, repository: str, ref: str) -> FetchedManifest:
-        """GET a manifest, refusing bodies over the 4 MiB cap without reading further."""
-        async with self._limit:
-            return await self._fetch_manifest(repository, ref)
-
-    async def _fetch_manifest(self, repository: str, ref: str) -> FetchedManifest:
-        response = await self._request("GET", self._url(repository, "manifests", ref), repository=repository)
-        try:
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
-                return FetchedManifest(b"\0" * (MAX_MANIFEST_BYTES + 1), "", None)
-            body = bytearray()
-            async with asyncio.timeout(self.settings.timeout * 2):
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_MANIFEST_BYTES:
-                        break
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise RegistryUnavailable(f"manifest download timed out ({_describe(exc)})") from None
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(f"manifest download failed ({_describe(exc)})") from None
-        finally:
-            await response.aclose()
-        return FetchedManifest(
-            bytes(body),
-            response.headers.get("content-type", ""),
-            response.headers.get("docker-content-digest"),
-        )
-
-    async def verify_blob(self, repository: str, descriptor: Descriptor, *, download: bool) -> BlobResult:
-        """Check one blob. ``download`` streams and hashes it; otherwise HEAD (GET if HEAD says 404).
-
-        The per-hop limit covers the whole blob, body included, not just the wait for headers.
-        """
-        async with self._limit:
-            return await self._verify_blob(repository, descriptor, download=download)
-
-    async def _verify_blob(self, repository: str, descriptor: Descriptor, *, download: bool) -> BlobResult:
-        url = self._url(repository, "blobs", descriptor.digest)
-        if not download:
+    async def fetch_manifest(self, repository: str, ref: str, budget: RetryBudget) -> FetchedManifest:
+        """GET a manifest, refusing bodies over the 4 MiB cap and never decoding an encoded one."""
+        async with self.state.limit:
+            response = await self._request("GET", self._url(repository, "manifests", ref), repository, budget)
             try:
-                response = await self._request("HEAD", url, repository=repository)
-            except RegistryNotFound:
-                pass  # Harbor answers 404 to HEAD for blobs it has not cached yet: ask for real.
-            else:
+                media_type = clean_text(response.headers.get("content-type", ""), 200)
+                digest_header = _digest_header(response)
+                encoding = _encoding(response)
+                declared = _length(response)
+                if encoding is not None:
+                    return FetchedManifest(b"", media_type, digest_header, encoding=encoding)
+                if declared is not None and declared > MAX_MANIFEST_BYTES:
+                    return FetchedManifest(b"", media_type, digest_header, oversize=True)
+                body = await self._read(response, MAX_MANIFEST_BYTES, what="manifest")
+            finally:
                 await response.aclose()
-                length = response.headers.get("content-length")
-                if length and length.isdigit() and int(length) != descriptor.size:
-                    return BlobResult("corrupt", f"size {length}, expected {descriptor.size}")
-                return BlobResult("ok", "present (HEAD)")
+        if len(body) > MAX_MANIFEST_BYTES:
+            return FetchedManifest(b"", media_type, digest_header, oversize=True)
+        return FetchedManifest(body, media_type, digest_header)
+
+    async def fetch_blob(
+        self, repository: str, descriptor: Descriptor, *, download: bool, budget: RetryBudget
+    ) -> BlobFacts:
+        """Ask for one blob: stream it through its digest (``download``), or HEAD it (GET if HEAD
+        says 404 or is not supported, because Harbor answers 404 for blobs it has not cached yet).
+
+        The endpoint's limit covers the whole blob, body included. Never raises for registry
+        trouble: a fault ends up in the facts.
+        """
+        url = self._url(repository, "blobs", descriptor.digest)
         try:
-            return await self._download(url, repository, descriptor)
-        except RegistryNotFound as exc:
-            return BlobResult("missing", str(exc.status))
+            async with self.state.limit:
+                if not download:
+                    headed = await self._head_blob(url, repository, budget)
+                    if headed is not None:
+                        return headed
+                return await self._download(url, repository, descriptor, budget)
+        except RegistryError as exc:
+            return BlobFacts(status=exc.status, fault=exc.fault)
 
     # -- plumbing --------------------------------------------------------------------------------
 
     def _url(self, repository: str, kind: str, ref: str) -> str:
-        return f"{self.hop.base_url}/v2/{repository}/{kind}/{ref}"
+        return f"{self.base_url}/v2/{repository}/{kind}/{ref}"
 
-    async def _download(self, url: str, repository: str, descriptor: Descriptor) -> BlobResult:
+    async def _head_blob(self, url: str, repository: str, budget: RetryBudget) -> BlobFacts | None:
+        try:
+            response = await self._request("HEAD", url, repository, budget)
+        except RegistryNotFound:
+            return None
+        except RegistryError as exc:
+            if exc.status in _NO_HEAD:
+                return None
+            raise
+        await response.aclose()
+        return BlobFacts(status=response.status_code, header_size=_length(response), headed=True)
+
+    async def _read(self, response: httpx.Response, cap: int, *, what: str) -> bytes:
+        """Read a body of at most ``cap`` (+1, to tell "over") bytes within its deadline."""
+        body = bytearray()
+        deadline = self.settings.timeout + cap / self.settings.min_blob_rate
+        try:
+            async with asyncio.timeout(deadline):
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > cap:
+                        break
+        except TimeoutError:
+            raise RegistryError(
+                Fault(FaultKind.STALLED, f"{what} body stalled after {len(body)} bytes in {deadline:.0f}s")
+            ) from None
+        except (httpx.TransportError, OSError) as exc:
+            fault = fault_from_exception(exc)
+            raise RegistryError(dataclasses.replace(fault, kind=FaultKind.BODY_CUT)) from None
+        return bytes(body)
+
+    async def _download(
+        self, url: str, repository: str, descriptor: Descriptor, budget: RetryBudget
+    ) -> BlobFacts:
         """Stream a blob through its hash; memory stays at one chunk whatever the blob's size."""
-        algorithm, _, expected = descriptor.digest.partition(":")
-        deadline = self.settings.timeout + descriptor.size / _MIN_BLOB_RATE
+        algorithm = descriptor.digest.partition(":")[0]
+        deadline = self.settings.timeout + descriptor.size / self.settings.min_blob_rate
+        facts = BlobFacts()
         for attempt in range(2):
-            response = await self._request("GET", url, repository=repository)
+            response = await self._request("GET", url, repository, budget)
+            status = response.status_code
+            encoding = _encoding(response)
+            if encoding is not None:
+                await response.aclose()
+                return BlobFacts(status=status, encoding=encoding)
             hasher = hashlib.new(algorithm)
             received = 0
             try:
                 async with asyncio.timeout(deadline):
-                    async for chunk in response.aiter_bytes(_CHUNK):
+                    async for chunk in response.aiter_raw():
                         received += len(chunk)
                         if received > descriptor.size:
-                            return BlobResult(
-                                "corrupt", f"more than {descriptor.size} bytes served", received
-                            )
+                            return BlobFacts(status=status, received=received, overflow=True)
                         hasher.update(chunk)
             except TimeoutError:
-                return BlobResult(
-                    "corrupt", f"body stalled after {received} of {descriptor.size} bytes", received
-                )
-            except httpx.TransportError as exc:
+                rate = f"below {self.settings.min_blob_rate / 1024:.0f} KiB/s"
+                detail = f"stalled: {received} of {descriptor.size} bytes in {deadline:.0f}s ({rate})"
+                return BlobFacts(status=status, received=received, fault=Fault(FaultKind.STALLED, detail))
+            except (httpx.TransportError, OSError) as exc:
+                fault = dataclasses.replace(fault_from_exception(exc), kind=FaultKind.BODY_CUT)
+                facts = BlobFacts(status=status, received=received, fault=fault)
                 if attempt == 0:
-                    continue  # one retry: a cut can be the network; twice is the hop.
-                return BlobResult(
-                    "corrupt",
-                    f"body ended after {received} of {descriptor.size} bytes ({_describe(exc)})",
-                    received,
-                )
+                    continue  # one retry: a cut can be the network; twice is the hop
+                return facts
             finally:
                 await response.aclose()
-            if received < descriptor.size:
-                return BlobResult("corrupt", f"truncated: {received} of {descriptor.size} bytes", received)
-            actual = hasher.hexdigest()
-            if actual != expected:
-                return BlobResult("corrupt", f"content hashes to {algorithm}:{actual[:12]}", received)
-            return BlobResult("ok", "verified", received)
-        raise AssertionError("unreachable: the loop returns")  # pragma: no cover
+            return BlobFacts(status=status, received=received, actual=f"{algorithm}:{hasher.hexdigest()}")
+        return facts
 
-    async def _request(self, method: str, url: str, *, repository: str) -> httpx.Response:
-        """One logical request with retries for transient failures and 429; errors mapped.
+    async def _request(self, method: str, url: str, repository: str, budget: RetryBudget) -> httpx.Response:
+        """One logical request: retries for network errors, 5xx and 429 within the budget.
 
-        Returns a response with an unread body (2xx only); the caller closes it.
+        Returns a 2xx response with an unread body (the caller closes it); raises otherwise.
         """
-        waited = 0.0
         attempt = 0
         while True:
+            held = self.state.held_for()
+            if held > 0:
+                if not budget.take(held):
+                    raise RegistryError(
+                        Fault(
+                            FaultKind.RATE_LIMITED,
+                            f"registry asked for {held:.0f}s of quiet",
+                            429,
+                            attempts=attempt + 1,
+                        )
+                    )
+                await asyncio.sleep(held)
             try:
-                response = await self._exchange(method, url, repository=repository)
-            except RegistryUnavailable:
-                if attempt < self.settings.retries:
+                response = await self._exchange(method, url, repository)
+            except RegistryError as exc:
+                delay = self._backoff(budget, attempt) if exc.fault.kind in _RETRY_FAULTS else None
+                if delay is not None:
                     attempt += 1
-                    await self._backoff(attempt)
+                    await asyncio.sleep(delay)
                     continue
-                raise
+                raise RegistryError(dataclasses.replace(exc.fault, attempts=attempt + 1)) from None
             status = response.status_code
             if 200 <= status < 300:
                 return response
-            await response.aclose()
-            if status in _RETRY_STATUSES:
-                if attempt < self.settings.retries:
-                    attempt += 1
-                    await self._backoff(attempt)
-                    continue
-                raise RegistryUnavailable(f"HTTP {status} after {attempt + 1} attempts", status=status)
+            code, message = await self._error_body(response, method)
             if status == 429:
-                delay = _retry_after(response.headers.get("retry-after"))
-                if waited + delay <= self.settings.rate_limit_budget:
-                    waited += delay
-                    await asyncio.sleep(delay)
-                    continue
-                raise RegistryRateLimited(
-                    f"HTTP 429 (Retry-After {delay:.0f}s, waited {waited:.0f}s already)", status=429
+                delay = retry_after(response.headers.get("retry-after"))
+                self.state.hold(delay)
+                if attempt < self.settings.retries and delay <= budget.left:
+                    attempt += 1
+                    continue  # the hold at the top of the loop does the waiting
+                raise RegistryError(
+                    Fault(
+                        FaultKind.RATE_LIMITED, f"Retry-After {delay:.0f}s", 429, code, message, attempt + 1
+                    )
                 )
-            if status in (401, 403):
-                raise RegistryAuthFailed(f"HTTP {status} with the configured credentials", status=status)
+            delay = self._backoff(budget, attempt) if status in _RETRY_STATUSES else None
+            if delay is not None:
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
             if status == 404:
-                raise RegistryNotFound(f"{status}", status=status)
-            raise RegistryUnavailable(f"unexpected HTTP {status}", status=status)
+                raise RegistryNotFound(404, code, message)
+            kind = FaultKind.AUTH_REJECTED if status in (401, 403) else FaultKind.HTTP_STATUS
+            raise RegistryError(Fault(kind, "", status, code, message, attempt + 1))
 
-    async def _backoff(self, attempt: int) -> None:
-        await asyncio.sleep(random.uniform(0, self.settings.backoff * 2 ** (attempt - 1)))
+    def _backoff(self, budget: RetryBudget, attempt: int) -> float | None:
+        """A jittered delay for the next attempt, paid from the budget; None when no retry is left."""
+        if attempt >= self.settings.retries:
+            return None
+        delay = random.uniform(0, self.settings.backoff * 2**attempt)
+        return delay if budget.take(delay) else None
+
+    async def _error_body(self, response: httpx.Response, method: str) -> tuple[str | None, str | None]:
+        """The OCI error code and message of a non-2xx answer (bounded read); closes the response."""
+        try:
+            if method == "HEAD":
+                return None, None
+            try:
+                body = await self._read(response, _MAX_ERROR_BYTES, what="error")
+            except RegistryError:
+                return None, None
+            return _oci_error(body[:_MAX_ERROR_BYTES])
+        finally:
+            await response.aclose()
 
     async def _exchange(
-        self, method: str, url: str, *, repository: str | None, answer_challenge: bool = True
+        self, method: str, url: str, repository: str | None, *, answer_challenge: bool = True
     ) -> httpx.Response:
         """Send, answering one auth challenge and following redirects (Authorization stays home)."""
-        headers = {"Accept": ACCEPT, "User-Agent": "layerwatch"}
+        headers = dict(_HEADERS)
         authorization = await self._authorization(repository) if repository else None
         if authorization:
             headers["Authorization"] = authorization
@@ -365,15 +447,15 @@ class RegistryClient:
             response = await self._send(method, url, headers)
             if response.status_code in _REDIRECTS and "location" in response.headers:
                 await response.aclose()
-                target = urljoin(url, response.headers["location"])
-                if not _same_origin(target, self.hop.base_url):
+                target = _redirect_target(url, response.headers["location"])
+                if not _same_origin(target, self.base_url):
                     headers.pop("Authorization", None)
                 url = target
                 continue
             if (
                 response.status_code == 401
                 and not challenged
-                and _same_origin(url, self.hop.base_url)
+                and _same_origin(url, self.base_url)
                 and "www-authenticate" in response.headers
             ):
                 challenged = True
@@ -383,29 +465,48 @@ class RegistryClient:
                 if authorization:
                     headers["Authorization"] = authorization
                     continue
-                raise RegistryAuthFailed("registry asked for credentials and none are configured", status=401)
+                raise RegistryError(
+                    Fault(
+                        FaultKind.AUTH_UNANSWERABLE,
+                        "registry asked for credentials and none are configured",
+                        401,
+                    )
+                )
             return response
-        raise RegistryUnavailable(f"more than {_MAX_REDIRECTS} redirects")
+        raise RegistryError(Fault(FaultKind.BAD_REDIRECT, f"more than {_MAX_REDIRECTS} redirects"))
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], params: dict[str, str] | None = None
     ) -> httpx.Response:
-        """One HTTP exchange through the transport; the body stays unread. Counted for metrics."""
+        """One HTTP exchange, bounded from send to its last header; the body stays unread."""
+        down = self.state.admit()
+        if down is not None:
+            raise RegistryError(Fault(FaultKind.HOP_DOWN, down.detail or down.kind.value))
+        transport = await self.state.transport()
         try:
             request = httpx.Request(
-                method, url, params=params, headers=headers, extensions={"timeout": self._timeouts}
+                method, url, params=params, headers=headers, extensions={"timeout": self._timeouts()}
             )
-            response = await self._transport.handle_async_request(request)
-        except httpx.TransportError as exc:
+            async with asyncio.timeout(self.settings.timeout + 1):
+                response = await transport.handle_async_request(request)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             self._count(method, "error")
-            raise RegistryUnavailable(_describe(exc)) from None
-        except (ValueError, aiohttp.ClientError) as exc:
-            # Hostile Location headers httpx refuses to parse; responses aiohttp refuses to parse
-            # (e.g. a header line over its limit), which httpx-aiohttp passes on unmapped.
+            raise RegistryError(
+                Fault(FaultKind.BAD_REDIRECT, f"unusable URL: {clean_text(str(exc), 80)}")
+            ) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every transport, parser or OS error becomes a fault
+            fault = fault_from_exception(exc)
             self._count(method, "error")
-            raise RegistryUnavailable(f"invalid response: {str(exc)[:120]}") from None
+            self.state.failed(fault)
+            raise RegistryError(fault) from None
+        self.state.answered()
         self._count(method, str(response.status_code))
         return response
+
+    def _timeouts(self) -> dict[str, float]:
+        return dict.fromkeys(("connect", "read", "write", "pool"), self.settings.timeout)
 
     def _count(self, method: str, code: str) -> None:
         if self._on_request is not None:
@@ -415,14 +516,16 @@ class RegistryClient:
         try:
             self._challenge = auth.parse_challenge(header)
         except auth.ChallengeError as exc:
-            raise RegistryAuthFailed(f"cannot answer the registry's challenge: {exc}", status=401) from None
+            raise RegistryError(
+                Fault(FaultKind.AUTH_UNANSWERABLE, f"cannot answer the registry's challenge: {exc}", 401)
+            ) from None
 
     async def _authorization(self, repository: str | None, *, fresh: bool = False) -> str | None:
         """The Authorization header for a repository, from what the hop's last challenge asked."""
         challenge = self._challenge
         if challenge is None:
             return None
-        credentials = self.hop.credentials
+        credentials = self.credentials
         if challenge.scheme == "basic":
             return auth.basic_header(credentials) if credentials else None
         scope = f"repository:{repository}:pull" if repository else challenge.scope
@@ -439,29 +542,37 @@ class RegistryClient:
 
     async def _fetch_token(self, challenge: auth.Challenge, scope: str) -> tuple[str, float]:
         params = {key: value for key, value in (("service", challenge.service), ("scope", scope)) if value}
-        headers = {"User-Agent": "layerwatch"}
-        if self.hop.credentials:
-            headers["Authorization"] = auth.basic_header(self.hop.credentials)
+        headers = {"User-Agent": "layerwatch", "Accept-Encoding": "identity"}
+        if self.credentials:
+            headers["Authorization"] = auth.basic_header(self.credentials)
         try:
             response = await self._send("GET", challenge.realm, headers, params)
-        except RegistryUnavailable as exc:
-            raise RegistryUnavailable(f"token endpoint: {exc}") from None
+        except RegistryError as exc:
+            raise RegistryError(dataclasses.replace(exc.fault, subject="token endpoint")) from None
         try:
             if response.status_code != 200:
-                error = RegistryAuthFailed if response.status_code in (401, 403) else RegistryUnavailable
-                raise error(
-                    f"token endpoint answered HTTP {response.status_code}", status=response.status_code
+                kind = (
+                    FaultKind.AUTH_REJECTED if response.status_code in (401, 403) else FaultKind.HTTP_STATUS
                 )
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > _MAX_TOKEN_BYTES:
-                    raise RegistryAuthFailed("token endpoint answered more than 64 KiB", status=200)
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(f"token endpoint: {_describe(exc)}") from None
+                raise RegistryError(Fault(kind, "", response.status_code, subject="token endpoint"))
+            if _encoding(response) is not None:
+                raise RegistryError(
+                    Fault(
+                        FaultKind.AUTH_UNANSWERABLE, "token answer is encoded", 200, subject="token endpoint"
+                    )
+                )
+            body = await self._read(response, _MAX_TOKEN_BYTES, what="token")
+        except RegistryError as exc:
+            raise RegistryError(dataclasses.replace(exc.fault, subject="token endpoint")) from None
         finally:
             await response.aclose()
+        if len(body) > _MAX_TOKEN_BYTES:
+            raise RegistryError(
+                Fault(FaultKind.AUTH_UNANSWERABLE, "answered more than 64 KiB", 200, subject="token endpoint")
+            )
         try:
-            return auth.token_from_response(bytes(body))
+            return auth.token_from_response(body)
         except auth.ChallengeError as exc:
-            raise RegistryAuthFailed(str(exc), status=200) from None
+            raise RegistryError(
+                Fault(FaultKind.AUTH_UNANSWERABLE, str(exc), 200, subject="token endpoint")
+            ) from None
