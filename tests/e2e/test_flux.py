@@ -309,7 +309,7 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
     assert proxy["reason"] == "LayerMissing", proxy
     assert proxy["message"].startswith(f"hop core ({chain.hop('core').address}/p-ghcr/{repository}): "), proxy
     assert f"layer 0 {layer[:19]}" in proxy["message"], proxy
-    assert "missing (404)" in proxy["message"], proxy
+    assert "missing (404 BLOB_UNKNOWN)" in proxy["message"], proxy
     # Flux has the digest: it skips pulling an unchanged revision and stays Ready.
     assert _is(conditions, "Ready", "True", "Succeeded"), conditions
     assert body["status"]["artifact"]["revision"] == revision

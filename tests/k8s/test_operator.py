@@ -71,7 +71,7 @@ def test_a_layer_lost_at_the_middle_hop_turns_the_condition_false_and_recovers(
     assert unhealthy["message"].startswith("hop core (")
     assert f"p-ghcr/{repository}" in unhealthy["message"]
     assert f"layer 0 {layer[:19]}" in unhealthy["message"]
-    assert "missing (404)" in unhealthy["message"]
+    assert "missing (404 BLOB_UNKNOWN)" in unhealthy["message"]
     warning = wait_for(
         "Warning event", lambda: [e for e in events(core, namespace, "app") if e.type == "Warning"]
     )
@@ -236,8 +236,13 @@ def test_a_thousand_unchanged_ocirepositories_cause_no_writes_per_cycle(
         ]
         checks_before = sum_checks(operator.metrics(), bulk)
         time.sleep(45)  # more than two full 20 s cycles
-        checks_after = sum_checks(operator.metrics(), bulk)
-        assert checks_after - checks_before >= count, "the cycle must have re-checked every object"
+        # At least one full cycle of re-checks (on a loaded 2-core box a cycle can run late).
+        wait_for(
+            "every object re-checked",
+            lambda: sum_checks(operator.metrics(), bulk) - checks_before >= count or None,
+            timeout=120,
+            interval=3,
+        )
         after = all_healthy()
         assert after == before, "an unchanged verdict must not write to the OCIRepository"
         chain_after = custom.get_cluster_custom_object(*LW, "proxychains", bulk)["metadata"][

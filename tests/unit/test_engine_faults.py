@@ -13,6 +13,7 @@ import gzip
 import json
 import resource
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -42,7 +43,19 @@ from layerwatch.report import to_json, to_text
 from layerwatch.scheduler import Scheduler, Watch
 from layerwatch.settings import EngineSettings, SettingsError
 from layerwatch.store import ResultStore
-from layerwatch.verdict import Health, Verdict
+from layerwatch.verdict import CheckResult, Health, Verdict
+
+
+async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept the connection, never answer."""
+    await asyncio.sleep(3600)
+
+
+async def timed(url: str, **options: Any) -> tuple[CheckResult, float]:
+    """A check and how many seconds it took."""
+    started = time.monotonic()
+    result = await check(url, **options)
+    return result, time.monotonic() - started
 
 
 def hop_verdict(result: object) -> tuple[Verdict, str]:
@@ -71,14 +84,12 @@ async def test_a_429_with_a_zero_past_or_odd_retry_after_waits_and_gives_up_with
     registry.hooks.append(always_429)
     settings = EngineSettings(timeout=1.0, retries=2, retry_budget=3.0, backoff=0.01)
     async with running(registry):
-        started = time.monotonic()
-        result = await check(registry.url, settings=settings)
-        elapsed = time.monotonic() - started
+        result, elapsed = await timed(registry.url, settings=settings)
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.RATE_LIMITED
     assert "HTTP 429 after 3 attempts" in message  # the tag's HEAD: a HEAD answer has no error body
     assert registry.count(contains="/v2/org/") <= 3  # the first ask and at most two retries
-    assert 1.9 <= elapsed < 6  # each wait floored at one second, the whole bounded by the budget
+    assert elapsed >= 1.9  # each wait floored at one second (Retry-After 0 would loop at once)
 
 
 def test_retry_after_is_floored_capped_and_never_raises() -> None:
@@ -119,17 +130,12 @@ async def test_a_rate_limited_endpoint_is_held_for_every_client_so_a_storm_stays
 
 
 async def test_a_black_hole_hop_is_unreachable_within_the_request_timeout() -> None:
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(3600)
-
     async with raw_server(black_hole) as url:
-        started = time.monotonic()
-        result = await check(url, settings=EngineSettings(timeout=0.5, retries=0, backoff=0))
-        elapsed = time.monotonic() - started
+        result, elapsed = await timed(url, settings=EngineSettings(timeout=0.5, retries=0, backoff=0))
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.UNREACHABLE
     assert "timed out waiting for response headers" in message
-    assert elapsed < 3
+    assert elapsed < 10  # without the deadline it never ends
 
 
 async def test_trickled_headers_are_cut_off_at_the_request_deadline() -> None:
@@ -142,12 +148,10 @@ async def test_trickled_headers_are_cut_off_at_the_request_deadline() -> None:
             await asyncio.sleep(0.1)
 
     async with raw_server(trickle) as url:
-        started = time.monotonic()
-        result = await check(url, settings=EngineSettings(timeout=1.0, retries=0, backoff=0))
-        elapsed = time.monotonic() - started
+        result, elapsed = await timed(url, settings=EngineSettings(timeout=1.0, retries=0, backoff=0))
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.UNREACHABLE and "timed out waiting for response headers" in message
-    assert elapsed < 4
+    assert elapsed < 10  # without the deadline it never ends
 
 
 async def test_a_trickled_token_body_is_bounded_too() -> None:
@@ -169,12 +173,10 @@ async def test_a_trickled_token_body_is_bounded_too() -> None:
     registry.hooks.append(challenge)
     settings = EngineSettings(timeout=0.5, retries=0, min_blob_rate=1024 * 1024, backoff=0)
     async with running(registry):
-        started = time.monotonic()
-        result = await check(registry.url, settings=settings)
-        elapsed = time.monotonic() - started
+        result, elapsed = await timed(registry.url, settings=settings)
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.UNREACHABLE and "token endpoint" in message and "stalled" in message
-    assert elapsed < 5
+    assert elapsed < 10  # without the deadline it never ends
 
 
 async def test_the_check_deadline_bounds_a_hop_that_is_merely_slow_everywhere() -> None:
@@ -187,12 +189,10 @@ async def test_the_check_deadline_bounds_a_hop_that_is_merely_slow_everywhere() 
     registry.hooks.append(slow)
     settings = EngineSettings(timeout=1.0, check_deadline=1.0, retries=0, backoff=0)
     async with running(registry):
-        started = time.monotonic()
-        result = await check(registry.url, settings=settings)
-        elapsed = time.monotonic() - started
+        result, elapsed = await timed(registry.url, settings=settings)
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.UNREACHABLE and "check deadline of 1s passed" in message
-    assert elapsed < 2
+    assert elapsed < 10  # without the deadline it never ends
 
 
 # -- slow is not corrupt ------------------------------------------------------------------------
@@ -555,30 +555,29 @@ async def test_a_digest_check_sends_a_request_to_the_hop_and_a_dead_hop_is_never
 # -- fair and alive -----------------------------------------------------------------------------
 
 
-async def test_a_known_down_hop_fails_fast_after_a_few_tries() -> None:
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(3600)
+async def test_a_known_down_hop_gets_no_more_requests_until_its_next_probe() -> None:
+    connections = []
+
+    async def counting_black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await black_hole(reader, writer)
 
     settings = EngineSettings(timeout=0.3, retries=0, backoff=0)
-    async with raw_server(black_hole) as url:
+    async with raw_server(counting_black_hole) as url:
         client = RegistryClient.for_hop(Hop.from_url("hop", url), settings)
         try:
             for _ in range(3):
                 await check(url, client=client)
-            started = time.monotonic()
+            tried = len(connections)
             result = await check(url, client=client)
-            elapsed = time.monotonic() - started
         finally:
             await client.aclose()
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.UNREACHABLE and "hop down" in message
-    assert elapsed < 0.2
+    assert len(connections) == tried  # known down: the fourth check asked nothing
 
 
 async def test_a_black_holed_chain_does_not_starve_a_healthy_one() -> None:
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(3600)
-
     registry = FakeRegistry()
     settings = EngineSettings(timeout=1.0, retries=1, backoff=0.01, parallel_checks=4)
     store = ResultStore()
