@@ -479,9 +479,10 @@ class RegistryClient:
         self, method: str, url: str, headers: dict[str, str], params: dict[str, str] | None = None
     ) -> httpx.Response:
         """One HTTP exchange, bounded from send to its last header; the body stays unread."""
-        down = self.state.admit()
-        if down is not None:
-            raise RegistryError(Fault(FaultKind.HOP_DOWN, down.detail or down.kind.value))
+        if self.state.down is not None:
+            down = self.state.admit()
+            if down is not None:
+                raise RegistryError(Fault(FaultKind.HOP_DOWN, down.detail or down.kind.value))
         transport = await self.state.transport()
         try:
             request = httpx.Request(

@@ -173,7 +173,9 @@ class EndpointState:
 
     async def transport(self) -> httpx.AsyncBaseTransport:
         """The shared transport, built once in a thread (loading a CA bundle blocks)."""
-        if self._transport is None and self._setup_fault is None:
+        if self._transport is not None:
+            return self._transport
+        if self._setup_fault is None:
             async with self._setup_lock:
                 if self._transport is None and self._setup_fault is None:
                     try:
