@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo use (idempotent; a no-op when all are present).
 set -euo pipefail
-packages=(docker-registry skopeo prometheus buildah debootstrap chromium shellcheck)
+packages=(docker-registry skopeo prometheus buildah debootstrap chromium shellcheck zsh fish)  # zsh, fish: completion tests
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -30,6 +30,7 @@ from lab.process import LabError
 __all__ = [
     "FLUX_CONFIG_MEDIA_TYPE",
     "FLUX_CONTENT_MEDIA_TYPE",
+    "OCI_INDEX_MEDIA_TYPE",
     "OCI_MANIFEST_MEDIA_TYPE",
     "OCTET_STREAM",
     "Descriptor",
@@ -38,10 +39,12 @@ __all__ = [
     "oras_path",
     "push_blob_artifact",
     "push_flux_artifact",
+    "push_index",
     "push_multilayer_artifact",
 ]
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 FLUX_CONFIG_MEDIA_TYPE = "application/vnd.cncf.flux.config.v1+json"
 FLUX_CONTENT_MEDIA_TYPE = "application/vnd.cncf.flux.content.v1.tar+gzip"
 OCTET_STREAM = "application/octet-stream"
@@ -165,25 +168,41 @@ def _push(
         "layers": [layer.to_json() for layer in layers],
         "annotations": dict(sorted(annotations.items())),
     }
+    manifest, digest = _push_manifest(f"{registry}/{repository}:{tag}", document, OCI_MANIFEST_MEDIA_TYPE)
+    return PushedArtifact(registry, repository, tag, manifest, digest, config[1], layers)
+
+
+def _push_manifest(target: str, document: Mapping[str, object], media_type: str) -> tuple[bytes, str]:
+    """Push a manifest or index document as compact JSON; its bytes and digest (checked against oras)."""
     manifest = json.dumps(document, separators=(",", ":")).encode()
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     with tempfile.NamedTemporaryFile(suffix=".json") as file:
         file.write(manifest)
         file.flush()
         out = _oras(
-            "manifest",
-            "push",
-            "--plain-http",
-            "--descriptor",
-            "--media-type",
-            OCI_MANIFEST_MEDIA_TYPE,
-            f"{registry}/{repository}:{tag}",
-            file.name,
+            "manifest", "push", "--plain-http", "--descriptor", "--media-type", media_type, target, file.name
         )
     pushed = json.loads(out)["digest"]
     if pushed != digest:
         raise LabError(f"oras pushed manifest {pushed}, expected {digest}")
-    return PushedArtifact(registry, repository, tag, manifest, digest, config[1], layers)
+    return manifest, digest
+
+
+def push_index(registry: str, repository: str, tag: str, children: Mapping[str, PushedArtifact]) -> str:
+    """An OCI index of already pushed manifests (same repository), keyed by ``os/arch``; its digest."""
+    manifests = []
+    for platform, child in children.items():
+        os_name, _, architecture = platform.partition("/")
+        manifests.append(
+            {
+                "mediaType": child.manifest_media_type,
+                "size": len(child.manifest),
+                "digest": child.manifest_digest,
+                "platform": {"architecture": architecture, "os": os_name},
+            }
+        )
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": manifests}
+    return _push_manifest(f"{registry}/{repository}:{tag}", document, OCI_INDEX_MEDIA_TYPE)[1]
 
 
 def _flux_annotations(

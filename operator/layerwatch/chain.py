@@ -8,10 +8,11 @@ has an empty prefix. This module owns that arithmetic and reading ProxyChain/Tar
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,13 +36,17 @@ __all__ = [
     "HopTarget",
     "Mode",
     "Target",
+    "check_keys",
+    "mask_userinfo",
     "parse_duration",
+    "strict_boolean",
 ]
 
 DEFAULT_INTERVAL = 300.0
 """Seconds between checks of one target: the ProxyChain default of 5m."""
 MIN_INTERVAL = 1.0
 """Shorter intervals would make the monitor the registry's busiest client; labs use 5-10 s."""
+TARGET_KEYS = frozenset({"name", "url", "ref", "layerSelector", "chain"})
 
 _HOP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -86,11 +91,19 @@ class Hop:
         """Build a hop from ``https://host[:port][/prefix]``; ``http://`` means plain HTTP."""
         if not _HOP_NAME.match(name):
             raise ChainError(f"hop name {name!r} must be a DNS label (lower-case letters, digits, '-')")
-        parts = urlsplit(url.strip())
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError as exc:  # e.g. unbalanced brackets of an IPv6 host
+            raise ChainError(f"hop {name}: url {mask_userinfo(url)!r} is not a URL: {exc}") from None
+        if parts.username is not None or parts.password is not None:
+            raise ChainError(
+                f"hop {name}: url {mask_userinfo(url)!r} must not carry credentials "
+                "(give them as a Secret, username/password or a docker config)"
+            )
         if parts.scheme not in ("http", "https"):
             raise ChainError(f"hop {name}: url {url!r} must start with https:// or http://")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ChainError(f"hop {name}: url {url!r} must not carry credentials, a query or a fragment")
+        if parts.query or parts.fragment:
+            raise ChainError(f"hop {name}: url {url!r} must not carry a query or a fragment")
         try:
             host = check_host(parts.netloc)
         except ReferenceError as exc:
@@ -235,6 +248,40 @@ class Target:
         return (self.namespace, self.name)
 
 
+def mask_userinfo(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages about a URL that carries one)."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", url.strip()
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}{slash}{path}"
+
+
+def check_keys(mapping: Mapping[str, Any], allowed: Collection[str], where: str) -> None:
+    """Refuse keys nobody reads: a typo (``usrname``) must not silently drop a setting."""
+    for key in mapping:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
+        raise ChainError(f"{where}: unknown key {key!r}{hint}")
+
+
+def strict_boolean(mapping: Mapping[str, Any], key: str, where: str) -> bool:
+    """A YAML boolean; a quoted ``'false'`` is truthy in Python, so anything but a real bool is refused."""
+    value = mapping.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        quoted = " (write it without quotes)" if isinstance(value, str) else ""
+        raise ChainError(f"{where}.{key} must be true or false, not {value!r}{quoted}")
+    return value
+
+
 def parse_duration(value: str | float | int) -> float:
     """Seconds from a Go/Kubernetes duration (``5m``, ``1h30m``, ``90s``) or a plain number."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -278,19 +325,26 @@ def chain_from_spec(
         ):
             raise ChainError(f"chain {name}: spec.hops[{position}] needs a name and a url")
         options = dict((hop_options or {}).get(raw["name"], {}))
-        options.setdefault("insecure", bool(raw.get("insecureSkipTLSVerify", False)))
+        insecure = strict_boolean(raw, "insecureSkipTLSVerify", f"chain {name}: spec.hops[{position}]")
+        options.setdefault("insecure", insecure)
         hops.append(Hop.from_url(raw["name"], raw["url"], **options))
     mode = spec.get("mode", Mode.FULL.value)
     if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
         raise ChainError(f"chain {name}: spec.mode must be full or head, not {mode!r}")
     selector = spec.get("namespaceSelector")
+    if selector is not None and not isinstance(selector, Mapping):
+        raise ChainError(f"chain {name}: spec.namespaceSelector must be a label selector mapping")
+    try:
+        interval = parse_duration(spec.get("interval", "5m"))
+    except ChainError as exc:
+        raise ChainError(f"chain {name}: spec.interval: {exc}") from None
     return Chain(
         name=name,
         hops=tuple(hops),
-        interval=parse_duration(spec.get("interval", "5m")),
+        interval=interval,
         mode=Mode(mode),
         namespace_selector=selector if selector else None,
-        suspend=bool(spec.get("suspend", False)),
+        suspend=strict_boolean(spec, "suspend", f"chain {name}: spec"),
     )
 
 
@@ -305,6 +359,11 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
         raise ChainError("a Target needs a name")
     if not isinstance(body, Mapping):
         raise ChainError(f"target {name}: spec must be a mapping")
+    if "spec" in document:
+        check_keys(document, {"apiVersion", "kind", "metadata", "spec"}, f"target {name}")
+        check_keys(body, TARGET_KEYS - {"name"}, f"target {name}: spec")
+    else:
+        check_keys(document, TARGET_KEYS | {"apiVersion", "kind", "metadata"}, f"target {name}")
     url = body.get("url")
     if not isinstance(url, str):
         raise ChainError(f"target {name}: url is required")
@@ -314,6 +373,7 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
         ref = {"digest": ref} if ":" in ref else {"tag": ref}
     if not isinstance(ref, Mapping):
         raise ChainError(f"target {name}: ref must be a tag, a digest or a mapping with tag/digest")
+    check_keys(ref, {"tag", "digest"}, f"target {name}: ref")
     tag, digest = ref.get("tag"), ref.get("digest")
     if not isinstance(tag, str | None) or not isinstance(digest, str | None):
         raise ChainError(f"target {name}: ref.tag and ref.digest must be strings")
@@ -332,6 +392,7 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
     selector = body.get("layerSelector") or {}
     if not isinstance(selector, Mapping) or not isinstance(selector.get("mediaType"), str | None):
         raise ChainError(f"target {name}: layerSelector must be a mapping with a mediaType string")
+    check_keys(selector, {"mediaType", "operation"}, f"target {name}: layerSelector")
     chain = body.get("chain")
     if not isinstance(chain, str | None):
         raise ChainError(f"target {name}: chain must be a ProxyChain name")

@@ -1,9 +1,13 @@
-"""Chains and targets from files: the CLI's ``--chain``/``--hop`` and ``layerwatch serve --config``.
+"""Chains and targets from files: the CLI's ``--chain``/``--hop``/``--targets`` and ``serve --config``.
 
 In a cluster, hop credentials come from Secrets; outside one they come from files: a hop in a
 chain file may carry ``dockerConfig: PATH`` or ``username``/``password`` (and ``caFile``), and
 any hop without its own credentials gets them from the docker config (``--docker-config``, else
 ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``), looked up by the hop's host.
+
+Files are read strictly: a key nobody reads is an error with a did-you-mean, because a typo such
+as ``usrname:`` would otherwise drop a credential without a word. (In a cluster the apiserver
+prunes unknown fields against the CRD schema before layerwatch sees them.)
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from layerwatch.chain import (
     Hop,
     Target,
     chain_from_spec,
+    check_keys,
     split_documents,
+    strict_boolean,
     target_from_document,
 )
 from layerwatch.documents import json_object
@@ -35,7 +41,26 @@ __all__ = [
     "direct_hop_options",
     "load_chain_file",
     "load_serve_config",
+    "load_targets_file",
 ]
+
+DOCUMENT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+SPEC_KEYS = frozenset({"hops", "interval", "mode", "namespaceSelector", "suspend"})
+HOP_KEYS = frozenset(
+    {
+        "name",
+        "url",
+        "insecureSkipTLSVerify",
+        "username",
+        "password",
+        "dockerConfig",
+        "caFile",
+        "secretRef",
+        "caSecretRef",
+    }
+)
+"""What a chain file's hop may say: the ProxyChain fields plus the file-only credentials and CA."""
+_CLUSTER_ONLY = {"secretRef": "dockerConfig or username/password", "caSecretRef": "caFile"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +83,9 @@ def _docker_config(path: Path | None, *, required: bool) -> Mapping[str, Any]:
     path = path or default_docker_config_path()
     if not path.exists() and not required:
         return {}
+    text = _read_text(path, "docker config")
     try:
-        return json_object(_read_text(path, "docker config"))
+        return json_object(text)
     except ValueError as exc:
         raise ChainError(f"docker config {path} is {exc}") from None
 
@@ -68,8 +94,9 @@ def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings,
     """Credentials and TLS for one hop from its document, falling back to the settings."""
     name = raw.get("name")
     options: dict[str, Any] = {}
-    if raw.get("secretRef"):
-        raise ChainError(f"hop {name}: secretRef needs a cluster; use dockerConfig or username/password here")
+    for key, instead in _CLUSTER_ONLY.items():
+        if raw.get(key):
+            raise ChainError(f"hop {name}: {key} needs a cluster; use {instead} here")
     if "username" in raw or "password" in raw:
         username, password = raw.get("username"), raw.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
@@ -85,7 +112,7 @@ def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings,
     ca_file = base_dir / str(raw["caFile"]) if raw.get("caFile") else settings.ca_file
     if ca_file is not None:
         options["ca_pem"] = _read_text(ca_file, "CA file")
-    options["insecure"] = bool(raw.get("insecureSkipTLSVerify", False)) or settings.insecure
+    options["insecure"] = strict_boolean(raw, "insecureSkipTLSVerify", f"hop {name}") or settings.insecure
     return options
 
 
@@ -97,10 +124,14 @@ def _chain(document: Mapping[str, Any], base_dir: Path, settings: FileSettings) 
     spec = document.get("spec")
     if not isinstance(spec, Mapping):
         raise ChainError(f"chain {name}: spec is missing")
+    check_keys(document, DOCUMENT_KEYS, f"chain {name}")
+    check_keys(spec, SPEC_KEYS, f"chain {name}: spec")
     hops = spec.get("hops")
     options: dict[str, dict[str, Any]] = {}
     if isinstance(hops, Sequence) and not isinstance(hops, str):
-        for raw in hops:
+        for position, raw in enumerate(hops):
+            if isinstance(raw, Mapping):
+                check_keys(raw, HOP_KEYS, f"chain {name}: spec.hops[{position}]")
             if (
                 isinstance(raw, Mapping)
                 and isinstance(raw.get("url"), str)
@@ -153,10 +184,13 @@ class ServeConfig:
     targets: tuple[Target, ...]
 
 
-def load_serve_config(path: Path, settings: FileSettings) -> ServeConfig:
-    """ProxyChain and Target documents; every target must name (or URL-match) a chain."""
+def load_targets_file(path: Path, settings: FileSettings) -> ServeConfig:
+    """ProxyChain and Target documents as written; a target may still name no chain.
+
+    A target that names no chain gets the first chain whose hops its URL is under, if any.
+    """
     chain_docs, target_docs = split_documents(_documents(path))
-    chains = {}
+    chains: dict[str, Chain] = {}
     for document in chain_docs:
         chain = _chain(document, path.parent, settings)
         if chain.name in chains:
@@ -167,14 +201,22 @@ def load_serve_config(path: Path, settings: FileSettings) -> ServeConfig:
         target = target_from_document(document)
         if target.chain is None:
             matching = [c.name for c in chains.values() if c.matches(target.reference)]
-            if not matching:
-                raise ChainError(f"target {target.name}: its URL is under no chain's hop")
-            target = dataclasses.replace(target, chain=matching[0])
-        if target.chain not in chains:
+            target = dataclasses.replace(target, chain=matching[0] if matching else None)
+        elif target.chain not in chains:
             raise ChainError(f"target {target.name}: no ProxyChain named {target.chain}")
-        chains[target.chain].pull_path(target.reference)  # fail early on a path that cannot map
+        if target.chain is not None:
+            chains[target.chain].pull_path(target.reference)  # fail early on a path that cannot map
         targets.append(target)
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ChainError(f"{path}: target names must be unique")
     return ServeConfig(chains, tuple(targets))
+
+
+def load_serve_config(path: Path, settings: FileSettings) -> ServeConfig:
+    """ProxyChain and Target documents; every target must name (or URL-match) a chain."""
+    config = load_targets_file(path, settings)
+    for target in config.targets:
+        if target.chain is None:
+            raise ChainError(f"target {target.name}: its URL is under no chain's hop")
+    return config

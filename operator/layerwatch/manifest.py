@@ -18,6 +18,7 @@ __all__ = [
     "ACCEPT",
     "FLUX_CONFIG",
     "FLUX_CONTENT",
+    "FLUX_PLATFORM",
     "INDEX_TYPES",
     "MANIFEST_TYPES",
     "MAX_MANIFEST_BYTES",
@@ -25,6 +26,7 @@ __all__ = [
     "Index",
     "Manifest",
     "ManifestError",
+    "flux_child",
     "flux_layer",
     "parse",
 ]
@@ -40,6 +42,9 @@ ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 FLUX_CONFIG = "application/vnd.cncf.flux.config.v1+json"
 FLUX_CONTENT = "application/vnd.cncf.flux.content.v1.tar+gzip"
+FLUX_PLATFORM = "linux/amd64"
+"""The platform an index resolves to for Flux: source-controller sets none, go-containerregistry's
+default applies."""
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """Manifests larger than this are refused as corrupt (distribution's own limit is 4 MiB)."""
 
@@ -182,5 +187,16 @@ def flux_layer(manifest: Manifest, media_type: str | None) -> int | None:
         return 0 if manifest.layers else None
     for position, layer in enumerate(manifest.layers):
         if layer.media_type == media_type:
+            return position
+    return None
+
+
+def flux_child(index: Index) -> int | None:
+    """Position of the index child Flux pulls: the first ``linux/amd64`` one (any variant), or None.
+
+    go-containerregistry matches OS and architecture, and a variant only when one is asked for.
+    """
+    for position, child in enumerate(index.manifests):
+        if child.platform is not None and child.platform.split("/")[:2] == FLUX_PLATFORM.split("/"):
             return position
     return None

@@ -1,6 +1,6 @@
-"""Rendering a check result for people (a per-hop table) and for machines (SPEC 6 JSON).
+"""Rendering a check result for people (a per-hop table) and for machines (JSON).
 
-The JSON field names are a contract (camelCase, fixed by SPEC 6; fields are only ever added).
+The JSON field names are a contract (camelCase; fields are only ever added, never renamed).
 Nothing here can leak a secret: observations never hold credentials, and hop URLs are rebuilt
 from scheme, host and prefix.
 """
@@ -8,15 +8,33 @@ from scheme, host and prefix.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from layerwatch.manifest import FLUX_CONTENT, Index, Manifest, flux_layer
+from layerwatch.manifest import (
+    FLUX_CONTENT,
+    FLUX_PLATFORM,
+    Descriptor,
+    Index,
+    Manifest,
+    flux_child,
+    flux_layer,
+)
 from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
 from layerwatch.verdict import CheckResult, Health, HopVerdict
 
-__all__ = ["describe_artifact", "exit_code", "to_json", "to_text"]
+__all__ = [
+    "Children",
+    "combined_exit_code",
+    "combined_json",
+    "combined_text",
+    "describe_artifact",
+    "exit_code",
+    "inspect_json",
+    "to_json",
+    "to_text",
+]
 
 
 def _blob_json(blob: BlobCheck) -> dict[str, Any]:
@@ -68,7 +86,7 @@ def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any
 
 
 def to_json(result: CheckResult) -> dict[str, Any]:
-    """The SPEC 6 report object."""
+    """The report object of one check (its field names never change)."""
     judgement = result.judgement
     return {
         "reference": f"oci://{result.reference}",
@@ -84,9 +102,12 @@ def to_json(result: CheckResult) -> dict[str, Any]:
     }
 
 
+_EXIT = {Health.HEALTHY: 0, Health.UNHEALTHY: 1, Health.UNKNOWN: 3}
+
+
 def exit_code(result: CheckResult) -> int:
-    """SPEC 6: 0 healthy, 1 some hop unhealthy, 3 none unhealthy but some unknown."""
-    return {Health.HEALTHY: 0, Health.UNHEALTHY: 1, Health.UNKNOWN: 3}[result.judgement.health]
+    """0 healthy, 1 some hop unhealthy, 3 none unhealthy but some unknown."""
+    return _EXIT[result.judgement.health]
 
 
 _MARK = {Health.HEALTHY: "ok", Health.UNKNOWN: "??", Health.UNHEALTHY: "!!"}
@@ -141,43 +162,159 @@ def to_text(result: CheckResult) -> str:
     return _lines(lines)
 
 
-def describe_artifact(
-    location: str, digest: str, parsed: Manifest | Index, layer_media_type: str | None
-) -> str:
-    """``layerwatch inspect``: an artifact's structure as a person reads it."""
-    lines = [f"{location}", f"manifest  {digest}  {parsed.media_type}"]
-    for key, value in sorted(parsed.annotations.items()):
-        lines.append(f"  annotation {key}={value}")
-    if isinstance(parsed, Index):
-        lines.append(f"index of {len(parsed.manifests)} manifests:")
-        for child in parsed.manifests:
-            lines.append(f"  {child.platform or '-'}  {child.digest}  {child.size} B  {child.media_type}")
-        return _lines(lines)
-    if parsed.artifact_type:
-        lines.append(f"artifactType  {parsed.artifact_type}")
-    config = parsed.config
-    lines.append(f"config (not a layer)  {config.digest}  {config.size} B  {config.media_type}")
-    lines.append(f"layers ({len(parsed.layers)}):")
-    for position, layer in enumerate(parsed.layers):
-        lines.append(f"  [{position}] {layer.digest}  {layer.size} B  {layer.media_type}")
-        for key, value in sorted(layer.annotations.items()):
-            lines.append(f"        annotation {key}={value}")
-    without = flux_layer(parsed, None)
-    lines.append("Flux extracts:")
-    lines.append(
-        f"  without layerSelector: layer {without}"
-        + (
-            ""
-            if without is None or parsed.layers[without].media_type == FLUX_CONTENT
-            else f" ({parsed.layers[without].media_type}, NOT the Flux content layer)"
-        )
-        if without is not None
-        else "  without layerSelector: nothing (no layers)"
-    )
+Children = Mapping[str, "Manifest | str"]
+"""An index's child manifests by digest, as fetched; a string says why one could not be read."""
+
+
+def _flux_choice(manifest: Manifest, layer_media_type: str | None) -> dict[str, Any]:
+    without = flux_layer(manifest, None)
     selector = layer_media_type or FLUX_CONTENT
-    chosen = flux_layer(parsed, selector)
+    return {
+        "withoutSelector": without,
+        "withoutSelectorIsContent": without is not None
+        and manifest.layers[without].media_type == FLUX_CONTENT,
+        "selectorMediaType": selector,
+        "withSelector": flux_layer(manifest, selector),
+    }
+
+
+def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "digest": descriptor.digest,
+        "mediaType": descriptor.media_type,
+        "size": descriptor.size,
+    }
+    if descriptor.annotations:
+        data["annotations"] = dict(descriptor.annotations)
+    return data
+
+
+def _manifest_inspection(manifest: Manifest, layer_media_type: str | None) -> dict[str, Any]:
+    return {
+        "mediaType": manifest.media_type,
+        "artifactType": manifest.artifact_type,
+        "annotations": dict(manifest.annotations),
+        "config": _descriptor_json(manifest.config),
+        "layers": [{"index": i, **_descriptor_json(layer)} for i, layer in enumerate(manifest.layers)],
+        "fluxLayer": _flux_choice(manifest, layer_media_type),
+    }
+
+
+def inspect_json(
+    reference: str,
+    digest: str,
+    parsed: Manifest | Index,
+    layer_media_type: str | None,
+    children: Children | None = None,
+) -> dict[str, Any]:
+    """``layerwatch inspect -o json``: the structure and Flux's choices, as data."""
+    data: dict[str, Any] = {"reference": f"oci://{reference}", "digest": digest}
+    if isinstance(parsed, Manifest):
+        return {**data, **_manifest_inspection(parsed, layer_media_type)}
+    chosen = flux_child(parsed)
+    entries = []
+    for child in parsed.manifests:
+        entry: dict[str, Any] = {"platform": child.platform, **_descriptor_json(child)}
+        fetched = (children or {}).get(child.digest)
+        if isinstance(fetched, Manifest):
+            entry["manifest"] = _manifest_inspection(fetched, layer_media_type)
+        elif isinstance(fetched, str):
+            entry["error"] = fetched
+        entries.append(entry)
+    return {
+        **data,
+        "mediaType": parsed.media_type,
+        "annotations": dict(parsed.annotations),
+        "manifests": entries,
+        "fluxPlatform": FLUX_PLATFORM,
+        "fluxManifest": parsed.manifests[chosen].digest if chosen is not None else None,
+    }
+
+
+def _manifest_lines(data: Mapping[str, Any], indent: str) -> list[str]:
+    lines = [f"{indent}artifactType  {data['artifactType']}"] if data["artifactType"] else []
+    config = data["config"]
     lines.append(
-        f"  with layerSelector.mediaType={selector}: "
+        f"{indent}config (not a layer)  {config['digest']}  {config['size']} B  {config['mediaType']}"
+    )
+    lines.append(f"{indent}layers ({len(data['layers'])}):")
+    for layer in data["layers"]:
+        lines.append(
+            f"{indent}  [{layer['index']}] {layer['digest']}  {layer['size']} B  {layer['mediaType']}"
+        )
+        for key, value in sorted((layer.get("annotations") or {}).items()):
+            lines.append(f"{indent}        annotation {key}={value}")
+    choice = data["fluxLayer"]
+    without = choice["withoutSelector"]
+    lines.append(f"{indent}Flux extracts:")
+    if without is None:
+        lines.append(f"{indent}  without layerSelector: nothing (no layers)")
+    else:
+        media_type = data["layers"][without]["mediaType"]
+        note = "" if choice["withoutSelectorIsContent"] else f" ({media_type}, NOT the Flux content layer)"
+        lines.append(f"{indent}  without layerSelector: layer {without}{note}")
+    chosen = choice["withSelector"]
+    lines.append(
+        f"{indent}  with layerSelector.mediaType={choice['selectorMediaType']}: "
         + (f"layer {chosen}" if chosen is not None else "nothing (no layer matches; Flux fails)")
     )
+    return lines
+
+
+def describe_artifact(data: Mapping[str, Any]) -> str:
+    """``layerwatch inspect``: an artifact's structure as a person reads it (from `inspect_json`)."""
+    lines = [data["reference"].removeprefix("oci://"), f"manifest  {data['digest']}  {data['mediaType']}"]
+    for key, value in sorted(data["annotations"].items()):
+        lines.append(f"  annotation {key}={value}")
+    if "manifests" not in data:
+        return _lines(lines + _manifest_lines(data, ""))
+    lines.append(f"index of {len(data['manifests'])} manifests:")
+    for child in data["manifests"]:
+        mark = "  <- Flux pulls this one" if child["digest"] == data["fluxManifest"] else ""
+        lines.append(
+            f"  {child['platform'] or '-'}  {child['digest']}  {child['size']} B  {child['mediaType']}{mark}"
+        )
+        if "manifest" in child:
+            lines += _manifest_lines(child["manifest"], "    ")
+        elif "error" in child:
+            lines.append(f"    cannot read it: {child['error']}")
+    if data["fluxManifest"] is None:
+        lines.append(f"Flux pulls: nothing (no {data['fluxPlatform']} manifest; Flux fails)")
+    else:
+        lines.append(f"Flux pulls: the {data['fluxPlatform']} manifest {data['fluxManifest']}")
     return _lines(lines)
+
+
+# -- several references in one run ------------------------------------------------------------------
+
+
+def combined_exit_code(results: Sequence[CheckResult]) -> int:
+    """The worst of the runs: unhealthy (1) before unknown (3) before healthy (0)."""
+    return _EXIT[max((r.judgement.health for r in results), default=Health.HEALTHY)]
+
+
+def combined_json(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """Several checks: ``{"verdict", "counts", "checks": [one report per reference]}``.
+
+    One reference keeps the single report object (``to_json``), so scripts written for it still work.
+    """
+    worst = max(results, key=lambda r: r.judgement.health)
+    counts = {health.name.lower(): 0 for health in Health}
+    for result in results:
+        counts[result.judgement.health.name.lower()] += 1
+    return {
+        "verdict": worst.judgement.verdict.value,
+        "counts": counts,
+        "checks": [to_json(r) for r in results],
+    }
+
+
+def combined_text(results: Sequence[CheckResult]) -> str:
+    """Each table, then one summary line per reference that is not healthy."""
+    parts = [to_text(r) for r in results]
+    summary = [f"{len(results)} artifacts checked:"]
+    for result in results:
+        verdict = result.judgement.verdict.value
+        blame = f" (blame: hop {result.judgement.blame})" if result.judgement.blame else ""
+        summary.append(f"  {_MARK[result.judgement.health]}  {verdict}{blame}  {result.reference}")
+    return "\n\n".join([*parts, _lines(summary)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -22,9 +23,13 @@ from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.web import WebServer
 
-__all__ = ["run_serve", "watches"]
+__all__ = ["ListenError", "run_serve", "watches"]
 
 logger = logging.getLogger("layerwatch.serve")
+
+
+class ListenError(Exception):
+    """The metrics port cannot be had (in use, no permission): one line for the user, exit 2."""
 
 
 def watches(config: ServeConfig) -> list[Watch]:
@@ -37,7 +42,12 @@ async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, c
     scheduler = Scheduler(store=store, metrics=metrics, settings=EngineSettings.from_args(args))
     current = {"config": config}
     web = WebServer(metrics, lambda: current["config"].chains, healthy=scheduler.alive)
-    port = await web.start(args.metrics_address, args.metrics_port)
+    try:
+        port = await web.start(args.metrics_address, args.metrics_port)
+    except OSError as exc:
+        await web.stop()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {args.metrics_address}:{args.metrics_port}: {reason}") from None
     logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
     scheduler.update(config.chains, watches(config))
     stop = asyncio.Event()

@@ -35,18 +35,22 @@ def chains(admin_api: Any) -> Iterator[list[str]]:
                 raise
 
 
-def create(admin_api: Any, chains: list[str], spec: dict[str, Any]) -> dict[str, Any]:
-    name = f"test-{secrets.token_hex(4)}"
-    body = {
+def document(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ProxyChain with a fresh name."""
+    return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ProxyChain",
-        "metadata": {"name": name},
+        "metadata": {"name": f"test-{secrets.token_hex(4)}"},
         "spec": spec,
     }
+
+
+def create(admin_api: Any, chains: list[str], spec: dict[str, Any], **options: Any) -> dict[str, Any]:
+    body = document(spec)
     created: dict[str, Any] = client.CustomObjectsApi(admin_api).create_cluster_custom_object(
-        GROUP, VERSION, PLURAL, body
+        GROUP, VERSION, PLURAL, body, **options
     )
-    chains.append(name)
+    chains.append(body["metadata"]["name"])
     return created
 
 
@@ -219,3 +223,84 @@ def test_bad_status_is_refused(admin_api: Any, chains: list[str]) -> None:
             GROUP, VERSION, PLURAL, name, {"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}}
         )
     assert info.value.status == 422
+
+
+# -- strict configuration: the same rules as chain files, enforced at admission --------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"hops": [{**ORIGIN, "insecureSkipTLSVerify": "false"}]}, "spec.hops[0].insecureSkipTLSVerify"),
+        ({"hops": [ORIGIN], "suspend": "false"}, "spec.suspend"),
+        ({"hops": [ORIGIN], "interval": "999ms"}, "interval must be at least 1s"),
+        ({"hops": [ORIGIN], "interval": "0.5s"}, "interval must be at least 1s"),
+        ({"hops": [{"name": "edge", "url": "https://robot@harbor.example.com/p"}]}, "no credentials"),
+        ({"hops": [{"name": "edge", "url": "https://robot:s3cret@harbor.example.com/p"}]}, "no credentials"),
+    ],
+)
+def test_a_quoted_boolean_a_short_interval_or_userinfo_is_refused(
+    admin_api: Any, chains: list[str], spec: dict[str, Any], expected: str
+) -> None:
+    message = refusal(admin_api, chains, spec)
+    assert expected in message
+    if "insecureSkipTLSVerify" in expected or "suspend" in expected:
+        assert "must be of type boolean" in message
+
+
+@pytest.mark.parametrize("interval", ["1s", "1500ms", "1m", "1h30m"])
+def test_intervals_of_at_least_one_second_are_accepted(
+    admin_api: Any, chains: list[str], interval: str
+) -> None:
+    assert create(admin_api, chains, {"hops": [ORIGIN], "interval": interval})["spec"]["interval"] == interval
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"hops": [{**ORIGIN, "usrname": "robot"}]}, "spec.hops[0].usrname"),
+        ({"hops": [ORIGIN], "intervall": "5m"}, "spec.intervall"),
+        (
+            {"hops": [{**ORIGIN, "secretRef": {"name": "a", "namespace": "b", "key": "c"}}]},
+            "spec.hops[0].secretRef.key",
+        ),
+    ],
+)
+def test_an_unknown_field_is_refused_under_strict_field_validation_and_never_reaches_layerwatch(
+    admin_api: Any, chains: list[str], spec: dict[str, Any], field: str
+) -> None:
+    """kubectl asks for strict field validation by default; other clients get the field pruned."""
+    with pytest.raises(ApiException) as info:
+        create(admin_api, chains, spec, field_validation="Strict")
+    assert info.value.status in (400, 422), info.value.body
+    assert f'unknown field "{field}"' in json.loads(info.value.body)["message"]
+    created = create(admin_api, chains, spec)
+    assert field.rpartition(".")[2] not in json.dumps(created["spec"]), (
+        "pruned, so the operator never sees it"
+    )
+
+
+def test_kubectl_apply_refuses_a_misspelt_field(control_plane: ControlPlane, tmp_path: Any) -> None:
+    if control_plane.tools.kubectl is None:
+        pytest.fail("kubectl missing (hack/build-tools.sh kube)", pytrace=False)
+    path = tmp_path / "chain.yaml"
+    path.write_text(json.dumps(document({"hops": [{**ORIGIN, "insecureSkipTlsVerify": True}]})))
+    done = control_plane.kubectl("apply", "-f", str(path), check=False)
+    assert done.returncode != 0
+    assert 'unknown field "spec.hops[0].insecureSkipTlsVerify"' in done.stderr
+
+
+def test_no_object_in_the_schema_keeps_unknown_fields() -> None:
+    """Every object lists its properties (or is a string map), so unknown fields never get through."""
+    (crd,) = load_docs(REPO / "crds/proxychain.yaml")
+
+    def walk(node: dict[str, Any], where: str) -> None:
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), where
+        if node.get("type") == "object" and where != "metadata":
+            assert "properties" in node or "additionalProperties" in node, where
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, name)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+
+    walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "")

@@ -1,7 +1,8 @@
 """``layerwatch`` as a user runs it (the installed console script) against the real chain.
 
-Exit statuses (0 healthy, 1 unhealthy, 2 usage, 3 unknown), the SPEC 6 JSON report, hostile
-registries giving a verdict and never a traceback, credentials never printed, and ``inspect``.
+Exit statuses (0 healthy, 1 unhealthy, 2 usage, 3 unknown), the JSON report, hostile registries
+giving a verdict and never a traceback, credentials never printed, ``inspect`` (text and JSON,
+indexes too), several references in one run, and ``--verbose``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import pytest
 import yaml
 from tests.registry.helpers import HOPS, CliRun, chain_file, closed_port_url, hop_verdicts, run_cli
 
-from lab.artifacts import FLUX_CONTENT_MEDIA_TYPE, OCTET_STREAM, push_flux_artifact, push_multilayer_artifact
+from lab.artifacts import (
+    FLUX_CONTENT_MEDIA_TYPE,
+    OCTET_STREAM,
+    push_flux_artifact,
+    push_index,
+    push_multilayer_artifact,
+)
 from lab.chain import EDGE_USER, LocalChain
 from lab.faults import HOSTILE_AUTH_VARIANTS
 
@@ -239,3 +246,121 @@ def test_inspect_says_which_layer_flux_extracts_with_and_without_a_selector_and_
     assert f"without layerSelector: layer 0 ({OCTET_STREAM}, NOT the Flux content layer)" in text
     assert f"with layerSelector.mediaType={FLUX_CONTENT_MEDIA_TYPE}: layer 1" in text
     assert "org.opencontainers.image.revision=v1@sha1:" in text
+
+
+def test_inspect_o_json_is_the_same_structure_as_data(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    pushed = push_multilayer_artifact(local_chain.push_address, fresh_repo, "v1")
+    reference = f"oci://{local_chain.reference(fresh_repo, 'v1')}"
+    run = run_cli("inspect", "--chain", str(chain_file(local_chain, tmp_path)), "-o", "json", reference)
+    assert run.status == 0, run
+    report = run.report
+    assert report["reference"] == reference and report["digest"] == pushed.manifest_digest
+    assert report["config"]["digest"] == pushed.config_digest
+    assert [layer["digest"] for layer in report["layers"]] == pushed.layer_digests
+    assert report["fluxLayer"]["withoutSelector"] == 0 and not report["fluxLayer"]["withoutSelectorIsContent"]
+    assert report["fluxLayer"]["withSelector"] == 1
+
+
+def test_inspect_of_an_index_shows_every_platforms_layers_and_the_one_flux_pulls(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    amd = push_flux_artifact(local_chain.push_address, fresh_repo, "amd")
+    arm = push_multilayer_artifact(local_chain.push_address, fresh_repo, "arm")
+    index = push_index(local_chain.push_address, fresh_repo, "v1", {"linux/arm64": arm, "linux/amd64": amd})
+    reference = f"oci://{local_chain.reference(fresh_repo, 'v1')}"
+    path = str(chain_file(local_chain, tmp_path))
+    run = run_cli("inspect", "--chain", path, reference)
+    assert run.status == 0, run
+    assert "index of 2 manifests:" in run.stdout
+    assert f"linux/amd64  {amd.manifest_digest}" in run.stdout and "<- Flux pulls this one" in run.stdout
+    for layer in (*amd.layers, *arm.layers):
+        assert f"] {layer.digest}  {layer.size} B" in run.stdout
+    assert f"Flux pulls: the linux/amd64 manifest {amd.manifest_digest}" in run.stdout
+    data = run_cli("inspect", "--chain", path, "-o", "json", reference).report
+    assert data["digest"] == index and data["fluxManifest"] == amd.manifest_digest
+    by_platform = {m["platform"]: m for m in data["manifests"]}
+    assert [
+        layer["digest"] for layer in by_platform["linux/arm64"]["manifest"]["layers"]
+    ] == arm.layer_digests
+    assert by_platform["linux/arm64"]["manifest"]["fluxLayer"]["withSelector"] == 1
+
+
+# -- several references in one run ---------------------------------------------------------------------
+
+
+def test_several_references_give_one_combined_report_and_the_worst_exit_code(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    good, bad = f"{fresh_repo}-good", f"{fresh_repo}-bad"
+    push_flux_artifact(local_chain.push_address, good, "v1")
+    broken = push_flux_artifact(local_chain.push_address, bad, "v1")
+    local_chain.faults("origin").set([{"kind": "drop", "digest": broken.content_layer.digest}])
+    path = str(chain_file(local_chain, tmp_path))
+    refs = [f"oci://{local_chain.reference(repo, 'v1')}" for repo in (good, bad)]
+    run = run_cli("check", "--chain", path, "-o", "json", *refs)
+    assert run.status == 1, run
+    report = run.report
+    assert report["verdict"] == "LayerMissing"
+    assert report["counts"] == {"healthy": 1, "unknown": 0, "unhealthy": 1}
+    assert [check["reference"] for check in report["checks"]] == refs
+    assert [check["verdict"] for check in report["checks"]] == ["Healthy", "LayerMissing"]
+    text = run_cli("check", "--chain", path, *refs)
+    assert text.status == 1 and "2 artifacts checked:" in text.stdout
+    assert f"!!  LayerMissing (blame: hop origin)  {refs[1].removeprefix('oci://')}" in text.stdout
+    healthy = run_cli("check", "--chain", path, "-o", "json", refs[0])
+    assert healthy.status == 0 and healthy.report["reference"] == refs[0] and "checks" not in healthy.report
+
+
+def test_a_targets_file_checks_each_target_on_its_chain_with_its_layer_selector(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    push_multilayer_artifact(local_chain.push_address, fresh_repo, "v2")
+    chain = yaml.safe_load(chain_file(local_chain, tmp_path).read_text())
+    url = f"oci://{local_chain.reference(fresh_repo, 'v1').rpartition(':')[0]}"
+    targets = [
+        chain,
+        {"kind": "Target", "name": "plain", "url": url, "ref": {"tag": "v1"}, "chain": "lab"},
+        {"kind": "Target", "name": "wrong-layer-first", "url": url, "ref": {"tag": "v2"}},
+        {
+            "kind": "Target",
+            "name": "selected",
+            "url": url,
+            "ref": {"tag": "v2"},
+            "layerSelector": {"mediaType": FLUX_CONTENT_MEDIA_TYPE},
+        },
+    ]
+    path = tmp_path / "targets.yaml"
+    path.write_text(yaml.safe_dump_all(targets))
+    run = run_cli("check", "--targets", str(path), "-o", "json")
+    assert run.status == 1, run
+    verdicts = [check["verdict"] for check in run.report["checks"]]
+    assert verdicts == ["Healthy", "LayerOrderMismatch", "Healthy"], run.report
+    assert run.report["checks"][2]["layerMediaType"] == FLUX_CONTENT_MEDIA_TYPE
+
+
+# -- --verbose -------------------------------------------------------------------------------------------
+
+
+def test_verbose_prints_each_request_and_its_status_and_never_a_credential(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    pushed = push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    username, password = EDGE_USER
+    path = chain_file(local_chain, tmp_path, credentials={"edge": (username, password)})
+    run = check(local_chain, path, fresh_repo, "--verbose", "-o", "json")
+    assert run.status == 0, run
+    edge = local_chain.hop("edge").address
+    lines = run.stderr.splitlines()
+    assert f"layerwatch: hop edge: http://{edge}/p-core as {username}, password ***" in lines
+    repository = local_chain.repository_at("edge", fresh_repo)
+    assert f"> edge: HEAD http://{edge}/v2/{repository}/manifests/v1 -> 200" in lines
+    assert f"> edge: GET http://{edge}/v2/{repository}/blobs/{pushed.content_layer.digest} -> 200" in lines
+    assert any(
+        line.startswith(f"> edge: HEAD http://{edge}/") and line.endswith(" -> 401") for line in lines
+    ), run
+    for leaked in _secrets(username, password):
+        assert leaked not in run.output
+    assert json.loads(run.stdout)["verdict"] == "Healthy", "stdout keeps only the report"

@@ -15,6 +15,7 @@ from layerwatch.chain import (
     Hop,
     Mode,
     chain_from_spec,
+    mask_userinfo,
     parse_duration,
     split_documents,
     target_from_document,
@@ -399,3 +400,49 @@ def test_mapping_any_edge_path_through_the_chain_yields_the_upstream_path_at_the
     assert path[-1].repository == upstream
     for position, target in enumerate(path[:-1]):
         assert target.repository == "/".join([p for p in prefixes[position:] if p] + [upstream])
+
+
+# -- strict ProxyChain specs (the operator shows these messages as the chain's Ready=False) ----------
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        (
+            {"hops": [{"name": "a", "url": "https://a.example", "insecureSkipTLSVerify": "false"}]},
+            r"chain corp: spec.hops\[0\].insecureSkipTLSVerify must be true or false, not 'false'",
+        ),
+        ({"hops": [{"name": "a", "url": "https://a.example"}], "suspend": "false"}, "spec.suspend must be"),
+        (
+            {"hops": [{"name": "a", "url": "https://a.example"}], "interval": "999ms"},
+            "interval must be at least 1s, not 0.999s",
+        ),
+        (
+            {"hops": [{"name": "a", "url": "https://a.example"}], "interval": 0.5},
+            "interval must be at least 1s",
+        ),
+        ({"hops": [{"name": "a", "url": "https://a.example"}], "namespaceSelector": "all"}, "label selector"),
+    ],
+)
+def test_a_proxychain_spec_with_a_wrong_type_or_range_is_refused(
+    spec: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ChainError, match=complaint):
+        chain_from_spec("corp", spec)
+
+
+_USERINFO = st.text(
+    alphabet=st.characters(blacklist_characters="@/:#?\\", blacklist_categories=("Cs", "Cc")), min_size=1
+)
+
+
+@given(user=_USERINFO, password=_USERINFO)
+def test_a_hop_url_with_a_password_never_echoes_the_password(user: str, password: str) -> None:
+    url = f"https://{user}:{password}@harbor.example.com/p-core"
+    assert mask_userinfo(url) == f"https://{user}:***@harbor.example.com/p-core"
+    try:
+        Hop.from_url("edge", url)
+    except ChainError as exc:
+        assert f":{password}@" not in str(exc)
+    else:
+        raise AssertionError("a URL with userinfo was accepted")

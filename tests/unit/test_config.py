@@ -16,6 +16,7 @@ from layerwatch.config import (
     direct_hop_options,
     load_chain_file,
     load_serve_config,
+    load_targets_file,
 )
 
 CHAIN = """\
@@ -298,3 +299,128 @@ def test_a_serve_config_password_does_not_show_in_the_loaded_config(tmp_path: Pa
     config = load_serve_config(write(tmp_path / "serve.yaml", text), FileSettings())
     assert config.chains["corp"].hop("edge").credentials == Credentials("u", "pw-XYZZY")
     assert "pw-XYZZY" not in repr(config)
+
+
+# -- strict files: a typo or a quoted boolean is an error, never a silently different setting ---------
+
+
+def _chain_text(hop: str = "{name: edge, url: 'https://a.example'}", spec: str = "") -> str:
+    return f"kind: ProxyChain\nmetadata: {{name: c}}\nspec:\n{spec}  hops:\n  - {hop}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        (
+            _chain_text("{name: edge, url: 'https://a.example', usrname: robot, password: pw}"),
+            r"chain c: spec.hops\[0\]: unknown key 'usrname' \(did you mean 'username'\?\)",
+        ),
+        (
+            _chain_text("{name: edge, url: 'https://a.example', cafile: ca.crt}"),
+            r"unknown key 'cafile' \(did you mean 'caFile'\?\)",
+        ),
+        (
+            _chain_text(spec="  intervall: 5m\n"),
+            r"chain c: spec: unknown key 'intervall' \(did you mean 'interval'\?\)",
+        ),
+        (
+            _chain_text() + "specs: {}\n",
+            r"chain c: unknown key 'specs' \(did you mean 'spec'\?\)",
+        ),
+        (
+            _chain_text("{name: edge, url: 'https://a.example', zzz: 1}"),
+            r"unknown key 'zzz' \(known: caFile, caSecretRef, dockerConfig, insecureSkipTLSVerify, name",
+        ),
+        (
+            _chain_text("{name: edge, url: 'https://a.example', insecureSkipTLSVerify: 'false'}"),
+            r"hop edge.insecureSkipTLSVerify must be true or false, not 'false' \(write it without quotes\)",
+        ),
+        (
+            _chain_text(spec="  suspend: 'false'\n"),
+            r"chain c: spec.suspend must be true or false, not 'false'",
+        ),
+        (_chain_text(spec="  suspend: 1\n"), r"chain c: spec.suspend must be true or false, not 1"),
+        (
+            _chain_text(spec="  interval: 500ms\n"),
+            r"chain c: interval must be at least 1s, not 0.5s",
+        ),
+        (_chain_text(spec="  interval: -5s\n"), r"chain c: spec.interval: invalid duration"),
+        (
+            _chain_text("{name: edge, url: 'https://a.example', caSecretRef: {name: ca}}"),
+            "hop edge: caSecretRef needs a cluster; use caFile here",
+        ),
+    ],
+)
+def test_a_chain_file_is_read_strictly_with_one_line_that_names_the_fix(
+    tmp_path: Path, text: str, complaint: str
+) -> None:
+    with pytest.raises(ChainError, match=complaint) as caught:
+        load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+    assert "\n" not in str(caught.value)
+
+
+def test_real_booleans_in_a_chain_file_still_work(tmp_path: Path) -> None:
+    text = _chain_text(
+        "{name: edge, url: 'https://a.example', insecureSkipTLSVerify: false}", "  suspend: false\n"
+    )
+    chain = load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+    assert chain.hops[0].insecure is False and chain.suspend is False
+    text = _chain_text(
+        "{name: edge, url: 'https://a.example', insecureSkipTLSVerify: true}", "  interval: 1s\n"
+    )
+    chain = load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+    assert chain.hops[0].insecure is True and chain.interval == 1
+
+
+def test_a_password_in_a_hop_url_is_refused_and_masked(tmp_path: Path) -> None:
+    text = _chain_text("{name: edge, url: 'http://robot:s3cret-XYZ@a.example/p'}")
+    with pytest.raises(ChainError) as caught:
+        load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+    message = str(caught.value)
+    assert "s3cret-XYZ" not in message
+    assert "hop edge: url 'http://robot:***@a.example/p' must not carry credentials" in message
+    with pytest.raises(ChainError, match="must not carry credentials") as caught:
+        chain_from_hop_flags(["edge=https://robot:s3cret-XYZ@a.example"], FileSettings())
+    assert "s3cret-XYZ" not in str(caught.value)
+
+
+def test_an_unreadable_docker_config_says_so_once(tmp_path: Path) -> None:
+    text = _chain_text("{name: edge, url: 'https://a.example', dockerConfig: nowhere.json}")
+    with pytest.raises(ChainError) as caught:
+        load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+    assert str(caught.value) == (
+        f"cannot read docker config {tmp_path / 'nowhere.json'}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "complaint"),
+    [
+        (
+            "kind: Target\nname: x\nurl: oci://ghcr.io/org/app\nlayerselector: {}\n",
+            "did you mean 'layerSelector'",
+        ),
+        (
+            "kind: Target\nmetadata: {name: x}\nspec: {url: 'oci://ghcr.io/org/app', chian: corp}\n",
+            r"target x: spec: unknown key 'chian' \(did you mean 'chain'\?\)",
+        ),
+        ("kind: Target\nname: x\nurl: oci://ghcr.io/org/app\nref: {tags: v1}\n", "did you mean 'tag'"),
+        (
+            "kind: Target\nname: x\nurl: oci://ghcr.io/org/app\nlayerSelector: {mediatype: x}\n",
+            "did you mean 'mediaType'",
+        ),
+    ],
+)
+def test_a_target_document_is_read_strictly(tmp_path: Path, target: str, complaint: str) -> None:
+    path = write(tmp_path / "serve.yaml", SERVE + "---\n" + target)
+    with pytest.raises(ChainError, match=complaint):
+        load_serve_config(path, FileSettings())
+
+
+def test_a_targets_file_may_leave_targets_without_a_chain(tmp_path: Path) -> None:
+    text = SERVE + "---\nkind: Target\nname: loose\nurl: oci://quay.io/org/app:v2\n"
+    config = load_targets_file(write(tmp_path / "targets.yaml", text), FileSettings())
+    by_name = {t.name: t for t in config.targets}
+    assert by_name["loose"].chain is None and by_name["app"].chain == "corp"
+    with pytest.raises(ChainError, match="target loose: its URL is under no chain's hop"):
+        load_serve_config(tmp_path / "targets.yaml", FileSettings())

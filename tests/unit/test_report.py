@@ -1,4 +1,4 @@
-"""The report users and CI read: SPEC 6 JSON, the text table, exit codes, and no secrets."""
+"""The report users and CI read: the JSON report, the text table, exit codes, and no secrets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,20 @@ from typing import Any
 import pytest
 
 from layerwatch.chain import Chain, Credentials, Hop, Mode
-from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX, Descriptor, Index
+from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
 from layerwatch.observation import BlobStatus, FaultKind, HopObservation
 from layerwatch.reference import Reference
-from layerwatch.report import describe_artifact, exit_code, to_json, to_text
+from layerwatch.report import (
+    Children,
+    combined_exit_code,
+    combined_json,
+    combined_text,
+    describe_artifact,
+    exit_code,
+    inspect_json,
+    to_json,
+    to_text,
+)
 from layerwatch.verdict import CheckResult, judge
 
 from .builders import ARTIFACT, REFERENCE, descriptor, failure, healthy_chain, manifest, observe, replace_at
@@ -186,31 +196,78 @@ def test_a_hop_password_never_appears_in_any_report() -> None:
         assert PASSWORD not in text
 
 
+DIGEST = "sha256:" + "f" * 64
+
+
+def described(parsed: Manifest | Index, selector: str | None = None, children: Children | None = None) -> str:
+    return describe_artifact(inspect_json("ghcr.io/org/app:v1", DIGEST, parsed, selector, children))
+
+
 def test_inspect_says_which_layer_flux_extracts_with_and_without_a_selector() -> None:
     readme_first = manifest(descriptor("readme", "text/markdown"), descriptor("content"))
-    text = describe_artifact("ghcr.io/org/app:v1", "sha256:" + "f" * 64, readme_first, None)
+    text = described(readme_first)
     assert "config (not a layer)" in text
     assert "without layerSelector: layer 0 (text/markdown, NOT the Flux content layer)" in text
     assert f"with layerSelector.mediaType={FLUX_CONTENT}: layer 1" in text
-    text = describe_artifact("ghcr.io/org/app:v1", "sha256:" + "f" * 64, ARTIFACT, "application/x-yaml")
+    text = described(ARTIFACT, "application/x-yaml")
     assert "without layerSelector: layer 0\n" in text
     assert "with layerSelector.mediaType=application/x-yaml: nothing (no layer matches; Flux fails)" in text
-    assert "without layerSelector: nothing (no layers)" in describe_artifact(
-        "x", "sha256:" + "f" * 64, manifest(), None
-    )
+    assert "without layerSelector: nothing (no layers)" in described(manifest())
 
 
-def test_inspect_lists_an_indexs_platforms() -> None:
-    index = Index(
-        OCI_INDEX,
-        (
-            Descriptor(
-                "application/vnd.oci.image.manifest.v1+json",
-                "sha256:" + "1" * 64,
-                500,
-                platform="linux/arm64",
-            ),
-        ),
-    )
-    text = describe_artifact("ghcr.io/org/app:v1", "sha256:" + "f" * 64, index, None)
-    assert "index of 1 manifests:" in text and "linux/arm64" in text
+def _child(platform: str | None, seed: str) -> Descriptor:
+    return Descriptor(OCI_MANIFEST, descriptor(seed).digest, 500, platform=platform)
+
+
+def test_inspect_of_an_index_shows_each_platforms_layers_and_the_one_flux_pulls() -> None:
+    arm, amd = _child("linux/arm64", "arm"), _child("linux/amd64/v2", "amd")
+    arm_manifest = manifest(descriptor("arm-layer", "application/x-tar"))
+    index = Index(OCI_INDEX, (arm, amd))
+    children: Children = {arm.digest: arm_manifest, amd.digest: ARTIFACT}
+    text = described(index, children=children)
+    assert "index of 2 manifests:" in text
+    assert f"linux/amd64/v2  {amd.digest}  500 B  {OCI_MANIFEST}  <- Flux pulls this one" in text
+    assert f"linux/arm64  {arm.digest}  500 B  {OCI_MANIFEST}\n" in text
+    assert f"[0] {arm_manifest.layers[0].digest}" in text and f"[0] {ARTIFACT.layers[0].digest}" in text
+    assert f"Flux pulls: the linux/amd64 manifest {amd.digest}" in text
+    data = inspect_json("ghcr.io/org/app:v1", DIGEST, index, None, children)
+    assert data["fluxManifest"] == amd.digest and data["fluxPlatform"] == "linux/amd64"
+    assert [m["platform"] for m in data["manifests"]] == ["linux/arm64", "linux/amd64/v2"]
+    assert data["manifests"][1]["manifest"]["fluxLayer"]["withoutSelector"] == 0
+
+
+def test_inspect_of_an_index_without_linux_amd64_says_flux_fails_and_names_unreadable_children() -> None:
+    arm = _child("linux/arm64", "arm")
+    text = described(Index(OCI_INDEX, (arm, _child(None, "x"))), children={arm.digest: "404"})
+    assert "cannot read it: 404" in text
+    assert "Flux pulls: nothing (no linux/amd64 manifest; Flux fails)" in text
+
+
+def test_inspect_json_names_config_layers_annotations_and_flux_choice() -> None:
+    data = inspect_json("ghcr.io/org/app:v1", DIGEST, ARTIFACT, None)
+    assert data["reference"] == "oci://ghcr.io/org/app:v1" and data["digest"] == DIGEST
+    assert data["config"]["digest"] == ARTIFACT.config.digest
+    assert [layer["index"] for layer in data["layers"]] == list(range(len(ARTIFACT.layers)))
+    assert data["fluxLayer"] == {
+        "withoutSelector": 0,
+        "withoutSelectorIsContent": True,
+        "selectorMediaType": FLUX_CONTENT,
+        "withSelector": 0,
+    }
+    json.dumps(data)  # plain data, ready for -o json
+
+
+def test_several_checks_combine_into_one_report_and_the_worst_exit_code() -> None:
+    healthy = result(healthy_chain())
+    broken = result(core_lost_a_layer())
+    unknown = result(replace_at(healthy_chain(), EDGE, observe(EDGE, failure=failure(FaultKind.REFUSED))))
+    assert combined_exit_code([healthy, unknown]) == 3
+    assert combined_exit_code([unknown, broken, healthy]) == 1
+    assert combined_exit_code([healthy, healthy]) == 0
+    combined = combined_json([healthy, broken])
+    assert combined["verdict"] == broken.judgement.verdict.value
+    assert combined["counts"] == {"healthy": 1, "unknown": 0, "unhealthy": 1}
+    assert combined["checks"] == [to_json(healthy), to_json(broken)]
+    text = combined_text([healthy, broken])
+    assert text.startswith(to_text(healthy)) and "2 artifacts checked:" in text
+    assert f"!!  {broken.judgement.verdict.value} (blame: hop {broken.judgement.blame})" in text

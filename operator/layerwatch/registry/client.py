@@ -46,6 +46,7 @@ from layerwatch.settings import EngineSettings
 
 __all__ = [
     "MAX_RETRY_AFTER",
+    "ExchangeHook",
     "FetchedManifest",
     "RegistryClient",
     "RequestHook",
@@ -55,6 +56,9 @@ __all__ = [
 
 RequestHook = Callable[[str, str], None]
 """Called as ``hook(method, code)`` for every HTTP exchange; ``code`` is the status or ``error``."""
+ExchangeHook = Callable[[str, str, str], None]
+"""Called as ``hook(method, url, code)`` for every HTTP exchange (``layerwatch check --verbose``);
+``url`` carries no query and no userinfo."""
 
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _RETRY_FAULTS = frozenset(
@@ -175,12 +179,14 @@ class RegistryClient:
         credentials: Credentials | None = None,
         *,
         on_request: RequestHook | None = None,
+        on_exchange: ExchangeHook | None = None,
         owns_state: bool = False,
     ) -> None:
         self.state = state
         self.settings = state.settings
         self.credentials = credentials
         self._on_request = on_request
+        self._on_exchange = on_exchange
         self._owns_state = owns_state
         self._tokens = auth.TokenCache()
         self._challenge: auth.Challenge | None = None
@@ -188,11 +194,16 @@ class RegistryClient:
 
     @classmethod
     def for_hop(
-        cls, hop: Hop, settings: EngineSettings | None = None, *, on_request: RequestHook | None = None
+        cls,
+        hop: Hop,
+        settings: EngineSettings | None = None,
+        *,
+        on_request: RequestHook | None = None,
+        on_exchange: ExchangeHook | None = None,
     ) -> RegistryClient:
         """A client with an endpoint state of its own (the CLI and tests; the scheduler shares states)."""
         state = EndpointState(endpoint_of(hop), settings or EngineSettings())
-        return cls(state, hop.credentials, on_request=on_request, owns_state=True)
+        return cls(state, hop.credentials, on_request=on_request, on_exchange=on_exchange, owns_state=True)
 
     @property
     def base_url(self) -> str:
@@ -491,7 +502,7 @@ class RegistryClient:
             async with asyncio.timeout(self.settings.timeout + 1):
                 response = await transport.handle_async_request(request)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            self._count(method, "error")
+            self._count(method, url, "error")
             raise RegistryError(
                 Fault(FaultKind.BAD_REDIRECT, f"unusable URL: {clean_text(str(exc), 80)}")
             ) from None
@@ -499,19 +510,23 @@ class RegistryClient:
             raise
         except Exception as exc:  # every transport, parser or OS error becomes a fault
             fault = fault_from_exception(exc)
-            self._count(method, "error")
+            self._count(method, url, "error")
             self.state.failed(fault)
             raise RegistryError(fault) from None
         self.state.answered()
-        self._count(method, str(response.status_code))
+        self._count(method, url, str(response.status_code))
         return response
 
     def _timeouts(self) -> dict[str, float]:
         return dict.fromkeys(("connect", "read", "write", "pool"), self.settings.timeout)
 
-    def _count(self, method: str, code: str) -> None:
+    def _count(self, method: str, url: str, code: str) -> None:
         if self._on_request is not None:
             self._on_request(method, code)
+        if self._on_exchange is not None:
+            parts = urlsplit(url)
+            host = parts.netloc.rpartition("@")[2]
+            self._on_exchange(method, f"{parts.scheme}://{host}{parts.path}", code)
 
     def _learn(self, header: str) -> None:
         try:

@@ -1,0 +1,82 @@
+"""CPU seconds a ``layerwatch`` process spends, against the bare interpreter's own start-up.
+
+A CI job that checks 20 artifacts pays the start-up of every process it runs, so what a command
+imports before its first request matters. This measures, as user + system CPU of the child
+process (``getrusage(RUSAGE_CHILDREN)``), the median of ``--runs`` runs each of:
+
+- ``python3 -c pass``: the floor every Python program pays;
+- ``layerwatch --help``: argument parsing only (should stay within 3x the floor);
+- ``python3 -c "import httpx, httpx_aiohttp, aiohttp"``: the HTTP stack any check loads;
+- ``layerwatch check --plain-http ORIGIN/REPO:TAG``: a one-hop check of a small Flux artifact
+  against the lab's origin (full mode: manifest and both blobs downloaded and hashed).
+
+``layerwatch`` runs as its console script does (``from layerwatch.cli import main``) from this
+checkout. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from benchlib import REPO, host_info
+
+LAYERWATCH = "import sys; from layerwatch.cli import main; sys.exit(main())"
+
+
+def cpu_seconds(command: Sequence[str], env: dict[str, str], *, expect: int = 0) -> float:
+    """User + system CPU of one run of ``command`` (and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != expect:
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def measure(command: Sequence[str], env: dict[str, str], runs: int) -> dict[str, float]:
+    cpu_seconds(command, env)  # warm the page cache and the .pyc files
+    samples = [cpu_seconds(command, env) for _ in range(runs)]
+    return {"median": round(statistics.median(samples), 4), "min": round(min(samples), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=15, help="runs per command (median reported)")
+    parser.add_argument("--no-lab", action="store_true", help="skip the one-hop check (no registry)")
+    args = parser.parse_args()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), env.get("PYTHONPATH", "")])
+    env["DOCKER_CONFIG"] = "/nonexistent"
+    python = sys.executable
+    results: dict[str, object] = {
+        "python_c_pass": measure([python, "-c", "pass"], env, args.runs),
+        "layerwatch_help": measure([python, "-c", LAYERWATCH, "--help"], env, args.runs),
+        "import_http_stack": measure([python, "-c", "import httpx, httpx_aiohttp, aiohttp"], env, args.runs),
+    }
+    if not args.no_lab:
+        from lab.artifacts import push_flux_artifact
+        from lab.chain import LocalChain
+
+        with LocalChain() as chain:
+            push_flux_artifact(chain.push_address, "bench/startup", "v1")
+            reference = chain.reference("bench/startup", "v1", hop="origin")
+            command = [python, "-c", LAYERWATCH, "check", "--plain-http", reference]
+            results["one_hop_check"] = measure(command, env, args.runs)
+    floor = results["python_c_pass"]["median"]  # type: ignore[index]
+    help_cost = results["layerwatch_help"]["median"]  # type: ignore[index]
+    results["help_over_python"] = round(help_cost / floor, 2) if floor else None
+    results["help_within_3x"] = help_cost <= 3 * floor
+    results["host"] = host_info()
+    results["runs"] = args.runs
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
