@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -281,6 +282,38 @@ def test_zsh_loads_the_completion_and_registers_it_for_layerwatch(tmp_path: Path
     done = subprocess.run([_shell("zsh"), "-f", "-c", program], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stderr == "", done
     assert done.stdout.split("\n")[:2] == ["_layerwatch", "_layerwatch: function"], done
+
+
+_ZSH_SESSION = """
+zmodload zsh/zpty
+zpty -b z zsh -f -i
+zpty -w z "PS1=''; autoload -U compinit; compinit -u -d {dump}; source {script}; LISTMAX=1000"
+sleep 1
+zpty -w -n z $'{line}\\t\\t'
+sleep 2
+out=''
+while zpty -r -t z chunk; do out+=$chunk; done
+print -r -- "$out"
+zpty -d z
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("layerwatch ", ["check", "inspect", "serve", "operator", "completion"]),
+        ("layerwatch check --mode ", ["full", "head"]),
+        ("layerwatch completion ", ["bash", "zsh", "fish"]),
+    ],
+)
+def test_zsh_lists_commands_and_choices_at_a_real_prompt(
+    tmp_path: Path, line: str, expected: list[str]
+) -> None:
+    """An interactive zsh in a pseudo-terminal (zsh/zpty), TAB pressed twice: the listing it shows."""
+    session = _ZSH_SESSION.format(dump=tmp_path / "zcompdump", script=script("zsh", tmp_path), line=line)
+    done = subprocess.run([_shell("zsh"), "-f", "-c", session], capture_output=True, text=True, timeout=30)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\x07]", " ", done.stdout).split(line, 1)[-1]
+    assert set(expected) <= set(shown.split()), done.stdout
 
 
 # -- what each command imports (start-up cost) ------------------------------------------------------------
