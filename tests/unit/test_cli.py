@@ -117,6 +117,18 @@ def test_without_o_json_an_error_is_only_one_line_on_stderr(cli: Cli) -> None:
     assert "check: argument --mode: invalid choice: 'sideways'" in run.stderr
 
 
+def test_an_unreachable_registry_is_a_report_for_check_and_an_error_object_for_inspect(cli: Cli) -> None:
+    args = ("--plain-http", "--timeout", "2", "--retries", "0", "-o", "json", "127.0.0.1:9/org/app:v1")
+    checked = cli("check", *args)
+    assert checked.status == 3, checked
+    assert json.loads(checked.stdout)["hops"][0]["verdict"] == "Unreachable"
+    inspected = cli("inspect", *args)
+    assert inspected.status == 3, inspected
+    one_line(inspected)
+    assert inspected.error["kind"] == "registry"
+    assert inspected.error["message"].startswith("127.0.0.1:9/org/app: ")
+
+
 # -- numbers, hop order ----------------------------------------------------------------------------------
 
 
