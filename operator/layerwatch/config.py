@@ -35,6 +35,7 @@ from layerwatch.documents import json_object
 from layerwatch.registry.auth import credentials_from_docker_config, default_docker_config_path
 
 __all__ = [
+    "HOP_KEYS",
     "FileSettings",
     "ServeConfig",
     "chain_from_hop_flags",

@@ -8,9 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from layerwatch.chain import ChainError, Credentials, Mode
+from layerwatch.chain import ChainError, Credentials, Mode, check_keys
 from layerwatch.config import (
+    HOP_KEYS,
     FileSettings,
     chain_from_hop_flags,
     direct_hop_options,
@@ -424,3 +427,12 @@ def test_a_targets_file_may_leave_targets_without_a_chain(tmp_path: Path) -> Non
     assert by_name["loose"].chain is None and by_name["app"].chain == "corp"
     with pytest.raises(ChainError, match="target loose: its URL is under no chain's hop"):
         load_serve_config(tmp_path / "targets.yaml", FileSettings())
+
+
+@given(extra=st.text(min_size=1, max_size=20).filter(lambda k: k not in HOP_KEYS))
+def test_any_key_a_hop_does_not_know_is_refused_naming_it(extra: str) -> None:
+    hop = {"name": "edge", "url": "https://a.example", extra: "x"}
+    with pytest.raises(ChainError) as caught:
+        check_keys(hop, HOP_KEYS, "chain c: spec.hops[0]")
+    assert f"unknown key {extra!r}" in str(caught.value)
+    check_keys({key: None for key in HOP_KEYS}, HOP_KEYS, "chain c: spec.hops[0]")  # every known key passes
