@@ -300,14 +300,17 @@ _ZSH_SESSION = """
 zmodload zsh/zpty
 zpty -b z zsh -f -i
 zpty -w z "PS1=''; autoload -U compinit; compinit -u -d {dump}; source {script}; LISTMAX=1000"
-sleep 1
+zpty -w z 'print -r -- LW-READY-$((1+1))'
+zpty -r z ready '*LW-READY-2*'
 zpty -w -n z $'{line}\\t\\t'
-sleep 2
-out=''
-while zpty -r -t z chunk; do out+=$chunk; done
+zpty -w z $'\\C-u print -r -- LW-DONE-$((6*7))'
+zpty -r z out '*LW-DONE-42*'
 print -r -- "$out"
 zpty -d z
 """
+"""Wait for a first marker (the shell is set up), type the line, TAB twice, then a second marker
+command: zle handles keys in order, so once its output (42 computed, not typed) appears, the
+listing has been drawn. No sleeps to tune on a loaded machine."""
 
 
 @pytest.mark.parametrize(
@@ -323,7 +326,7 @@ def test_zsh_lists_commands_and_choices_at_a_real_prompt(
 ) -> None:
     """An interactive zsh in a pseudo-terminal (zsh/zpty), TAB pressed twice: the listing it shows."""
     session = _ZSH_SESSION.format(dump=tmp_path / "zcompdump", script=script("zsh", tmp_path), line=line)
-    done = subprocess.run([_shell("zsh"), "-f", "-c", session], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([_shell("zsh"), "-f", "-c", session], capture_output=True, text=True, timeout=120)
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\x07]", " ", done.stdout).split(line, 1)[-1]
     assert set(expected) <= set(shown.split()), done.stdout
 
