@@ -8,7 +8,9 @@ process (``getrusage(RUSAGE_CHILDREN)``), the median of ``--runs`` runs each of:
 - ``layerwatch --help``: argument parsing only (should stay within 3x the floor);
 - ``python3 -c "import httpx, httpx_aiohttp, aiohttp"``: the HTTP stack any check loads;
 - ``layerwatch check --plain-http ORIGIN/REPO:TAG``: a one-hop check of a small Flux artifact
-  against the lab's origin (full mode: manifest and both blobs downloaded and hashed).
+  against the lab's origin (full mode: manifest and both blobs downloaded and hashed);
+- ``--artifacts`` such artifacts (default 20) checked by one ``layerwatch check REF...`` process,
+  against one process per artifact (what a CI job paid before several references per run).
 
 ``layerwatch`` runs as its console script does (``from layerwatch.cli import main``) from this
 checkout. Prints one JSON object on stdout.
@@ -49,7 +51,8 @@ def measure(command: Sequence[str], env: dict[str, str], runs: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=15, help="runs per command (median reported)")
-    parser.add_argument("--no-lab", action="store_true", help="skip the one-hop check (no registry)")
+    parser.add_argument("--artifacts", type=int, default=20, help="artifacts for the one-process comparison")
+    parser.add_argument("--no-lab", action="store_true", help="skip the checks (no registry)")
     args = parser.parse_args()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), env.get("PYTHONPATH", "")])
@@ -65,10 +68,17 @@ def main() -> None:
         from lab.chain import LocalChain
 
         with LocalChain() as chain:
-            push_flux_artifact(chain.push_address, "bench/startup", "v1")
-            reference = chain.reference("bench/startup", "v1", hop="origin")
-            command = [python, "-c", LAYERWATCH, "check", "--plain-http", reference]
-            results["one_hop_check"] = measure(command, env, args.runs)
+            repositories = [f"bench/startup-{n}" for n in range(max(args.artifacts, 1))]
+            for repository in repositories:
+                push_flux_artifact(chain.push_address, repository, "v1")
+            references = [chain.reference(repository, "v1", hop="origin") for repository in repositories]
+            check = [python, "-c", LAYERWATCH, "check", "--plain-http"]
+            results["one_hop_check"] = measure([*check, references[0]], env, args.runs)
+            results["artifacts"] = len(references)
+            results["one_process_for_all"] = measure([*check, *references], env, max(args.runs // 5, 3))
+            results["one_process_each_total"] = round(
+                sum(cpu_seconds([*check, ref], env) for ref in references), 4
+            )
     floor = results["python_c_pass"]["median"]  # type: ignore[index]
     help_cost = results["layerwatch_help"]["median"]  # type: ignore[index]
     results["help_over_python"] = round(help_cost / floor, 2) if floor else None
