@@ -304,3 +304,13 @@ def test_no_object_in_the_schema_keeps_unknown_fields() -> None:
             walk(node["items"], f"{where}[]")
 
     walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "")
+
+
+def test_a_hop_url_with_a_password_is_refused_without_echoing_the_password(
+    admin_api: Any, chains: list[str]
+) -> None:
+    message = refusal(
+        admin_api, chains, {"hops": [{"name": "edge", "url": "https://robot:s3cr3t-Pw@a.example/p"}]}
+    )
+    assert "spec.hops[0].url" in message and "no credentials" in message
+    assert "s3cr3t-Pw" not in message, message
