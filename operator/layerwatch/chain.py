@@ -367,6 +367,8 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
     url = body.get("url")
     if not isinstance(url, str):
         raise ChainError(f"target {name}: url is required")
+    if mask_userinfo(url) != url:
+        raise ChainError(f"target {name}: url {mask_userinfo(url)!r} must not carry credentials")
     ref = body.get("ref") or {}
     if isinstance(ref, str):
         # Tags cannot hold ':', digests always do: "sha-1a2b3c4" is a (common) tag, not a digest.

@@ -98,8 +98,13 @@ def _settings(args: argparse.Namespace) -> FileSettings:
 
 
 def _reference(text: str) -> Reference:
+    from layerwatch.chain import mask_userinfo
     from layerwatch.reference import Reference, ReferenceError
 
+    if mask_userinfo(text) != text:
+        raise CommandError(
+            f"invalid reference {mask_userinfo(text)!r}: credentials go in --docker-config or a chain file"
+        )
     try:
         return Reference.parse(text)
     except ReferenceError as exc:

@@ -354,6 +354,10 @@ def test_a_tag_in_the_target_url_is_kept_when_no_ref_is_given() -> None:
         ({"name": "app", "url": "oci://ghcr.io/org/app", "ref": ["v1"]}, "target app: ref"),
         ({"name": "app", "url": "oci://ghcr.io/org/app", "layerSelector": "x"}, "target app: layerSelector"),
         ({"name": "app", "url": "oci://ghcr.io/org/app", "chain": ["corp"]}, "target app: chain"),
+        (
+            {"name": "app", "url": "oci://robot:pw@ghcr.io/org/app"},
+            r"target app: url 'oci://robot:\*\*\*@ghcr.io/org/app' must not carry credentials",
+        ),
         ({"kind": "Target", "metadata": "app", "spec": {"url": "oci://ghcr.io/org/app"}}, "metadata"),
         (
             {"kind": "Target", "metadata": {"name": "app"}, "spec": "oci://ghcr.io/org/app"},

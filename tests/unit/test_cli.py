@@ -129,6 +129,17 @@ def test_an_unreachable_registry_is_a_report_for_check_and_an_error_object_for_i
     assert inspected.error["message"].startswith("127.0.0.1:9/org/app: ")
 
 
+@pytest.mark.parametrize(
+    "ref", ["robot:s3cret-Pw@ghcr.io/org/app:v1", "oci://robot:s3cret-Pw@ghcr.io/org/app:v1"]
+)
+def test_a_reference_with_a_password_is_refused_without_printing_it(cli: Cli, ref: str) -> None:
+    run = cli("check", "-o", "json", ref)
+    assert run.status == 2, run
+    one_line(run)
+    assert "s3cret-Pw" not in run.stdout + run.stderr
+    assert "robot:***@ghcr.io/org/app:v1" in run.error["message"]
+
+
 # -- numbers, hop order ----------------------------------------------------------------------------------
 
 
