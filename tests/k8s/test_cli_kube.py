@@ -120,3 +120,24 @@ def test_check_kube_without_a_cluster_is_one_line(tmp_path: Path) -> None:
     assert run.status == 2, run
     assert run.stderr.startswith("layerwatch: no usable cluster configuration")
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.output
+
+
+def test_check_kube_with_an_unreachable_apiserver_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gone", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "me", "user": {"token": "t0ken-Zq9"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "me"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    run = kube_check(kubeconfig, "ocirepository/app", "-o", "json")
+    assert run.status == 2, run
+    assert run.report["error"]["message"].startswith("cannot reach the cluster at https://127.0.0.1:9: ")
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.output
+    assert "t0ken-Zq9" not in run.output

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import urllib3
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
@@ -121,24 +122,31 @@ async def watches_from_cluster(names: Sequence[str], namespace: str | None, *, w
         raise ChainError(f"no usable cluster configuration: {str(exc).splitlines()[0]}") from None
     api = _ReadableSecretsOnly(api_client, warn)
     try:
-        namespace = namespace or _current_namespace()
-        service = OperatorService(api, OperatorOptions())
-        chains = await _chains(service, api, warn)
-        labels = await _namespace_labels(api, namespace, warn)
-        watches = []
-        for name in wanted:
-            source = FluxSource.from_body(await _ocirepository(api, namespace, name))
-            selection = select(source, chains, labels)
-            where = f"ocirepository {namespace}/{name}"
-            if selection.target is None or selection.chain is None:
-                raise ChainError(f"{where} is not watched by layerwatch: {selection.skipped}")
-            if selection.pending:
-                raise ChainError(f"{where}: nothing to check yet: {selection.pending}")
-            reference = selection.target.reference
-            entry = await service._entry_hop(
-                source, selection.chain, reference.registry, reference.repository
-            )
-            watches.append(Watch(selection.target, selection.chain, selection.pinned_digest, entry))
-        return watches
+        return await _watches(api, wanted, namespace or _current_namespace(), warn)
+    except urllib3.exceptions.HTTPError as exc:  # refused, DNS, TLS: the apiserver never answered
+        reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:200]
+        raise ChainError(f"cannot reach the cluster at {api_client.configuration.host}: {reason}") from None
     finally:
         api.close()
+
+
+async def _watches(
+    api: _ReadableSecretsOnly, wanted: Sequence[str], namespace: str, warn: Warn
+) -> list[Watch]:
+    """What ``watches_from_cluster`` returns, once the API client exists."""
+    service = OperatorService(api, OperatorOptions())
+    chains = await _chains(service, api, warn)
+    labels = await _namespace_labels(api, namespace, warn)
+    watches = []
+    for name in wanted:
+        source = FluxSource.from_body(await _ocirepository(api, namespace, name))
+        selection = select(source, chains, labels)
+        where = f"ocirepository {namespace}/{name}"
+        if selection.target is None or selection.chain is None:
+            raise ChainError(f"{where} is not watched by layerwatch: {selection.skipped}")
+        if selection.pending:
+            raise ChainError(f"{where}: nothing to check yet: {selection.pending}")
+        reference = selection.target.reference
+        entry = await service._entry_hop(source, selection.chain, reference.registry, reference.repository)
+        watches.append(Watch(selection.target, selection.chain, selection.pinned_digest, entry))
+    return watches
