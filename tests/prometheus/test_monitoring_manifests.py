@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,12 +107,55 @@ def test_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) -> N
 def test_servicemonitor_selects_the_metrics_service_and_names_the_job(rules: dict[str, Any]) -> None:
     monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
-    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "layerwatch"}
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "layerwatch",
+        "app.kubernetes.io/component": "metrics",
+    }
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["honorLabels"] is True, "the artifact's namespace label must win over the target's"
     job = [r["replacement"] for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
     down = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LayerwatchDown")
     assert job and re.search(rf'job="{re.escape(job[0])}"', down["expr"]), "job label and alert disagree"
+
+
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not on PATH (make tools links the one it builds)", pytrace=False)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.mark.parametrize("install", ["", "sharded"])
+def test_each_operator_pod_is_scraped_exactly_once(install: str) -> None:
+    """What prometheus-operator does with the ServiceMonitor: every selected Service's endpoints
+    on port ``metrics``, i.e. every pod behind it. Two Services over the same pods double every
+    count on the dashboard (the sharded install's headless Service did)."""
+    monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    port = monitor["spec"]["endpoints"][0]["port"]
+    documents = _kustomize(ROOT / "manifests" / install)
+    services = [
+        doc
+        for doc in documents
+        if doc["kind"] == "Service"
+        and _matches(selector, doc["metadata"].get("labels") or {})
+        and any(p.get("name") == port for p in doc["spec"].get("ports") or ())
+    ]
+    workloads = [doc for doc in documents if doc["kind"] in ("Deployment", "StatefulSet")]
+    assert workloads and services
+    for workload in workloads:
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        scrapes = [s["metadata"]["name"] for s in services if _matches(s["spec"]["selector"], pod_labels)]
+        assert len(scrapes) == 1, f"{install or 'base'}: pods of {workload['metadata']['name']} via {scrapes}"
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -125,12 +169,5 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_kustomize_builds_the_monitoring_bundle() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not on PATH (make tools links the one it builds)", pytrace=False)
-    result = subprocess.run(
-        [kubectl, "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
+    kinds = sorted(doc["kind"] for doc in _kustomize(MONITORING))
     assert kinds == ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
