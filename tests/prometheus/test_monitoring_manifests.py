@@ -92,7 +92,8 @@ def test_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) -> N
     exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in _panels(dashboard)}
     wanted = {
         "layerwatch_hop_up": "stat",
-        'verdict!="Healthy"': "table",
+        "layerwatch_artifact_blame": "table",
+        "time() - layerwatch_artifact_hop_verdict_since_timestamp_seconds": "table",
         "histogram_quantile(0.95": "timeseries",
         "histogram_quantile(0.5": "timeseries",
         "layerwatch_registry_requests_total": "timeseries",
@@ -102,6 +103,27 @@ def test_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) -> N
     types = {p["title"]: p["type"] for p in _panels(dashboard)}
     for fragment, panel_type in wanted.items():
         assert any(fragment in expr and types[title] == panel_type for title, expr in exprs.items()), fragment
+
+
+def test_the_first_row_answers_which_hops_are_broken_for_how_many_artifacts(
+    dashboard: dict[str, Any],
+) -> None:
+    first = next(p for p in dashboard["panels"] if p["type"] != "row")
+    assert first["type"] == "table" and first["gridPos"]["y"] <= 1, first["title"]
+    (target,) = first["targets"]
+    assert target["expr"].startswith("count by (chain, hop, verdict) (")
+    assert "layerwatch_artifact_blame" in target["expr"]
+
+
+def test_the_dashboard_links_the_status_page_and_the_runbooks(dashboard: dict[str, Any]) -> None:
+    links = {link["title"]: link["url"] for link in dashboard["links"]}
+    assert links["Status page"] == "${status_page}"
+    assert links["Runbooks"].endswith("docs/runbooks.md")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["status_page"]["type"] == "textbox"
+    overrides = [o for p in _panels(dashboard) for o in p.get("fieldConfig", {}).get("overrides", [])]
+    row_links = [v["value"][0]["url"] for o in overrides for v in o["properties"] if v["id"] == "links"]
+    assert row_links and all(url.startswith("${status_page}#chain-") for url in row_links)
 
 
 def test_servicemonitor_selects_the_metrics_service_and_names_the_job(rules: dict[str, Any]) -> None:
