@@ -121,7 +121,6 @@ def blame(matchers: str = "") -> str:
     return f"max by (namespace, name, chain, hop, verdict) (layerwatch_artifact_blame{{{selector}}})"
 
 
-
 def build_dashboard() -> dict[str, Any]:
     """Build the layerwatch overview dashboard with grafana-foundation-sdk and return its JSON model."""
     from grafana_foundation_sdk.builders import common as common_b
@@ -236,7 +235,9 @@ def build_dashboard() -> dict[str, Any]:
     def status_page_link(title: str) -> dash_m.DynamicConfigValue:
         return dash_m.DynamicConfigValue(
             id_val="links",
-            value=[{"title": title, "url": "${status_page}#chain-${__data.fields.chain}", "targetBlank": True}],
+            value=[
+                {"title": title, "url": "${status_page}#chain-${__data.fields.chain}", "targetBlank": True}
+            ],
         )
 
     broken_hops = (
@@ -267,20 +268,28 @@ def build_dashboard() -> dict[str, Any]:
         .span(16)
     )
 
-    unhealthy_count = count_stat(
-        "Artifacts broken",
-        "How many artifacts are broken now (missing, corrupt, stale or reordered content at their blamed "
-        "hop)? Each artifact counts once, however many hops pass its fault on.",
-        "count(" + blame(f'verdict!~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
-        1,
-    ).span(4).height(7)
-    unknown_count = count_stat(
-        "Artifacts not checkable",
-        "How many artifacts could not be checked somewhere on their path (unreachable, auth failed, rate "
-        "limited) and are not broken elsewhere? Unknown is never counted as unhealthy.",
-        "count(" + blame(f'verdict=~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
-        1,
-    ).span(4).height(7)
+    unhealthy_count = (
+        count_stat(
+            "Artifacts broken",
+            "How many artifacts are broken now (missing, corrupt, stale or reordered content at their blamed "
+            "hop)? Each artifact counts once, however many hops pass its fault on.",
+            "count(" + blame(f'verdict!~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
+            1,
+        )
+        .span(4)
+        .height(7)
+    )
+    unknown_count = (
+        count_stat(
+            "Artifacts not checkable",
+            "How many artifacts could not be checked somewhere on their path (unreachable, auth failed, rate "
+            "limited) and are not broken elsewhere? Unknown is never counted as unhealthy.",
+            "count(" + blame(f'verdict=~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
+            1,
+        )
+        .span(4)
+        .height(7)
+    )
     watched_count = count_stat(
         "Artifacts watched",
         "How many artifacts (OCIRepositories or standalone targets) does layerwatch check on the "

@@ -168,7 +168,9 @@ def test_layer_missing_pages_once_for_the_broken_hop_only(prometheus: Prometheus
     assert f"with the fault at hop {BROKEN_HOP}" in page["annotations"]["description"]
     assert page["annotations"]["runbook_url"].endswith("#layerwatchlayermissing")
 
-    (detail,) = _eventually("LayerwatchArtifactUnhealthy firing", lambda: firing("LayerwatchArtifactUnhealthy"))
+    (detail,) = _eventually(
+        "LayerwatchArtifactUnhealthy firing", lambda: firing("LayerwatchArtifactUnhealthy")
+    )
     assert (_alert_labels(detail)["name"], _alert_labels(detail)["hop"]) == (BROKEN, BROKEN_HOP)
     assert _alert_labels(detail)["severity"] == "info"
 

@@ -55,12 +55,18 @@ def _relabeling(rule: dict[str, Any]) -> dict[str, Any]:
     return {names.get(key, key): value for key, value in rule.items()}
 
 
-def prometheus_operator_job(target: str, job_name: str, *, honor_labels: bool | None = None) -> dict[str, Any]:
+def prometheus_operator_job(
+    target: str, job_name: str, *, honor_labels: bool | None = None
+) -> dict[str, Any]:
     """The scrape job prometheus-operator generates for servicemonitor.yaml's endpoint."""
     monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
     (endpoint,) = monitor["spec"]["endpoints"]
     standard = [
-        {"source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": endpoint["port"], "action": "keep"},
+        {
+            "source_labels": ["__meta_kubernetes_endpoint_port_name"],
+            "regex": endpoint["port"],
+            "action": "keep",
+        },
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
@@ -99,7 +105,9 @@ def layerwatch_exporting(statuses: list[TargetStatus]) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+def prometheus(
+    prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
     now = time.time()
     missing = {0: (BlobStatus.MISSING, "missing (404)")}
     lost = check_result([observe(0, blobs=missing), observe(1, blobs=missing), observe(2)], finished=now)
@@ -120,7 +128,9 @@ def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 def _firing(prometheus: PrometheusServer, alertname: str) -> list[dict[str, Any]] | None:
-    alerts = [a for a in prometheus.alerts() if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+    alerts = [
+        a for a in prometheus.alerts() if a["labels"]["alertname"] == alertname and a["state"] == "firing"
+    ]
     return alerts or None
 
 
@@ -155,7 +165,9 @@ def test_the_fired_alerts_name_the_artifacts_namespace(prometheus: PrometheusSer
     assert unhealthy["labels"]["hop"] == "core"
     assert "exported_namespace" not in unhealthy["labels"]
     assert "Artifact team-a/app on chain corp" in unhealthy["annotations"]["description"]
-    (page,) = _eventually("LayerwatchLayerMissing firing", lambda: _firing(prometheus, "LayerwatchLayerMissing"))
+    (page,) = _eventually(
+        "LayerwatchLayerMissing firing", lambda: _firing(prometheus, "LayerwatchLayerMissing")
+    )
     assert (page["labels"]["hop"], page["labels"]["severity"]) == ("core", "critical")
     assert page["annotations"]["examples"] == "team-a/app"
     assert page["annotations"]["description"].startswith("1 artifact(s) on chain corp are LayerMissing")
