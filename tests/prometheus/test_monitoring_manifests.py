@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -193,3 +194,33 @@ def test_kustomization_lists_every_manifest() -> None:
 def test_kustomize_builds_the_monitoring_bundle() -> None:
     kinds = sorted(doc["kind"] for doc in _kustomize(MONITORING))
     assert kinds == ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
+
+
+@pytest.mark.parametrize("install", ["", "sharded"])
+def test_the_notifications_component_points_the_operator_at_notification_controller(
+    install: str, tmp_path: Path
+) -> None:
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(ROOT / "manifests" / install, tmp_path)],
+        "components": [os.path.relpath(ROOT / "manifests" / "notifications", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    (workload,) = [d for d in _kustomize(tmp_path) if d["kind"] in ("Deployment", "StatefulSet")]
+    env = {e["name"]: e.get("value") for e in workload["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LAYERWATCH_NOTIFICATION_ADDRESS"] == (
+        "http://notification-controller.flux-system.svc.cluster.local./"
+    )
+    assert "POD_NAME" in env or install == "sharded"  # the base's own variables are kept
+
+
+def test_the_networkpolicy_example_admits_layerwatch_to_the_event_receiver() -> None:
+    (policy,) = yaml.safe_load_all((ROOT / "manifests" / "notifications" / "networkpolicy.yaml").read_text())
+    assert policy["metadata"]["namespace"] == "flux-system"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "notification-controller"}}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9090}]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "layerwatch"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "layerwatch"}
