@@ -62,6 +62,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _sc_dir, built = ensure_built()
         if built:
             print(f"\n[e2e] source-controller built in {built:.0f} s", file=sys.stderr)
+        if any(Path(str(item.path)).name == "test_notifications.py" for item in session.items):
+            _, built = ensure_built("notification-controller")
+            if built:
+                print(f"\n[e2e] notification-controller built in {built:.0f} s", file=sys.stderr)
     except Exception as exc:  # reported by the fixtures as a test error, not a collection crash
         _setup_error = f"{type(exc).__name__}: {exc}"
     if time.monotonic() - started > 5:
