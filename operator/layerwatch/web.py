@@ -166,7 +166,7 @@ th,td{border:1px solid #d0d7de;padding:.5rem .65rem;vertical-align:top;text-alig
 thead th{background:#eaeef2;font-weight:600}
 tbody th{background:#f6f8fa;font-weight:600}
 th small{display:block;font-weight:400;color:#57606a;overflow-wrap:anywhere}
-th .state{display:block;font-weight:600;color:#1b1f24;margin-top:.15rem}
+th .state{display:block;font-weight:600;font-size:13px;color:#1b1f24;margin-top:.2rem}
 tr.unhealthy>th{border-left:5px solid #cf222e}
 tr.unknown>th{border-left:5px solid #bf8700}
 td{border-left-width:5px}
