@@ -141,14 +141,8 @@ def source_controller(control_plane: ControlPlane, work_dir: Path) -> Iterator[S
     kubeconfig = control_plane.service_account_kubeconfig(
         sc.NAMESPACE, sc.SERVICE_ACCOUNT, sc.rbac_docs(sc_dir)
     )
-    controller = SourceController(sc_dir, kubeconfig, work_dir)
-    try:
-        controller.start()
+    with sc.running(SourceController(sc_dir, kubeconfig, work_dir)) as controller:
         yield controller
-    finally:
-        controller.stop()
-        if controller.process is not None and controller.process.returncode not in (0, -15):
-            print(f"--- source-controller log (exit {controller.process.returncode})\n{controller.logs()}")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from tests.k8s.operator_harness import FLUX, free_port
 from lab.kube import BUILD_TOOLS, load_docs
 
 T = TypeVar("T")
+C = TypeVar("C", bound="SourceController")
 
 NAMESPACE = "flux-system"
 SERVICE_ACCOUNT = "source-controller"
@@ -194,6 +195,19 @@ class SourceController:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+
+@contextlib.contextmanager
+def running(controller: C) -> Iterator[C]:
+    """Start a controller, yield it, always stop it; print its log when it died on its own."""
+    try:
+        controller.start()
+        yield controller
+    finally:
+        controller.stop()
+        if controller.process is not None and controller.process.returncode not in (0, -15):
+            name = controller.binary.name
+            print(f"--- {name} log (exit {controller.process.returncode})\n{controller.logs()}")
 
 
 def poll(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:

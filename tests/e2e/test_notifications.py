@@ -25,10 +25,9 @@ from tests.e2e.notification_controller import (
     provider_and_alert,
 )
 from tests.e2e.source_controller import SourceController, ensure_built, poll
-from tests.e2e.test_flux import WAIT, _both_healthy, _create, _is, _repository, _wait_conditions
+from tests.e2e.test_flux import WAIT, _healthy_app, _is, _wait_conditions
 from tests.k8s.operator_harness import CONDITION, Operator
 
-from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
 from lab.kube import ControlPlane
 
@@ -45,16 +44,8 @@ def notification_controller(control_plane: ControlPlane, work_dir: Path) -> Iter
         control_plane.apply(crd)
     rbac = sc.rbac_docs(directory, SERVICE_ACCOUNT, CLUSTER_ROLE)
     kubeconfig = control_plane.service_account_kubeconfig(sc.NAMESPACE, SERVICE_ACCOUNT, rbac)
-    controller = NotificationController(directory, kubeconfig, work_dir)
-    try:
-        controller.start()
+    with sc.running(NotificationController(directory, kubeconfig, work_dir)) as controller:
         yield controller
-    finally:
-        controller.stop()
-        if controller.process is not None and controller.process.returncode not in (0, -15):
-            print(
-                f"--- notification-controller log (exit {controller.process.returncode})\n{controller.logs()}"
-            )
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +110,8 @@ def test_a_layer_lost_at_core_is_one_flux_notification_and_its_recovery_one_more
     namespace: str,
     webhook: Webhook,
 ) -> None:
-    repository, url = _repository(chain)
-    pushed = push_flux_artifact(chain.push_address, repository, "v1")
-    layer = pushed.content_layer.digest
-    _create(custom, namespace, "app", url, "v1")
     controllers = (source_controller, notifying_layerwatch)
-    body, _ = _wait_conditions(custom, namespace, "app", "both healthy", _both_healthy, controllers)
-    revision = body["status"]["artifact"]["revision"]
+    repository, layer, revision = _healthy_app(chain, custom, namespace, controllers)
     assert webhook.about("app") == [], "a healthy artifact is not news"
 
     chain.faults("core").set(
