@@ -301,7 +301,7 @@ def test_a_healthy_artifact_is_blamed_on_no_hop(metrics: Metrics) -> None:
 def test_blamed_artifacts_are_counted_per_chain_hop_and_verdict(metrics: Metrics) -> None:
     for index in range(50):
         checked(metrics, LOST_AT_CORE, dataclasses.replace(TARGET, name=f"app-{index}"))
-    expired = observe(EDGE, failure=failure(FailureKind.AUTH_FAILED))
+    expired = observe(EDGE, failure=failure(FaultKind.AUTH_REJECTED))
     checked(metrics, replace_at(healthy_chain(), EDGE, expired), dataclasses.replace(TARGET, name="other"))
     count = "layerwatch_hop_blamed_artifacts"
     assert value(metrics, count, chain="corp", hop="core", verdict="LayerMissing") == 50.0
