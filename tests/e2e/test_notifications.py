@@ -123,7 +123,7 @@ def test_a_layer_lost_at_core_is_one_flux_notification_and_its_recovery_one_more
     assert lost["involvedObject"]["namespace"] == namespace
     assert (lost["severity"], lost["reason"]) == ("error", "LayerMissing")
     assert lost["message"].startswith(f"hop core ({chain.hop('core').address}/p-ghcr/{repository}): ")
-    assert f"layer 0 {layer[:19]}" in lost["message"] and "missing (404)" in lost["message"]
+    assert f"layer 0 {layer[:19]}" in lost["message"] and "missing (404 BLOB_UNKNOWN)" in lost["message"]
     assert lost["reportingController"] == "layerwatch"
     # notification-controller strips the object's API group from layerwatch's metadata keys.
     assert lost["metadata"]["hop"] == "core"
