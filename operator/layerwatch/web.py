@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import html
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,10 +47,12 @@ def runbook_url(verdict: str) -> str | None:
     return f"{RUNBOOKS}#{_RUNBOOK_ALERTS.get(verdict, f'Layerwatch{verdict}').lower()}"
 
 
+@functools.lru_cache(maxsize=8192)
 def _iso(timestamp: float | None) -> str | None:
+    """RFC 3339 in UTC to the second; cached, as the hops of one check share their times."""
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
@@ -207,8 +211,9 @@ _REFRESH = (
 """Re-fetch the page and swap its content in place (``?refresh=N`` seconds; default 15)."""
 
 
+@functools.lru_cache(maxsize=8192)
 def _parse_iso(text: str) -> float:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    return dt.datetime.fromisoformat(text).timestamp()  # "...Z" is UTC (Python >= 3.11)
 
 
 def _for(since: str | None, now: str) -> str:
