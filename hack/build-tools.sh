@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|all]...
+#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -12,6 +12,7 @@ KUBE_VERSION=${KUBE_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 ORAS_VERSION=${ORAS_VERSION:-1.3.6}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.9.6}
+NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
 CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
 BIN=$CACHE/bin
 export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
@@ -97,14 +98,19 @@ print(max(older, key=key) if older else "")' "$ver") || true
   done
 }
 
-build_source_controller() {
-  local out=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
-  if [ -x "$out/source-controller" ] && [ -d "$out/crd" ]; then log "source-controller v$SOURCE_CONTROLLER_VERSION: cached"; return; fi
-  log "source-controller v$SOURCE_CONTROLLER_VERSION: building"
+# build_flux_controller NAME VERSION [ALIGN_WITH_GOMOD]: a Flux controller binary plus its CRDs and
+# RBAC from its Go module into $CACHE/NAME/vVERSION. With ALIGN_WITH_GOMOD (another controller's
+# go.mod), every requirement that module has at a newer patch release of the same minor is raised to
+# it, so packages both controllers share (k8s.io/*, controller-runtime, fluxcd/pkg) come out of the Go
+# build cache instead of being compiled a second time.
+build_flux_controller() {
+  local name=$1 version=$2 align=${3:-} out=$CACHE/$1/v$2
+  if [ -x "$out/$name" ] && [ -d "$out/crd" ]; then log "$name v$version: cached"; return; fi
+  log "$name v$version: building"
   local start=$SECONDS
-  ( throwaway source-controller
-    local dir gomod
-    dir=$(go mod download -json "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  ( throwaway "$name"
+    local dir gomod module=github.com/fluxcd/$name
+    dir=$(go mod download -json "$module@v$version" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
     gomod="$dir/go.mod"
     # Carry the module's own replace directives that point at other modules (not local paths).
     python3 - "$gomod" <<'PY' | while read -r r; do go mod edit -replace="$r"; done
@@ -126,16 +132,39 @@ for line in lines:
     print(f"{lhs}={rhs}")
 PY
     go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$gomod")"
-    refused_requirements "$gomod" | while read -r r; do log "source-controller: $r"; go mod edit -replace="${r%% *}"; done
-    go get "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" >/dev/null
-    # The api submodule is versioned separately; take the one the controller requires.
+    refused_requirements "$gomod" | while read -r r; do log "$name: $r"; go mod edit -replace="${r%% *}"; done
+    go get "$module@v$version" >/dev/null
+    if [ -n "$align" ]; then
+      go list -m -f '{{.Path}} {{.Version}}' all > modules.txt
+      python3 - "$align" modules.txt <<'PY' | while read -r r; do log "$name: align $r"; go mod edit -require="$r"; done
+import re, sys
+def key(v):
+    m = re.match(r"v(\d+)\.(\d+)\.(\d+)(.*)$", v)
+    return (int(m[1]), int(m[2]), int(m[3])) if m and not m[4] else None
+theirs = dict(re.findall(r'^\s*(?:require\s+)?(\S+)\s+(v\S+)', open(sys.argv[1]).read(), re.M))
+for line in open(sys.argv[2]):
+    path, _, ours = line.strip().partition(" ")
+    a, b = key(ours or "x"), key(theirs.get(path, "x"))
+    if a and b and a[:2] == b[:2] and b > a:
+        print(f"{path}@{theirs[path]}")
+PY
+    fi
     mkdir -p "$out.tmp/crd"
-    go build -trimpath -ldflags "-s -w" -o "$out.tmp/source-controller" github.com/fluxcd/source-controller
+    go build -trimpath -ldflags "-s -w" -o "$out.tmp/$name" "$module"
     cp "$dir"/config/crd/bases/*.yaml "$out.tmp/crd/"
     cp -r "$dir/config/rbac" "$out.tmp/rbac" 2>/dev/null || true
     chmod -R u+w "$out.tmp"
     rm -rf "$out"; mv "$out.tmp" "$out" )
-  log "source-controller v$SOURCE_CONTROLLER_VERSION: built in $((SECONDS - start)) s"
+  log "$name v$version: built in $((SECONDS - start)) s"
+}
+
+build_source_controller() { build_flux_controller source-controller "$SOURCE_CONTROLLER_VERSION"; }
+
+# notification-controller (the e2e of the Flux event sink), aligned with source-controller's versions.
+build_notification_controller() {
+  local align
+  align=$(cd /tmp && go mod download -json "github.com/fluxcd/source-controller@v$SOURCE_CONTROLLER_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
+  build_flux_controller notification-controller "$NOTIFICATION_CONTROLLER_VERSION" "$align"
 }
 
 # Flux's CRDs alone (for the operator tests): from the module, no build needed.
@@ -154,6 +183,7 @@ KUBE_DIR=${KUBEBUILDER_ASSETS:-$CACHE/kube/v$KUBE_VERSION}
 ETCD_DIR=${KUBEBUILDER_ASSETS:-$CACHE/etcd/v$ETCD_VERSION}
 ORAS=$CACHE/oras/v$ORAS_VERSION/oras
 SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
+NOTIFICATION_CONTROLLER_DIR=$CACHE/notification-controller/v$NOTIFICATION_CONTROLLER_VERSION
 FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
 P
 }
@@ -166,8 +196,9 @@ for what in "$@"; do
     oras) build_oras ;;
     flux-crds) flux_crds ;;
     source-controller) build_source_controller ;;
+    notification-controller) build_notification_controller ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller ;;
+    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done

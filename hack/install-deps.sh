@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo use (idempotent; a no-op when all are present).
 set -euo pipefail
-packages=(docker-registry skopeo prometheus buildah debootstrap chromium shellcheck zsh fish)  # zsh, fish: completion tests
+packages=(docker-registry skopeo prometheus prometheus-alertmanager buildah debootstrap chromium shellcheck zsh fish)  # zsh, fish: completion tests
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -10,5 +10,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's docker-registry package starts a system service on :5000; tests use their own ports.
+# Debian's docker-registry and prometheus-alertmanager start system services (:5000, :9093);
+# tests use their own ports.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || true

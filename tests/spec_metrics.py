@@ -1,4 +1,4 @@
-"""SPEC section 5's metric families (plus the chain interval gauge the alerts use): (name, type).
+"""SPEC section 5's metric families (plus the chain gauges the alerts use): (name, type).
 
 One list for every test that checks what layerwatch exports, so the SPEC is written down once.
 """
@@ -14,4 +14,8 @@ SPEC_METRIC_FAMILIES: tuple[tuple[str, str], ...] = (
     ("layerwatch_blob_bytes_verified_total", "counter"),
     ("layerwatch_build_info", "gauge"),
     ("layerwatch_chain_interval_seconds", "gauge"),
+    ("layerwatch_artifact_blame", "gauge"),
+    ("layerwatch_hop_blamed_artifacts", "gauge"),
+    ("layerwatch_artifact_hop_verdict_since_timestamp_seconds", "gauge"),
+    ("layerwatch_chain_ready", "gauge"),
 )

@@ -112,6 +112,13 @@ def dashboard_json_text(dashboard: dict[str, Any]) -> str:
 HOP_FILTER = 'chain=~"$chain", hop=~"$hop"'
 ARTIFACT_FILTER = 'namespace=~"$namespace", chain=~"$chain", hop=~"$hop"'
 UNKNOWN_VERDICTS = "Unreachable|AuthFailed|RateLimited"
+RUNBOOKS_URL = "https://github.com/layerwatch/layerwatch/blob/main/docs/runbooks.md"
+
+
+def blame(matchers: str = "") -> str:
+    """One series per artifact that is not healthy, on its blamed hop (several pods: one each)."""
+    selector = ", ".join(filter(None, [ARTIFACT_FILTER, matchers]))
+    return f"max by (namespace, name, chain, hop, verdict) (layerwatch_artifact_blame{{{selector}}})"
 
 
 def build_dashboard() -> dict[str, Any]:
@@ -225,20 +232,63 @@ def build_dashboard() -> dict[str, Any]:
         .span(24)
     )
 
-    unhealthy_count = count_stat(
-        "Unhealthy artifact hops",
-        "How many artifact x hop pairs are unhealthy now (missing, corrupt, stale or reordered content)? "
-        "Counts layerwatch_artifact_hop_healthy == 0.",
-        f"count(layerwatch_artifact_hop_healthy{{{ARTIFACT_FILTER}}} == 0) or vector(0)",
-        1,
+    def status_page_link(title: str) -> dash_m.DynamicConfigValue:
+        return dash_m.DynamicConfigValue(
+            id_val="links",
+            value=[
+                {"title": title, "url": "${status_page}#chain-${__data.fields.chain}", "targetBlank": True}
+            ],
+        )
+
+    broken_hops = (
+        table_b.Panel()
+        .title("Broken hops now")
+        .description(
+            "Which hops are broken now, and for how many artifacts? One row per chain, hop and verdict, "
+            "counting the artifacts whose fault is blamed on that hop (hops in front of it only pass it "
+            "on, so they do not appear). This is what the per-hop alerts page on; unknown verdicts "
+            "(Unreachable, AuthFailed, RateLimited) mean layerwatch could not check there."
+        )
+        .datasource(datasource)
+        .with_target(query(f"count by (chain, hop, verdict) ({blame()})", table=True))
+        .with_transformation(
+            dash_m.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"chain": 0, "hop": 1, "verdict": 2, "Value": 3},
+                    "renameByName": {"Value": "artifacts"},
+                },
+            )
+        )
+        .override_by_name("hop", [status_page_link("Open the chain on the status page")])
+        .sort_by([common_b.TableSortByFieldState().display_name("artifacts").desc(True)])
+        .no_value("No hop is blamed for anything: every checked artifact is healthy at every hop.")
+        .height(7)
+        .span(16)
     )
-    unknown_count = count_stat(
-        "Unknown artifact hops",
-        "How many artifact x hop pairs could not be checked (unreachable, auth failed, rate limited)? "
-        "Unknown is never counted as unhealthy.",
-        f'count(layerwatch_artifact_hop_verdict{{{ARTIFACT_FILTER}, verdict=~"{UNKNOWN_VERDICTS}"}}) '
-        "or vector(0)",
-        1,
+
+    unhealthy_count = (
+        count_stat(
+            "Artifacts broken",
+            "How many artifacts are broken now (missing, corrupt, stale or reordered content at their blamed "
+            "hop)? Each artifact counts once, however many hops pass its fault on.",
+            "count(" + blame(f'verdict!~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
+            1,
+        )
+        .span(4)
+        .height(7)
+    )
+    unknown_count = (
+        count_stat(
+            "Artifacts not checkable",
+            "How many artifacts could not be checked somewhere on their path (unreachable, auth failed, rate "
+            "limited) and are not broken elsewhere? Unknown is never counted as unhealthy.",
+            "count(" + blame(f'verdict=~"{UNKNOWN_VERDICTS}"') + ") or vector(0)",
+            1,
+        )
+        .span(4)
+        .height(7)
     )
     watched_count = count_stat(
         "Artifacts watched",
@@ -251,27 +301,19 @@ def build_dashboard() -> dict[str, Any]:
 
     unhealthy_table = (
         table_b.Panel()
-        .title("Unhealthy and unknown artifacts")
+        .title("Artifacts with blame")
         .description(
-            "Which artifacts are not healthy at which hop, with which verdict, and how old is that "
-            "verdict? One row per artifact x hop whose current verdict is not Healthy; see "
-            "docs/runbooks.md for each verdict."
+            "Which artifacts are not healthy, which hop is to blame, with which verdict, and since when? "
+            "One row per artifact on its blamed hop; 'for' is how long the verdict has held at that hop. "
+            "The hop links to the chain on the status page; docs/runbooks.md has a section per alert."
         )
         .datasource(datasource)
-        .with_target(
-            query(
-                "max by (namespace, name, chain, hop, verdict) "
-                f'(layerwatch_artifact_hop_verdict{{{ARTIFACT_FILTER}, verdict!="Healthy"}})',
-                ref="A",
-                table=True,
-            )
-        )
+        .with_target(query(blame(), ref="A", table=True))
         .with_target(
             query(
                 "max by (namespace, name, chain, hop) "
-                f"(time() - layerwatch_artifact_hop_last_check_timestamp_seconds{{{ARTIFACT_FILTER}}}) "
-                "and on (namespace, name, chain, hop) "
-                f'layerwatch_artifact_hop_verdict{{{ARTIFACT_FILTER}, verdict!="Healthy"}}',
+                f"(time() - layerwatch_artifact_hop_verdict_since_timestamp_seconds{{{ARTIFACT_FILTER}}}) "
+                f"and on (namespace, name, chain, hop) {blame()}",
                 ref="B",
                 table=True,
             )
@@ -290,12 +332,13 @@ def build_dashboard() -> dict[str, Any]:
                         "verdict": 4,
                         "Value #B": 5,
                     },
-                    "renameByName": {"Value #B": "last check age"},
+                    "renameByName": {"hop": "blamed hop", "Value #B": "for"},
                 },
             )
         )
-        .override_by_name("last check age", [dash_m.DynamicConfigValue(id_val="unit", value="s")])
-        .sort_by([common_b.TableSortByFieldState().display_name("verdict")])
+        .override_by_name("for", [dash_m.DynamicConfigValue(id_val="unit", value="s")])
+        .override_by_name("blamed hop", [status_page_link("Open on the status page")])
+        .sort_by([common_b.TableSortByFieldState().display_name("for").desc(True)])
         .no_value("Every checked artifact is healthy at every hop.")
         .height(9)
         .span(24)
@@ -346,6 +389,18 @@ def build_dashboard() -> dict[str, Any]:
                 ),
                 dash_m.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
             ],
+        )
+    )
+
+    healthy_share = timeseries(
+        "Intact share per hop",
+        "What fraction of the artifacts checked at each hop is intact there (unknown ones left out)? "
+        "A hop in front of a broken one drops too, because it passes the fault on.",
+        "percentunit",
+    ).with_target(
+        query(
+            f"avg by (chain, hop) (layerwatch_artifact_hop_healthy{{{ARTIFACT_FILTER}}})",
+            "{{chain}} / {{hop}}",
         )
     )
 
@@ -416,7 +471,7 @@ def build_dashboard() -> dict[str, Any]:
         .color_mode(common_m.BigValueColorMode.NONE)
         .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
         .height(4)
-        .span(12)
+        .span(8)
     )
 
     builder = (
@@ -432,6 +487,26 @@ def build_dashboard() -> dict[str, Any]:
         .refresh("1m")
         .time("now-6h", "now")
         .timezone("browser")
+        .link(
+            dash_b.DashboardLink("Status page")
+            .type(dash_m.DashboardLinkType.LINK)
+            .url("${status_page}")
+            .tooltip("layerwatch's own status page: every artifact at every hop, broken rows first")
+            .target_blank(True)
+        )
+        .link(
+            dash_b.DashboardLink("Runbooks")
+            .type(dash_m.DashboardLinkType.LINK)
+            .url(RUNBOOKS_URL)
+            .tooltip("What each alert and verdict means and what to do")
+            .target_blank(True)
+        )
+        .with_variable(
+            dash_b.TextBoxVariable("status_page")
+            .label("Status page URL")
+            .description("Where layerwatch's status page is reachable, e.g. through kubectl port-forward")
+            .default_value("http://localhost:9090/")
+        )
         .with_variable(
             dash_b.DatasourceVariable("datasource")
             .label("Data source")
@@ -463,16 +538,19 @@ def build_dashboard() -> dict[str, Any]:
                 "Namespace of the OCIRepository (per-artifact panels only)",
             )
         )
-        .with_row(dash_b.Row("Overview"))
-        .with_panel(hop_up)
+        .with_row(dash_b.Row("Broken hops now"))
+        .with_panel(broken_hops)
         .with_panel(unhealthy_count)
         .with_panel(unknown_count)
-        .with_panel(watched_count)
-        .with_panel(version)
         .with_row(dash_b.Row("Artifacts"))
         .with_panel(unhealthy_table)
         .with_panel(verdicts)
         .with_panel(last_check_age)
+        .with_row(dash_b.Row("Hops and layerwatch"))
+        .with_panel(hop_up)
+        .with_panel(watched_count)
+        .with_panel(version)
+        .with_panel(healthy_share)
         .with_row(dash_b.Row("Checks and registry traffic"))
         .with_panel(durations)
         .with_panel(checks)

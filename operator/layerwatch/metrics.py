@@ -3,6 +3,11 @@
 One collector renders all families at scrape time from plain dictionaries, so a series disappears
 the moment its target, hop or chain does (no stale series to remember to remove). Per-artifact
 series are bounded: one per artifact x hop, never per layer or per error string.
+
+Blame is in the metrics so that alerts can page once per broken hop: ``layerwatch_artifact_blame``
+exists only on the hop an artifact's current verdict is blamed on, and
+``layerwatch_hop_blamed_artifacts`` counts those artifacts per chain, hop and verdict. Hops that
+only pass an upstream failure on have neither.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Metrics:
         self._bytes: collections.Counter[tuple[str, str]] = collections.Counter()
         self._hop_up: dict[tuple[str, str], bool] = {}
         self._intervals: dict[str, float] = {}
+        self._not_ready: dict[str, str] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -97,6 +103,18 @@ class Metrics:
             self._intervals[chain] = interval
             self._drop(lambda key: key[0] == chain and key[1] not in keep)
 
+    def set_chains_not_ready(self, reasons: Mapping[str, str]) -> None:
+        """Replace the set of chains that cannot be checked (a Secret missing, a bad CA...), with why.
+
+        ``layerwatch_chain_ready`` is 0 for these and 1 for every chain being checked.
+        """
+        with self._lock:
+            self._not_ready = dict(reasons)
+
+    def chains_not_ready(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._not_ready)
+
     def forget_chain(self, chain: str) -> None:
         with self._lock:
             self._intervals.pop(chain, None)
@@ -132,18 +150,39 @@ class Metrics:
             "End of the last completed check (Unix time)",
             labels=_ARTIFACT_LABELS,
         )
+        since = GaugeMetricFamily(
+            "layerwatch_artifact_hop_verdict_since_timestamp_seconds",
+            "End of the first check that gave the current verdict at this hop (Unix time)",
+            labels=_ARTIFACT_LABELS,
+        )
+        blame = GaugeMetricFamily(
+            "layerwatch_artifact_blame",
+            "1 on the hop an artifact's current (not healthy) verdict is blamed on; absent elsewhere",
+            labels=[*_ARTIFACT_LABELS, "verdict"],
+        )
+        blamed: collections.Counter[tuple[str, str, str]] = collections.Counter()
         for status in self.store.snapshot():
             if status.result is None:
                 continue
-            for hop_verdict in status.result.judgement.hops:
+            judgement = status.result.judgement
+            for hop_verdict in judgement.hops:
                 labels = [status.target.namespace, status.target.name, status.chain, hop_verdict.hop]
                 if hop_verdict.verdict.health is not Health.UNKNOWN:
                     healthy.add_metric(labels, 1.0 if hop_verdict.verdict.health is Health.HEALTHY else 0.0)
                 verdict.add_metric([*labels, hop_verdict.verdict.value], 1.0)
                 last.add_metric(labels, status.result.finished)
-        yield healthy
-        yield verdict
-        yield last
+                since.add_metric(labels, status.hop_since.get(hop_verdict.hop, status.result.finished))
+                if hop_verdict.hop == judgement.blame:
+                    blame.add_metric([*labels, judgement.verdict.value], 1.0)
+                    blamed[(status.chain, hop_verdict.hop, judgement.verdict.value)] += 1
+        yield from (healthy, verdict, last, since, blame)
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_hop_blamed_artifacts",
+            "Artifacts whose current verdict is blamed on this hop, by verdict",
+            ["chain", "hop", "verdict"],
+            blamed,
+        )
         with self._lock:
             yield from self._collect_counters()
 
@@ -192,6 +231,15 @@ class Metrics:
             "Check interval of a chain",
             ["chain"],
             {(chain,): interval for chain, interval in self._intervals.items()},
+        )
+        ready = {(chain,): 1.0 for chain in self._intervals}
+        ready |= {(chain,): 0.0 for chain in self._not_ready}
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_chain_ready",
+            "1 while a chain is checked, 0 while it cannot be (see the ProxyChain's Ready condition)",
+            ["chain"],
+            ready,
         )
         yield _family(
             GaugeMetricFamily,

@@ -1,16 +1,20 @@
 """The HTTP side: ``/metrics``, the status page at ``/``, ``/api/v1/status`` and ``/healthz``.
 
 The status page is what a person opens while debugging a chain: one matrix per chain, artifacts
-down and hops across, each cell coloured by verdict, and a failing cell saying which hop, which
-repository path, which layer and why, and when it was last checked. Server-rendered HTML with no
-external assets, so it works in an air-gapped cluster.
+down and hops across, broken rows first, each cell coloured by verdict, and a failing cell saying
+which hop, which repository path, which layer and why, since when, and where the runbook is. The
+blamed hop stands out; hops in front of it say they only pass its fault on. Server-rendered HTML
+with no external assets, so it works in an air-gapped cluster; a few lines of inline script
+re-fetch it every 15 s and swap the content in place, so it stays current without a reload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import html
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,18 +25,37 @@ from layerwatch.chain import Chain
 from layerwatch.metrics import Metrics
 from layerwatch.store import ResultStore, TargetStatus
 
-__all__ = ["WebServer", "status_document"]
+__all__ = ["RUNBOOKS", "WebServer", "runbook_url", "status_document"]
 
 ChainSource = Callable[[], Mapping[str, Chain]]
+RUNBOOKS = "https://github.com/layerwatch/layerwatch/blob/main/docs/runbooks.md"
+_RUNBOOK_ALERTS = {
+    "Unreachable": "LayerwatchArtifactUnreachable",
+    "AuthFailed": "LayerwatchHopAuthFailed",
+    "RateLimited": "LayerwatchHopRateLimited",
+}
+REFRESH_SECONDS = 15
+_ORDER = {"unhealthy": 0, "unknown": 1, "waiting": 2, "healthy": 3}
+"""Rows of a chain's table: broken first, then could not check, not checked yet, healthy."""
+WAITING = "waiting for the first check"
 
 
+def runbook_url(verdict: str) -> str | None:
+    """The runbook section of the alert that pages for ``verdict`` (None for Healthy)."""
+    if verdict == "Healthy":
+        return None
+    return f"{RUNBOOKS}#{_RUNBOOK_ALERTS.get(verdict, f'Layerwatch{verdict}').lower()}"
+
+
+@functools.lru_cache(maxsize=8192)
 def _iso(timestamp: float | None) -> str | None:
+    """RFC 3339 in UTC to the second; cached, as the hops of one check share their times."""
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def _artifact(status: TargetStatus) -> dict[str, Any]:
+def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
     target, result = status.target, status.result
     data: dict[str, Any] = {
         "namespace": target.namespace,
@@ -43,13 +66,30 @@ def _artifact(status: TargetStatus) -> dict[str, Any]:
         "pending": status.pending,
     }
     if result is None:
+        path = chain.pull_path(target.reference) if chain is not None else []
         data.update(
             verdict="Unknown",
-            health="unknown",
+            health="unknown" if status.pending else "waiting",
             blame=None,
-            message=status.pending or "not checked yet",
+            message=status.pending or WAITING,
+            notes=[],
             checkedAt=None,
-            hops=[],
+            since=None,
+            runbook=None,
+            hops=[
+                {
+                    "name": hop.hop.name,
+                    "repository": hop.repository,
+                    "location": hop.location,
+                    "verdict": None,
+                    "health": "waiting",
+                    "message": status.pending or WAITING,
+                    "manifestDigest": None,
+                    "since": None,
+                    "runbook": None,
+                }
+                for hop in path
+            ],
         )
         return data
     judgement = result.judgement
@@ -60,6 +100,8 @@ def _artifact(status: TargetStatus) -> dict[str, Any]:
         message=judgement.message,
         notes=list(judgement.notes),
         checkedAt=_iso(result.finished),
+        since=_iso(status.since),
+        runbook=runbook_url(judgement.verdict.value),
         hops=[
             {
                 "name": verdict.hop,
@@ -69,6 +111,8 @@ def _artifact(status: TargetStatus) -> dict[str, Any]:
                 "health": verdict.verdict.health.name.lower(),
                 "message": verdict.message,
                 "manifestDigest": observation.digest,
+                "since": _iso(status.hop_since.get(verdict.hop)),
+                "runbook": runbook_url(verdict.verdict.value),
             }
             for observation, verdict in zip(result.observations, judgement.hops, strict=True)
         ],
@@ -77,18 +121,25 @@ def _artifact(status: TargetStatus) -> dict[str, Any]:
 
 
 def status_document(
-    store: ResultStore, chains: Mapping[str, Chain], hop_up: Mapping[tuple[str, str], bool]
+    store: ResultStore,
+    chains: Mapping[str, Chain],
+    hop_up: Mapping[tuple[str, str], bool],
+    not_ready: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``/api/v1/status``: every chain with its hops, every artifact with its per-hop verdicts."""
-    artifacts = [_artifact(s) for s in store.snapshot()]
+    """``/api/v1/status``: every chain with its hops, every artifact with its per-hop verdicts.
+
+    Artifacts are grouped by chain, broken ones first (then unknown, waiting, healthy).
+    """
+    artifacts = sorted(
+        (_artifact(s, chains.get(s.chain)) for s in store.snapshot()),
+        key=lambda a: (a["chain"], _ORDER[a["health"]], a["namespace"], a["name"]),
+    )
     return {
         "version": __version__,
         "generatedAt": _iso(dt.datetime.now(dt.UTC).timestamp()),
         "summary": {
             "artifacts": len(artifacts),
-            "healthy": sum(1 for a in artifacts if a["health"] == "healthy"),
-            "unhealthy": sum(1 for a in artifacts if a["health"] == "unhealthy"),
-            "unknown": sum(1 for a in artifacts if a["health"] == "unknown"),
+            **{health: sum(1 for a in artifacts if a["health"] == health) for health in _ORDER},
         },
         "chains": [
             {
@@ -101,6 +152,7 @@ def status_document(
             }
             for name, chain in sorted(chains.items())
         ],
+        "chainsNotReady": [{"name": n, "reason": r} for n, r in sorted((not_ready or {}).items())],
         "artifacts": artifacts,
     }
 
@@ -118,17 +170,23 @@ th,td{border:1px solid #d0d7de;padding:.5rem .65rem;vertical-align:top;text-alig
 thead th{background:#eaeef2;font-weight:600}
 tbody th{background:#f6f8fa;font-weight:600}
 th small{display:block;font-weight:400;color:#57606a;overflow-wrap:anywhere}
+th .state{display:block;font-weight:600;font-size:13px;color:#1b1f24;margin-top:.2rem}
+tr.unhealthy>th{border-left:5px solid #cf222e}
+tr.unknown>th{border-left:5px solid #bf8700}
 td{border-left-width:5px}
 td.healthy{background:#dafbe1;border-left-color:#2da44e}
 td.unhealthy{background:#ffebe9;border-left-color:#cf222e}
 td.unknown{background:#fff8c5;border-left-color:#bf8700}
-td.none{background:#f6f8fa;color:#8c959f}
+td.waiting,td.none{background:#f6f8fa;color:#57606a}
+td.blamed{outline:3px solid #cf222e;outline-offset:-3px}
+td.unknown.blamed{outline-color:#bf8700}
+td.passed{opacity:.72}
 .verdict{font-weight:700;font-size:15px}
 td.unhealthy .verdict{color:#a40e26}
 td.unknown .verdict{color:#7d4e00}
-.blamed{display:inline-block;margin-left:.4rem;padding:0 .45rem;border-radius:1rem;vertical-align:2px;
+.badge{display:inline-block;margin-left:.4rem;padding:0 .45rem;border-radius:1rem;vertical-align:2px;
  background:#cf222e;color:#fff;font-size:11px;font-weight:600}
-td.unknown .blamed{background:#9a6700}
+td.unknown .badge{background:#9a6700}
 .msg{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;margin:.3rem 0;
  overflow-wrap:anywhere}
 .when{color:#57606a;font-size:12px}
@@ -138,43 +196,109 @@ td.unknown .blamed{background:#9a6700}
 .pill.bad{background:#ffebe9;color:#a40e26}
 .pill.warn{background:#fff8c5}
 .pill.good{background:#dafbe1;color:#116329}
+.notready{background:#fff8c5;border:1px solid #bf8700;padding:.5rem .75rem;margin:.5rem 0}
 .legend{color:#57606a;font-size:12px;margin-top:.5rem}
 """
 
+_REFRESH = (
+    "<script>(function(){var s=+new URLSearchParams(location.search).get('refresh')||SECONDS,n=0;"
+    "setInterval(function(){fetch(location.href,{cache:'no-store'}).then(function(r){"
+    "return r.ok?r.text():null}).then(function(t){if(!t)return;"
+    "var c=new DOMParser().parseFromString(t,'text/html').getElementById('content');"
+    "if(c){document.getElementById('content').replaceWith(c);document.body.dataset.refreshes=++n}"
+    "}).catch(function(){})},s*1000)})()</script>"
+).replace("SECONDS", str(REFRESH_SECONDS))
+"""Re-fetch the page and swap its content in place (``?refresh=N`` seconds; default 15)."""
 
-def _cell(hop: Mapping[str, Any] | None, checked: str | None, blame: str | None) -> str:
+
+@functools.lru_cache(maxsize=8192)
+def _parse_iso(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()  # "...Z" is UTC (Python >= 3.11)
+
+
+def _for(since: str | None, now: str) -> str:
+    """``since 09:12:03Z (for 4m 10s)``: when a verdict began and how long it has held."""
+    if since is None:
+        return ""
+    seconds = max(0, int(_parse_iso(now) - _parse_iso(since)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    units = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
+    shown = [f"{n}{u}" for n, u in units if n][:2] or ["0s"]
+    return f"since {since} (for {' '.join(shown)})"
+
+
+def _runbook(url: str | None) -> str:
+    return f' · <a class="runbook" href="{html.escape(url)}">runbook</a>' if url else ""
+
+
+def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) -> str:
     if hop is None:
         return '<td class="none">not on pull path</td>'
-    health = hop["health"]
-    blamed = health != "healthy" and hop["name"] == blame
+    health, name, blame = hop["health"], hop["name"], artifact["blame"]
+    if health == "waiting":
+        return f'<td class="waiting" data-hop="{html.escape(name)}">{html.escape(hop["message"])}</td>'
+    blamed = health != "healthy" and name == blame
+    passed = health != "healthy" and not blamed and blame is not None
     body = f'<div class="verdict">{html.escape(hop["verdict"])}'
     if blamed:
-        body += '<span class="blamed" title="the hop nearest the origin with this problem">blamed</span>'
+        body += '<span class="badge" title="the hop nearest the origin with this problem">blamed</span>'
     body += "</div>"
+    if passed:
+        body += f'<div class="when">passes on the fault of hop {html.escape(blame)}</div>'
     if health != "healthy":
         body += f'<div class="msg">{html.escape(hop["message"])}</div>'
-    body += f'<div class="when">checked {html.escape(checked or "-")}</div>'
+    body += f'<div class="when">{html.escape(_for(hop.get("since"), now))}</div>'
+    body += (
+        f'<div class="when">checked {html.escape(artifact["checkedAt"] or "-")}'
+        f"{_runbook(hop.get('runbook'))}</div>"
+    )
+    classes = " ".join([health, *(["blamed"] if blamed else []), *(["passed"] if passed else [])])
     attributes = (
-        f'class="{health}" data-hop="{html.escape(hop["name"])}" data-verdict="{html.escape(hop["verdict"])}"'
+        f'class="{classes}" data-hop="{html.escape(name)}" data-verdict="{html.escape(hop["verdict"])}"'
         + (' data-blamed="true"' if blamed else "")
     )
     return f"<td {attributes}>{body}</td>"
 
 
+def _row_header(artifact: Mapping[str, Any], now: str) -> str:
+    who = "/".join(p for p in (artifact["namespace"], artifact["name"]) if p)
+    if artifact["checkedAt"] is None:
+        state = html.escape(artifact["message"])
+    else:
+        where = f" at {artifact['blame']}" if artifact["blame"] else ""
+        state = html.escape(f"{artifact['verdict']}{where} {_for(artifact['since'], now)}")
+    return (
+        f'<tr class="{artifact["health"]}" data-artifact="{html.escape(who)}" '
+        f'data-health="{artifact["health"]}"><th>{html.escape(who)}'
+        f"<small>{html.escape(artifact['reference'])}</small>"
+        f'<span class="state">{state}</span>'
+        + "".join(f'<small class="note">{html.escape(note)}</small>' for note in artifact.get("notes", ()))
+        + "</th>"
+    )
+
+
 def status_page(document: Mapping[str, Any]) -> str:
-    summary = document["summary"]
+    summary, now = document["summary"], document["generatedAt"]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width,initial-scale=1">',
-        f"<title>layerwatch</title><style>{_STYLE}</style></head><body>",
+        f"<title>layerwatch</title><style>{_STYLE}</style></head><body><div id=content>",
         "<h1>layerwatch: artifacts through their proxy chains</h1>",
-        f'<div class="sub">generated {html.escape(document["generatedAt"])} · '
+        f'<div class="sub">updated {html.escape(now)} (every {REFRESH_SECONDS}s) · '
         f"version {html.escape(document['version'])} · "
         f'<span class="pill">{summary["artifacts"]} artifacts</span>'
-        f'<span class="pill good">{summary["healthy"]} healthy</span>'
         f'<span class="pill bad">{summary["unhealthy"]} unhealthy</span>'
         f'<span class="pill warn">{summary["unknown"]} unknown</span>'
+        f'<span class="pill">{summary["waiting"]} waiting</span>'
+        f'<span class="pill good">{summary["healthy"]} healthy</span>'
         ' · <a href="api/v1/status">JSON</a> · <a href="metrics">metrics</a></div>',
+    ]
+    parts += [
+        f'<div class="notready">chain {html.escape(c["name"])} is not ready, nothing on it is checked: '
+        f"{html.escape(c['reason'])}{_runbook(f'{RUNBOOKS}#layerwatchchainnotready')}</div>"
+        for c in document.get("chainsNotReady", ())
     ]
     for chain in document["chains"]:
         hops = chain["hops"]
@@ -197,31 +321,21 @@ def status_page(document: Mapping[str, Any]) -> str:
             )
         parts.append("</tr></thead><tbody>")
         for artifact in (a for a in document["artifacts"] if a["chain"] == chain["name"]):
-            who = "/".join(p for p in (artifact["namespace"], artifact["name"]) if p)
-            parts.append(
-                f'<tr data-artifact="{html.escape(who)}"><th>{html.escape(who)}'
-                f"<small>{html.escape(artifact['reference'])}</small>"
-                + (f"<small>{html.escape(artifact['pending'])}</small>" if artifact["pending"] else "")
-                + "".join(
-                    f'<small class="note">{html.escape(note)}</small>' for note in artifact.get("notes", ())
-                )
-                + "</th>"
-            )
+            parts.append(_row_header(artifact, now))
             by_hop = {h["name"]: h for h in artifact["hops"]}
-            parts += [
-                _cell(by_hop.get(hop["name"]), artifact["checkedAt"], artifact["blame"]) for hop in hops
-            ]
+            parts += [_cell(by_hop.get(hop["name"]), artifact, now) for hop in hops]
             parts.append("</tr>")
         parts.append("</tbody></table>")
     if document["chains"]:
         parts.append(
             '<p class="legend">Each cell is the artifact as a client pulling through that hop gets it. '
-            "<b>blamed</b> marks the hop nearest the origin with the problem: hops in front of it "
-            "only pass it on. Times are UTC.</p>"
+            "Broken rows come first. <b>blamed</b> (outlined) marks the hop nearest the origin with the "
+            'problem: hops in front of it only pass it on (faded). "since" is the first check that '
+            "gave the verdict. Times are UTC.</p>"
         )
     else:
         parts.append("<p>No chains configured yet.</p>")
-    parts.append("</body></html>")
+    parts.append(f"</div>{_REFRESH}</body></html>")
     return "".join(parts)
 
 
@@ -245,7 +359,9 @@ class WebServer:
         self.port: int | None = None
 
     def _document(self) -> dict[str, Any]:
-        return status_document(self.metrics.store, self.chains(), self.metrics.hop_up())
+        return status_document(
+            self.metrics.store, self.chains(), self.metrics.hop_up(), self.metrics.chains_not_ready()
+        )
 
     # Rendering grows with the number of targets (about 70 ms for /metrics at 1,000), so it runs in
     # a worker thread instead of pausing every check; the store and the metrics are lock-protected.

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from tests.serve_harness import BROKEN, BROKEN_HOP, HEALTHY, ROOT, ServeLab
 
+from layerwatch.web import RUNBOOKS
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM_TIMEOUT = 60.0
@@ -137,7 +139,7 @@ def test_failing_cell_names_hop_repository_layer_and_time(page: PageParser, serv
     assert set(cells) == {"edge", "core", "origin"}, cells.keys()
     failing = cells[BROKEN_HOP]
     assert failing.attrs["data-verdict"] == "LayerMissing"
-    assert failing.attrs.get("class") == "unhealthy"
+    assert failing.attrs.get("class") == "unhealthy blamed"
     assert failing.attrs.get("data-blamed") == "true", "the broken hop is the one blamed"
     text = " ".join(failing.text.split())
     assert f"hop {BROKEN_HOP}" in text
@@ -146,9 +148,13 @@ def test_failing_cell_names_hop_repository_layer_and_time(page: PageParser, serv
     assert layer[: len("sha256:") + 12] in text, f"layer {layer} not named in {text!r}"
     assert "missing" in text
     _assert_recent(text)
+    assert re.search(r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(for \d+[smh]", text), text
+    assert "runbook" in text
     # The edge pulls through core, so it lacks the layer too, but is not the one blamed.
     assert cells["edge"].attrs["data-verdict"] == "LayerMissing"
     assert "data-blamed" not in cells["edge"].attrs
+    assert cells["edge"].attrs.get("class") == "unhealthy passed"
+    assert f"passes on the fault of hop {BROKEN_HOP}" in cells["edge"].text
     assert cells["origin"].attrs["data-verdict"] == "Healthy"
 
 
@@ -166,9 +172,34 @@ def test_page_loads_no_external_assets(page: PageParser) -> None:
     assert page.urls, "expected at least the JSON and metrics links"
     for tag, attribute, url in page.urls:
         value = url.strip().strip("'\"").lower()
+        if tag == "a" and value.startswith(RUNBOOKS.lower() + "#"):
+            continue  # a link to read, not something the page loads
         assert not value.startswith(("http:", "https:", "//")), (tag, attribute, url)
     assert not [(tag, attr) for tag, attr, _ in page.urls if tag in ("script", "img", "link", "iframe")]
     assert {url for tag, _, url in page.urls if tag == "a"} >= {"api/v1/status", "metrics"}
+
+
+def test_the_broken_artifact_is_the_first_row_with_its_runbook(page: PageParser) -> None:
+    rows = [c.artifact for c in page.cells if c.tag == "th" and c.artifact]
+    assert rows[0] == BROKEN, rows
+    header = next(c for c in page.cells if c.tag == "th" and c.artifact == BROKEN)
+    assert f"LayerMissing at {BROKEN_HOP} since" in " ".join(header.text.split())
+    runbooks = [url for tag, _, url in page.urls if tag == "a" and url.startswith(RUNBOOKS)]
+    assert f"{RUNBOOKS}#layerwatchlayermissing" in runbooks
+
+
+def test_the_page_refreshes_itself_in_place(chromium: str, serve_lab: ServeLab, tmp_path: Path) -> None:
+    """With ``?refresh=1`` and 5 s of virtual time the inline script swaps fresh content in."""
+    dom = run_chromium(
+        chromium,
+        tmp_path / "profile",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        f"{serve_lab.url}/?refresh=1",
+    )
+    refreshes = re.search(r'<body[^>]*data-refreshes="(\d+)"', dom)
+    assert refreshes and int(refreshes.group(1)) >= 1, dom[-1500:]
+    assert 'data-hop="core" data-verdict="LayerMissing" data-blamed="true"' in dom
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

@@ -62,6 +62,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _sc_dir, built = ensure_built()
         if built:
             print(f"\n[e2e] source-controller built in {built:.0f} s", file=sys.stderr)
+        if any(Path(str(item.path)).name == "test_notifications.py" for item in session.items):
+            _, built = ensure_built("notification-controller")
+            if built:
+                print(f"\n[e2e] notification-controller built in {built:.0f} s", file=sys.stderr)
     except Exception as exc:  # reported by the fixtures as a test error, not a collection crash
         _setup_error = f"{type(exc).__name__}: {exc}"
     if time.monotonic() - started > 5:
@@ -137,14 +141,8 @@ def source_controller(control_plane: ControlPlane, work_dir: Path) -> Iterator[S
     kubeconfig = control_plane.service_account_kubeconfig(
         sc.NAMESPACE, sc.SERVICE_ACCOUNT, sc.rbac_docs(sc_dir)
     )
-    controller = SourceController(sc_dir, kubeconfig, work_dir)
-    try:
-        controller.start()
+    with sc.running(SourceController(sc_dir, kubeconfig, work_dir)) as controller:
         yield controller
-    finally:
-        controller.stop()
-        if controller.process is not None and controller.process.returncode not in (0, -15):
-            print(f"--- source-controller log (exit {controller.process.returncode})\n{controller.logs()}")
 
 
 @pytest.fixture(scope="session")

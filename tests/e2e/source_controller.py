@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from tests.k8s.operator_harness import FLUX, free_port
 from lab.kube import BUILD_TOOLS, load_docs
 
 T = TypeVar("T")
+C = TypeVar("C", bound="SourceController")
 
 NAMESPACE = "flux-system"
 SERVICE_ACCOUNT = "source-controller"
@@ -51,32 +52,28 @@ def build_tools_paths() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def source_controller_dir() -> Path:
-    return Path(build_tools_paths()["SOURCE_CONTROLLER_DIR"])
-
-
 def flux_crds_dir() -> Path:
     return Path(build_tools_paths()["FLUX_CRDS"])
 
 
-def ensure_built() -> tuple[Path, float]:
-    """The source-controller directory, building it (under a file lock) when the binary is missing.
+def ensure_built(tool: str = "source-controller") -> tuple[Path, float]:
+    """The directory of a Flux controller, building it (under a file lock) when the binary is missing.
 
     Returns the directory and the seconds spent building (0 when it was cached). The build's
     output goes to stderr, so a cold build (several minutes on 2 cores) is visible in CI logs.
     """
-    out = source_controller_dir()
-    if (out / "source-controller").is_file() and (out / "crd").is_dir():
+    out = Path(build_tools_paths()[tool.upper().replace("-", "_") + "_DIR"])
+    if (out / tool).is_file() and (out / "crd").is_dir():
         return out, 0.0
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / ".e2e-build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (out / "source-controller").is_file():
+        if (out / tool).is_file():
             return out, 0.0
-        print(f"[e2e] building source-controller with {BUILD_TOOLS}", file=sys.stderr)
+        print(f"[e2e] building {tool} with {BUILD_TOOLS}", file=sys.stderr)
         started = time.monotonic()
         subprocess.run(
-            ["bash", str(BUILD_TOOLS), "source-controller"],
+            ["bash", str(BUILD_TOOLS), tool],
             check=True,
             timeout=BUILD_TIMEOUT,
             stdout=sys.stderr,
@@ -85,7 +82,9 @@ def ensure_built() -> tuple[Path, float]:
         return out, time.monotonic() - started
 
 
-def rbac_docs(directory: Path) -> list[dict[str, Any]]:
+def rbac_docs(
+    directory: Path, service_account: str = SERVICE_ACCOUNT, name: str = CLUSTER_ROLE
+) -> list[dict[str, Any]]:
     """The module's ``config/rbac/role.yaml`` ClusterRole, bound to our ServiceAccount.
 
     The module binds ``manager-role`` to ``system/default`` through kustomize (namePrefix); here the
@@ -94,13 +93,13 @@ def rbac_docs(directory: Path) -> list[dict[str, Any]]:
     roles = [d for d in load_docs(directory / "rbac" / "role.yaml") if d.get("kind") == "ClusterRole"]
     if len(roles) != 1:
         raise RuntimeError(f"expected one ClusterRole in {directory}/rbac/role.yaml, found {len(roles)}")
-    role = {**roles[0], "metadata": {"name": CLUSTER_ROLE}}
+    role = {**roles[0], "metadata": {"name": name}}
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": CLUSTER_ROLE},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}],
     }
     return [role, binding]
 
@@ -196,6 +195,19 @@ class SourceController:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+
+@contextlib.contextmanager
+def running(controller: C) -> Iterator[C]:
+    """Start a controller, yield it, always stop it; print its log when it died on its own."""
+    try:
+        controller.start()
+        yield controller
+    finally:
+        controller.stop()
+        if controller.process is not None and controller.process.returncode not in (0, -15):
+            name = controller.binary.name
+            print(f"--- {name} log (exit {controller.process.returncode})\n{controller.logs()}")
 
 
 def poll(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:

@@ -61,6 +61,23 @@ def _create(
     custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
 
 
+def _healthy_app(
+    chain: LocalChain,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    controllers: tuple[SourceController, Operator],
+) -> tuple[str, str, str]:
+    """A fresh artifact behind OCIRepository ``app``, Ready and ProxyHealthy.
+
+    Returns its origin repository, its content layer's digest and Flux's revision.
+    """
+    repository, url = _repository(chain)
+    pushed = push_flux_artifact(chain.push_address, repository, "v1")
+    _create(custom, namespace, "app", url, "v1")
+    body, _ = _wait_conditions(custom, namespace, "app", "both healthy", _both_healthy, controllers)
+    return repository, pushed.content_layer.digest, body["status"]["artifact"]["revision"]
+
+
 def _state(
     custom: client.CustomObjectsApi, namespace: str, name: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -283,13 +300,8 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
     core: client.CoreV1Api,
     namespace: str,
 ) -> None:
-    repository, url = _repository(chain)
-    pushed = push_flux_artifact(chain.push_address, repository, "v1")
-    layer = pushed.content_layer.digest
-    _create(custom, namespace, "app", url, "v1")
     controllers = (source_controller, layerwatch)
-    body, _ = _wait_conditions(custom, namespace, "app", "both healthy", _both_healthy, controllers)
-    revision = body["status"]["artifact"]["revision"]
+    repository, layer, revision = _healthy_app(chain, custom, namespace, controllers)
 
     # Flux has pulled through the edge, so the edge registry caches every blob; now core (the
     # middle hop) loses the content layer: its gateway answers 404 for it, HEAD and GET.

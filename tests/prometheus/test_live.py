@@ -8,6 +8,7 @@ the test then asks Prometheus's HTTP API which alerts fire.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -73,25 +74,22 @@ class PrometheusServer:
         return alerts
 
 
-@pytest.fixture(scope="module")
-def prometheus(
-    prometheus_binary: str, serve_lab: ServeLab, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_prometheus(
+    binary: str, workdir: Path, scrape_configs: list[dict[str, Any]]
 ) -> Iterator[PrometheusServer]:
-    """Prometheus scraping ``serve_lab`` every second with the shortened rules; always stopped."""
-    workdir = tmp_path_factory.mktemp("prometheus")
+    """Prometheus scraping every second with the shortened rules; always stopped."""
     rules = _test_rules(workdir / "layerwatch.rules.yaml")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": "layerwatch", "static_configs": [{"targets": [f"{LOOPBACK}:{serve_lab.port}"]}]}
-        ],
+        "scrape_configs": scrape_configs,
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     log = workdir / "prometheus.log"
     command = [
-        prometheus_binary,
+        binary,
         f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address={LOOPBACK}:{port}",
@@ -105,6 +103,16 @@ def prometheus(
         yield PrometheusServer(url, process, log)
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    prometheus_binary: str, serve_lab: ServeLab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """Prometheus scraping ``serve_lab`` as job ``layerwatch``."""
+    scrape = {"job_name": "layerwatch", "static_configs": [{"targets": [f"{LOOPBACK}:{serve_lab.port}"]}]}
+    with running_prometheus(prometheus_binary, tmp_path_factory.mktemp("prometheus"), [scrape]) as server:
+        yield server
 
 
 def _eventually(what: str, probe: Callable[[], T | None], timeout: float = ALERT_WAIT) -> T:
@@ -135,7 +143,7 @@ def test_live_metrics_have_samples_for_every_spec_family(serve_lab: ServeLab) ->
     assert f'layerwatch_artifact_hop_healthy{{chain="{CHAIN}",hop="{BROKEN_HOP}",name="{BROKEN}"' in text
 
 
-def test_layer_missing_fires_for_broken_hop_only(prometheus: PrometheusServer) -> None:
+def test_layer_missing_pages_once_for_the_broken_hop_only(prometheus: PrometheusServer) -> None:
     # The scrape works and is the job the rules (LayerwatchDown) expect.
     up = _eventually(
         "up{job=layerwatch} == 1",
@@ -143,35 +151,37 @@ def test_layer_missing_fires_for_broken_hop_only(prometheus: PrometheusServer) -
     )
     assert len(up) == 1
 
-    def firing_at_broken_hop() -> dict[str, Any] | None:
-        for alert in prometheus.alerts():
-            labels = _alert_labels(alert)
-            if (
-                alert["state"] == "firing"
-                and labels.get("alertname") == "LayerwatchLayerMissing"
-                and labels.get("name") == BROKEN
-                and labels.get("hop") == BROKEN_HOP
-            ):
-                return alert
-        return None
+    def firing(alertname: str) -> list[dict[str, Any]] | None:
+        found = [
+            a
+            for a in prometheus.alerts()
+            if a["state"] == "firing" and _alert_labels(a).get("alertname") == alertname
+        ]
+        return found or None
 
-    alert = _eventually(f"LayerwatchLayerMissing firing for {BROKEN} at {BROKEN_HOP}", firing_at_broken_hop)
-    labels = _alert_labels(alert)
-    assert labels["chain"] == CHAIN
-    assert labels["verdict"] == "LayerMissing"
+    (page,) = _eventually("LayerwatchLayerMissing firing", lambda: firing("LayerwatchLayerMissing"))
+    labels = _alert_labels(page)
+    assert (labels["chain"], labels["hop"], labels["verdict"]) == (CHAIN, BROKEN_HOP, "LayerMissing")
     assert labels["severity"] == "critical"
-    assert f"at hop {BROKEN_HOP}" in alert["annotations"]["description"]
-    assert alert["annotations"]["runbook_url"].endswith("#layerwatchlayermissing")
+    assert "name" not in labels, "one page per hop, not per artifact"
+    assert page["annotations"]["examples"] == BROKEN
+    assert f"with the fault at hop {BROKEN_HOP}" in page["annotations"]["description"]
+    assert page["annotations"]["runbook_url"].endswith("#layerwatchlayermissing")
 
-    # The same through the query API, as a dashboard or alertmanager integration would see it.
-    selector = f'alertname="LayerwatchLayerMissing",alertstate="firing",name="{BROKEN}"'
-    series = prometheus.query(f"ALERTS{{{selector}}}")
-    assert {s["metric"]["hop"] for s in series} >= {BROKEN_HOP}
-    assert "origin" not in {s["metric"]["hop"] for s in series}, "the origin still has the layer"
+    (detail,) = _eventually(
+        "LayerwatchArtifactUnhealthy firing", lambda: firing("LayerwatchArtifactUnhealthy")
+    )
+    assert (_alert_labels(detail)["name"], _alert_labels(detail)["hop"]) == (BROKEN, BROKEN_HOP)
+    assert _alert_labels(detail)["severity"] == "info"
 
-    # Healthy artifacts raise nothing, pending or firing; nor does anything else but the broken one.
+    # The edge lacks the layer too (it pulls through core) but only passes the loss on: no alert
+    # for it, pending or firing; nothing for the healthy artifacts; nothing else at all.
     alerts = prometheus.alerts()
+    assert {_alert_labels(a).get("hop") for a in alerts} == {BROKEN_HOP}, alerts
     for name in HEALTHY:
         assert not [a for a in alerts if _alert_labels(a).get("name") == name], (name, alerts)
-    assert {_alert_labels(a)["alertname"] for a in alerts} == {"LayerwatchLayerMissing"}, alerts
+    assert {_alert_labels(a)["alertname"] for a in alerts} == {
+        "LayerwatchLayerMissing",
+        "LayerwatchArtifactUnhealthy",
+    }, alerts
     assert prometheus.query('up{job="layerwatch"}')[0]["value"][1] == "1"

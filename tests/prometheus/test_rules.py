@@ -90,14 +90,32 @@ def test_alerts_wait_at_least_two_default_intervals(alerts: list[dict[str, Any]]
         assert _duration_seconds(alert.get("for", "0s")) >= 2 * 300, alert["alert"]
 
 
-def test_per_artifact_alerts_name_artifact_hop_chain_and_verdict(alerts: list[dict[str, Any]]) -> None:
+def test_pages_are_per_hop_never_per_artifact(alerts: list[dict[str, Any]]) -> None:
+    """Every alert that may page keeps neither namespace nor name: one page per broken hop."""
     for alert in alerts:
-        expr = alert["expr"]
-        if "layerwatch_artifact_hop_verdict" not in expr:
+        if alert["labels"]["severity"] == "info":
             continue
-        description = alert["annotations"]["description"]
-        for label in ("namespace", "name", "hop", "chain", "verdict"):
-            assert f"$labels.{label}" in description, f"{alert['alert']}: description lacks {label}"
+        outermost = re.search(r"\b(?:by|without)\s*\(([^)]*)\)", alert["expr"])
+        kept = {label.strip() for label in outermost.group(1).split(",")} if outermost else set()
+        assert not kept & {"namespace", "name"}, f"{alert['alert']} pages per artifact: by ({kept})"
+
+
+def test_per_hop_alerts_say_how_many_and_which_artifacts(alerts: list[dict[str, Any]]) -> None:
+    for alert in alerts:
+        if "layerwatch_hop_blamed_artifacts" not in alert["expr"]:
+            continue
+        annotations = alert["annotations"]
+        assert "$value" in annotations["description"], alert["alert"]
+        for label in ("hop", "chain", "verdict"):
+            assert f"$labels.{label}" in annotations["description"], f"{alert['alert']}: no {label}"
+        assert "layerwatch_artifact_blame" in annotations["examples"], alert["alert"]
+
+
+def test_the_per_artifact_alert_is_info_and_names_the_artifact(alerts: list[dict[str, Any]]) -> None:
+    (alert,) = [a for a in alerts if "layerwatch_artifact_blame" in a["expr"]]
+    assert alert["labels"]["severity"] == "info"
+    for label in ("namespace", "name", "hop", "chain", "verdict"):
+        assert f"$labels.{label}" in alert["annotations"]["description"], label
 
 
 def test_each_runbook_url_has_a_section_in_the_runbooks(alerts: list[dict[str, Any]]) -> None:

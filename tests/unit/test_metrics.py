@@ -278,3 +278,56 @@ def test_declaring_an_unchanged_chain_again_keeps_its_counters(metrics: Metrics)
     fill(metrics, "corp")
     metrics.set_chain("corp", 300.0, HOPS)
     assert counter_series(metrics, "corp", "edge") == [1.0, 1.0, 1.0, float(ARTIFACT_BYTES), 1.0]
+
+
+# -- blame, since, chain readiness -----------------------------------------------------------------
+
+LOST_AT_CORE = [observe(EDGE, blobs=MISSING), observe(CORE, blobs=MISSING), observe(ORIGIN)]
+
+
+def test_blame_is_exported_only_on_the_blamed_hop(metrics: Metrics) -> None:
+    checked(metrics, LOST_AT_CORE)
+    assert value(metrics, "layerwatch_artifact_blame", **artifact("core"), verdict="LayerMissing") == 1.0
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert [s.labels["hop"] for s in families["layerwatch_artifact_blame"].samples] == ["core"]
+
+
+def test_a_healthy_artifact_is_blamed_on_no_hop(metrics: Metrics) -> None:
+    checked(metrics, healthy_chain())
+    assert "layerwatch_artifact_blame{" not in metrics.exposition().decode()
+    assert "layerwatch_hop_blamed_artifacts{" not in metrics.exposition().decode()
+
+
+def test_blamed_artifacts_are_counted_per_chain_hop_and_verdict(metrics: Metrics) -> None:
+    for index in range(50):
+        checked(metrics, LOST_AT_CORE, dataclasses.replace(TARGET, name=f"app-{index}"))
+    expired = observe(EDGE, failure=failure(FaultKind.AUTH_REJECTED))
+    checked(metrics, replace_at(healthy_chain(), EDGE, expired), dataclasses.replace(TARGET, name="other"))
+    count = "layerwatch_hop_blamed_artifacts"
+    assert value(metrics, count, chain="corp", hop="core", verdict="LayerMissing") == 50.0
+    assert value(metrics, count, chain="corp", hop="edge", verdict="LayerMissing") is None
+    assert value(metrics, count, chain="corp", hop="edge", verdict="AuthFailed") == 1.0
+
+
+def test_the_since_timestamp_holds_while_a_verdict_is_unchanged(metrics: Metrics) -> None:
+    since = "layerwatch_artifact_hop_verdict_since_timestamp_seconds"
+    for finished in (FINISHED, FINISHED + 300):
+        result = check_result(healthy_chain(), finished=finished)
+        metrics.store.put(TargetStatus(TARGET, "corp", result))
+    assert value(metrics, since, **artifact("core")) == FINISHED
+    broken = check_result(LOST_AT_CORE, finished=FINISHED + 600)
+    metrics.store.put(TargetStatus(TARGET, "corp", broken))
+    assert value(metrics, since, **artifact("core")) == FINISHED + 600
+    assert value(metrics, since, **artifact("origin")) == FINISHED, "origin stayed healthy"
+    status = metrics.store.get(TARGET.key)
+    assert status is not None and status.since == FINISHED + 600
+
+
+def test_chains_being_checked_are_ready_and_those_that_cannot_be_are_not(metrics: Metrics) -> None:
+    metrics.set_chain("corp", 300.0, HOPS)
+    metrics.set_chains_not_ready({"broken": "Secret layerwatch/robot not found"})
+    assert value(metrics, "layerwatch_chain_ready", chain="corp") == 1.0
+    assert value(metrics, "layerwatch_chain_ready", chain="broken") == 0.0
+    assert metrics.chains_not_ready() == {"broken": "Secret layerwatch/robot not found"}
+    metrics.set_chains_not_ready({})
+    assert value(metrics, "layerwatch_chain_ready", chain="broken") is None

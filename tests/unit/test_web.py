@@ -17,9 +17,9 @@ from layerwatch.metrics import Metrics
 from layerwatch.observation import BlobStatus, FaultKind
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import HopVerdict
-from layerwatch.web import WebServer, status_document, status_page
+from layerwatch.web import RUNBOOKS, WebServer, runbook_url, status_document, status_page
 
-from .builders import CHAIN, REFERENCE, check_result, failure, healthy_chain, observe, replace_at
+from .builders import CHAIN, FINISHED, REFERENCE, check_result, failure, healthy_chain, observe, replace_at
 
 EDGE, CORE, ORIGIN = 0, 1, 2
 MISSING = {0: (BlobStatus.MISSING, "missing (404)")}
@@ -56,7 +56,7 @@ UP = {("corp", "edge"): True, ("corp", "core"): False}
 
 def test_the_status_document_counts_artifacts_by_health() -> None:
     document = status_document(populated(), {"corp": CHAIN}, UP)
-    assert document["summary"] == {"artifacts": 5, "healthy": 1, "unhealthy": 1, "unknown": 3}
+    assert document["summary"] == {"artifacts": 5, "healthy": 1, "unhealthy": 1, "unknown": 2, "waiting": 1}
     assert document["version"] == __version__
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", document["generatedAt"])
     json.dumps(document)  # serialisable as is
@@ -97,12 +97,55 @@ def test_each_artifact_has_its_verdict_blame_and_per_hop_verdicts() -> None:
     assert artifacts["healthy"]["blame"] is None
 
 
-def test_a_pending_or_unchecked_artifact_is_unknown_with_the_reason() -> None:
+def test_a_pending_artifact_is_unknown_and_an_unchecked_one_is_waiting_for_its_first_check() -> None:
     artifacts = {a["name"]: a for a in status_document(populated(), {"corp": CHAIN}, UP)["artifacts"]}
     semver = artifacts["semver"]
-    assert (semver["verdict"], semver["health"], semver["hops"]) == ("Unknown", "unknown", [])
+    assert (semver["verdict"], semver["health"]) == ("Unknown", "unknown")
     assert semver["pending"] == semver["message"] == "semver ref not resolved by Flux yet"
-    assert (artifacts["new"]["message"], artifacts["new"]["checkedAt"]) == ("not checked yet", None)
+    new = artifacts["new"]
+    assert (new["health"], new["message"], new["checkedAt"], new["since"]) == (
+        "waiting",
+        "waiting for the first check",
+        None,
+        None,
+    )
+    assert [(h["name"], h["health"], h["verdict"]) for h in new["hops"]] == [
+        ("edge", "waiting", None),
+        ("core", "waiting", None),
+        ("origin", "waiting", None),
+    ]
+
+
+def test_broken_artifacts_come_first() -> None:
+    artifacts = status_document(populated(), {"corp": CHAIN}, UP)["artifacts"]
+    assert [a["name"] for a in artifacts] == ["broken", "semver", "unreachable", "new", "healthy"]
+
+
+def test_since_and_the_runbook_are_given_per_artifact_and_per_hop() -> None:
+    store = populated()
+    later = check_result(
+        [observe(EDGE, blobs=MISSING), observe(CORE, blobs=MISSING), observe(ORIGIN)], finished=FINISHED + 600
+    )
+    store.put(TargetStatus(target("broken"), "corp", later))
+    artifacts = {a["name"]: a for a in status_document(store, {"corp": CHAIN}, UP)["artifacts"]}
+    broken = artifacts["broken"]
+    assert broken["since"] == "2023-11-14T22:13:21Z", "the verdict held since the first check"
+    assert broken["checkedAt"] == "2023-11-14T22:23:21Z"
+    assert broken["runbook"] == RUNBOOKS + "#layerwatchlayermissing"
+    core = broken["hops"][1]
+    assert (core["since"], core["runbook"]) == ("2023-11-14T22:13:21Z", RUNBOOKS + "#layerwatchlayermissing")
+    assert broken["hops"][2]["runbook"] is None  # origin is healthy
+    assert artifacts["unreachable"]["runbook"] == RUNBOOKS + "#layerwatchartifactunreachable"
+    assert runbook_url("AuthFailed") == RUNBOOKS + "#layerwatchhopauthfailed"
+    assert runbook_url("Healthy") is None
+
+
+def test_chains_that_are_not_ready_are_listed_with_why() -> None:
+    document = status_document(ResultStore(), {}, {}, {"corp": "Secret layerwatch/robot not found"})
+    assert document["chainsNotReady"] == [{"name": "corp", "reason": "Secret layerwatch/robot not found"}]
+    assert "chain corp is not ready, nothing on it is checked: Secret layerwatch/robot" in status_page(
+        document
+    )
 
 
 # -- the status page -------------------------------------------------------------------------------
@@ -116,19 +159,26 @@ def page(store: ResultStore | None = None, chains: dict[str, Chain] | None = Non
 
 def test_the_page_shows_one_row_per_artifact_and_one_cell_per_hop() -> None:
     html = page()
-    assert html.count('<tr data-artifact="') == 5
+    assert html.count(" data-artifact=") == 5
     assert 'data-artifact="team-a/broken"' in html
     assert html.count('data-blamed="true"') == 2  # broken at core, unreachable at edge
-    assert 'data-hop="core" data-verdict="LayerMissing" data-blamed="true"' in html
+    assert 'class="unhealthy blamed" data-hop="core" data-verdict="LayerMissing" data-blamed="true"' in html
+    assert 'class="unhealthy passed" data-hop="edge"' in html
+    assert "passes on the fault of hop core" in html
+    assert "LayerMissing at core since 2023-11-14T22:13:21Z" in html
+    assert f'<a class="runbook" href="{RUNBOOKS}#layerwatchlayermissing">runbook</a>' in html
     assert '<span class="down">down</span>' in html and '<span class="up">up</span>' in html
 
 
 def test_a_pending_target_is_shown_with_why_it_is_not_checked() -> None:
     html = page()
-    row = re.search(r'<tr data-artifact="team-a/semver">.*?</tr>', html)
+    row = re.search(r'<tr [^>]*data-artifact="team-a/semver".*?</tr>', html)
     assert row is not None
-    assert "semver ref not resolved by Flux yet" in row.group(0)
-    assert row.group(0).count('class="none"') == 3  # no hop checked
+    assert row.group(0).count("semver ref not resolved by Flux yet") == 4  # the artifact and each hop
+    waiting = re.search(r'<tr [^>]*data-artifact="team-a/new".*?</tr>', html)
+    assert waiting is not None
+    assert waiting.group(0).count("waiting for the first check") == 4
+    assert "not on pull path" not in waiting.group(0)
 
 
 def test_every_user_controlled_string_is_escaped() -> None:
@@ -144,7 +194,7 @@ def test_every_user_controlled_string_is_escaped() -> None:
     )
     evil_chain = dataclasses.replace(CHAIN, name='chain"<blink>')
     html = page(store, {'chain"<blink>': evil_chain})
-    assert "<script>" not in html
+    assert "<script>alert" not in html
     assert "<marquee>" not in html and "<blink>" not in html
     assert 'ns"><marquee>' not in html
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
@@ -155,11 +205,12 @@ def test_every_user_controlled_string_is_escaped() -> None:
 
 def test_the_page_loads_nothing_from_other_hosts() -> None:
     html = page()
-    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?(?:[a-z]+:)?//""", html, re.IGNORECASE)
+    assert not re.search(r"""(?:src|action)\s*=\s*["']?(?:[a-z]+:)?//""", html, re.IGNORECASE)
     assert "@import" not in html and "url(" not in html
-    assert "<script" not in html.lower()
+    assert re.findall(r"<script[^>]*>", html) == ["<script>"]  # the inline refresh, nothing loaded
     links = re.findall(r'href="([^"]*)"', html)
-    assert links == ["api/v1/status", "metrics"]  # relative: works behind a path-prefixing proxy
+    assert links[:2] == ["api/v1/status", "metrics"]  # relative: works behind a path-prefixing proxy
+    assert links[2:] and all(link.startswith(RUNBOOKS + "#") for link in links[2:]), links
 
 
 def test_a_page_without_chains_says_so() -> None:
@@ -215,7 +266,7 @@ async def test_the_status_api_serves_the_status_document_as_json(serve: Callable
     assert response.status == 200
     assert response.content_type == "application/json"
     document = await response.json()
-    assert document["summary"] == {"artifacts": 5, "healthy": 1, "unhealthy": 1, "unknown": 3}
+    assert document["summary"] == {"artifacts": 5, "healthy": 1, "unhealthy": 1, "unknown": 2, "waiting": 1}
     assert [c["name"] for c in document["chains"]] == ["corp"]
 
 

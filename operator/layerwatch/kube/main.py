@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import kopf
 
+from layerwatch.kube import notify
 from layerwatch.kube.api import load_client_config
 from layerwatch.kube.service import OperatorOptions
 from layerwatch.logs import configure_logging
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LAYERWATCH_NAMESPACE", "layerwatch"),
         help="namespace of ProxyChain Secrets whose secretRef names none",
     )
+    notify.add_arguments(parser)
     parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning"],
@@ -101,6 +103,7 @@ def run_operator(argv: Sequence[str]) -> int:
         engine=engine,
         namespace=args.secrets_namespace,
         peering_lifetime=args.peering_lifetime,
+        notification_address=args.notification_address,
     )
     priority: int | None = args.priority
     if priority is None and args.peering:

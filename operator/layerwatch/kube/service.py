@@ -21,6 +21,7 @@ from typing import Any
 from layerwatch.chain import Chain, ChainError, Hop, chain_from_spec
 from layerwatch.kube.api import KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
+from layerwatch.kube.notify import FluxNotifier
 from layerwatch.kube.targets import FluxSource, in_shard, select
 from layerwatch.metrics import Metrics
 from layerwatch.scheduler import Scheduler, Watch
@@ -52,6 +53,8 @@ class OperatorOptions:
     peering_lifetime: int = 60
     """Seconds a peer's keep-alive counts (kopf's default): a standby takes over at most this long
     after the active replica dies; shorter costs more keep-alive patches."""
+    notification_address: str | None = None
+    """Flux notification-controller's event receiver; each posted event is forwarded there too."""
 
 
 class OperatorService:
@@ -74,6 +77,7 @@ class OperatorService:
         self._chain_status_dirty = asyncio.Event()
         self._written_chain_status: dict[str, dict[str, Any]] = {}
         self._skipped: dict[tuple[str, str], str] = {}
+        self.notifier = FluxNotifier(options.notification_address) if options.notification_address else None
 
     # -- what kopf tells us ------------------------------------------------------------------------
 
@@ -143,6 +147,8 @@ class OperatorService:
         finally:
             stop.set()
             await asyncio.gather(scheduler, chain_status, return_exceptions=True)
+            if self.notifier is not None:
+                await self.notifier.aclose()
 
     async def replan(self) -> None:
         chains: dict[str, Chain] = {}
@@ -251,7 +257,7 @@ class OperatorService:
         async def announce(before: Sequence[Mapping[str, Any]]) -> None:
             event = transition(source.namespace, source.name, source.uid, before, desired)
             if event is not None:
-                await self.api.post_event(
+                posted = await self.api.post_event(
                     source.api_version,
                     source.namespace,
                     source.name,
@@ -259,6 +265,8 @@ class OperatorService:
                     event,
                     repeat_after=1.5 * interval,
                 )
+                if posted and self.notifier is not None:  # a restart's redo is not news to Flux either
+                    self.notifier.notify(source, event, self.store.get(source.key))
 
         try:
             await self.api.write_condition(
