@@ -1,9 +1,10 @@
 """Chains and targets from files: the CLI's ``--chain``/``--hop`` and ``layerwatch serve --config``.
 
 In a cluster, hop credentials come from Secrets; outside one they come from files: a hop in a
-chain file may carry ``dockerConfig: PATH`` or ``username``/``password`` (and ``caFile``), and
-any hop without its own credentials gets them from the docker config (``--docker-config``, else
-``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``), looked up by the hop's host.
+chain file may carry ``dockerConfig: PATH`` or ``username``/``password`` (and ``caFile``,
+``certFile``/``keyFile``, ``proxy``, ``provider``), and any hop without its own credentials gets
+them from the docker config (``--docker-config``, else ``$DOCKER_CONFIG/config.json``, else
+``~/.docker/config.json``), looked up by the hop's host, helpers and identity tokens included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from layerwatch.chain import (
     target_from_document,
 )
 from layerwatch.documents import json_object
-from layerwatch.registry.auth import credentials_from_docker_config, default_docker_config_path
+from layerwatch.registry.auth import default_docker_config_path
+from layerwatch.registry.credhelpers import docker_credentials
+from layerwatch.registry.proxies import proxy_from_document
+from layerwatch.registry.tls import check_client_certificate
 
 __all__ = [
     "FileSettings",
@@ -77,11 +81,19 @@ def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings,
         options["credentials"] = Credentials(username, password)
     elif raw.get("dockerConfig"):
         path = base_dir / str(raw["dockerConfig"])
-        options["credentials"] = credentials_from_docker_config(_docker_config(path, required=True), host)
-    else:
-        options["credentials"] = credentials_from_docker_config(
+        options["credentials"] = docker_credentials(_docker_config(path, required=True), host)
+    elif raw.get("provider") in (None, "generic"):
+        options["credentials"] = docker_credentials(
             _docker_config(settings.docker_config, required=settings.docker_config is not None), host
         )
+    options["proxy"] = proxy_from_document(raw.get("proxy"), f"hop {name}")
+    if raw.get("certFile") or raw.get("keyFile"):
+        cert, key = (
+            _read_text(base_dir / str(raw[field]), what) if raw.get(field) else None
+            for field, what in (("certFile", "client certificate"), ("keyFile", "client key"))
+        )
+        check_client_certificate(cert, key, f"hop {name}")
+        options["client_cert_pem"], options["client_key_pem"] = cert, key
     ca_file = base_dir / str(raw["caFile"]) if raw.get("caFile") else settings.ca_file
     if ca_file is not None:
         options["ca_pem"] = _read_text(ca_file, "CA file")
