@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["LOOPBACK", "LabError", "free_port", "log_tail", "stop_process", "wait_http"]
+__all__ = ["LOOPBACK", "LabError", "free_port", "log_tail", "stop_process", "wait_http", "wait_tcp"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -57,6 +57,21 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
             pass
         time.sleep(0.05)
     raise LabError(f"{url} did not answer within {timeout:.0f}s:\n{log_tail(log)}")
+
+
+def wait_tcp(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """Poll until ``127.0.0.1:port`` accepts connections (for servers HTTP probes cannot reach:
+    a proxy, a registry that demands a client certificate), failing early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"process {proc.args!r} exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"{LOOPBACK}:{port} did not accept connections within {timeout:.0f}s:\n{log_tail(log)}")
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
