@@ -11,6 +11,7 @@ service would check:
   401 ``Bearer realm="<host>/oauth2/token",service="<host>"``; ``GET /oauth2/token`` with Basic
   ``00000000-0000-0000-0000-000000000000:<refresh token>`` answers ``{access_token}``; authorized
   ``/v2/`` requests are served by a real registry behind it.
+- A registry taking docker identity tokens at ``POST /token`` (the OAuth2 refresh-token grant).
 - The GCE metadata server: ``GET /computeMetadata/v1/instance/service-accounts/default/token``
   with ``Metadata-Flavor: Google`` answers ``{access_token, expires_in, token_type}``; without the
   header, 403.
@@ -31,7 +32,7 @@ from aiohttp import web
 
 from layerwatch.registry.providers import ACR_USERNAME
 
-__all__ = ["FakeCloud", "serve"]
+__all__ = ["FakeCloud", "IdentityTokenRegistry", "serve"]
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "host"}
@@ -121,24 +122,9 @@ class FakeCloud:
 
     async def acr_registry(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.acr_access}":
-            realm = f"http://{request.host}/oauth2/token"
-            return web.json_response(
-                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-                status=401,
-                headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="{request.host}"'},
-            )
+            return challenge(request, f"http://{request.host}/oauth2/token", request.host)
         assert self._session is not None
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in (_HOP_HEADERS | {"authorization"})
-        }
-        async with self._session.request(
-            request.method, self.origin + request.path_qs, headers=headers, allow_redirects=False
-        ) as upstream:
-            body = await upstream.read()
-            passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-            if request.method == "HEAD" and "Content-Length" in upstream.headers:
-                passed["Content-Length"] = upstream.headers["Content-Length"]
-            return web.Response(status=upstream.status, body=body or None, headers=passed)
+        return await forward(self._session, self.origin, request)
 
     # -- GCE metadata ------------------------------------------------------------------------------
 
@@ -161,17 +147,80 @@ class FakeCloud:
         return app
 
 
+def challenge(request: web.Request, realm: str, service: str) -> web.Response:
+    """The registry's 401 that starts the token flow."""
+    return web.json_response(
+        {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+        status=401,
+        headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="{service}"'},
+    )
+
+
+async def forward(session: aiohttp.ClientSession, origin: str, request: web.Request) -> web.Response:
+    """Serve an authorized ``/v2/`` request from the real registry behind the fake."""
+    headers = {
+        k: v for k, v in request.headers.items() if k.lower() not in (_HOP_HEADERS | {"authorization"})
+    }
+    async with session.request(
+        request.method, origin + request.path_qs, headers=headers, allow_redirects=False
+    ) as upstream:
+        body = await upstream.read()
+        passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+        if request.method == "HEAD" and "Content-Length" in upstream.headers:
+            passed["Content-Length"] = upstream.headers["Content-Length"]
+        return web.Response(status=upstream.status, body=body or None, headers=passed)
+
+
+class IdentityTokenRegistry:
+    """A registry whose token endpoint takes docker identity tokens: the OAuth2 refresh-token grant.
+
+    ``POST /token`` with ``grant_type=refresh_token``, ``refresh_token``, ``service``, ``scope``
+    and ``client_id`` answers ``{access_token, expires_in}`` (distribution's token spec, OAuth2
+    section); a GET (the Basic-credentials form) is refused, so only the grant can succeed.
+    """
+
+    def __init__(self, origin: str, identity_token: str) -> None:
+        self.origin = origin.rstrip("/")
+        self.identity_token = identity_token
+        self.access = f"access-{secrets.token_hex(12)}"
+        self.grants: list[dict[str, str]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def token(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.grants.append(form)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.identity_token:
+            return web.json_response({"error": "invalid_grant"}, status=401)
+        return web.json_response(
+            {"access_token": self.access, "expires_in": 300, "scope": form.get("scope", "")}
+        )
+
+    async def registry(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.access}":
+            return challenge(request, f"http://{request.host}/token", "fake-registry")
+        assert self._session is not None
+        return await forward(self._session, self.origin, request)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/token", self.token)
+        app.router.add_route("*", "/v2/{tail:.*}", self.registry)
+        return app
+
+
 @asynccontextmanager
-async def serve(cloud: FakeCloud) -> AsyncIterator[str]:
-    """Run the fakes on a loopback port for the duration; yields ``127.0.0.1:PORT``."""
-    runner = web.AppRunner(cloud.app())
+async def serve(fake: FakeCloud | IdentityTokenRegistry) -> AsyncIterator[str]:
+    """Run a fake on a loopback port for the duration; yields ``127.0.0.1:PORT``."""
+    runner = web.AppRunner(fake.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    cloud._session = aiohttp.ClientSession()
+    fake._session = aiohttp.ClientSession()
     try:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         yield f"127.0.0.1:{port}"
     finally:
-        await cloud._session.close()
+        await fake._session.close()
         await runner.cleanup()
