@@ -120,11 +120,7 @@ def test_a_helper_that_is_not_installed_is_a_one_line_error(registry: GatewayPro
     config = _config(tmp_path, {"credHelpers": {registry.address: "nowhere"}})
     run = _check(tmp_path, config, f"{registry.address}/org/app:v1")
     assert run.status == 2, run
-    assert (
-        run.stderr.strip()
-        == ("layerwatch: credential helper docker-credential-nowhere (from the docker config) is not on PATH")
-        or "docker-credential-nowhere (from the docker config) is not on PATH" in run.stderr
-    )
+    assert "credential helper docker-credential-nowhere (from the docker config) is not on PATH" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 
 
