@@ -93,11 +93,13 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
         if not entry:
             continue
         try:
-            if address is not None and address in ipaddress.ip_network(entry.strip("[]"), strict=False):
+            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            network = None
+        if network is not None:
+            if address is not None and address in network:
                 return True
             continue
-        except ValueError:
-            pass
         name, colon, entry_port = entry.rpartition(":")
         if not colon or "]" in entry_port or not entry_port.isdigit():
             name, entry_port = entry, ""
