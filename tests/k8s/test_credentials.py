@@ -1,0 +1,138 @@
+"""The operator sees what Flux sees: serviceAccountName pull secrets, proxies from Secrets.
+
+A ProxyChain whose edge hop has no credentials of its own, reached through an authenticating
+tinyproxy (the proxy's credentials in a Secret): an OCIRepository whose ServiceAccount lists the
+edge's pull secret is checked Healthy, one without is AuthFailed; one with a proxySecretRef goes
+through that other proxy instead. The proxies' own logs say which requests passed them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.k8s.operator_harness import (
+    FLUX,
+    LAB_INTERVAL,
+    LW,
+    condition,
+    ocirepository,
+    push_artifact,
+    wait_for,
+)
+from tests.k8s.test_operator import operator  # noqa: F401 - the operator fixture, shared
+
+from lab.chain import LocalChain
+from lab.kube import ControlPlane
+from lab.proxy import TINYPROXY, TinyProxy
+
+pytestmark = pytest.mark.k8s
+
+PROXY_USER = ("lw-chain-proxy", "chain-proxy-pw-51c")
+
+
+@pytest.fixture(scope="module")
+def proxies() -> Iterator[tuple[TinyProxy, TinyProxy]]:
+    """(the chain's authenticating proxy, an OCIRepository's own proxy)."""
+    if not shutil.which(TINYPROXY):
+        pytest.fail(f"{TINYPROXY} missing (hack/install-deps.sh installs tinyproxy)", pytrace=False)
+    with TinyProxy(user=PROXY_USER) as chain_proxy, TinyProxy() as own_proxy:
+        yield chain_proxy, own_proxy
+
+
+@pytest.fixture(scope="module")
+def bare_chain(
+    control_plane: ControlPlane, chain: LocalChain, proxies: tuple[TinyProxy, TinyProxy]
+) -> Iterator[str]:
+    """The lab chain with no credentials on the edge, which is reached through the chain proxy."""
+    control_plane.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "lab-proxy", "namespace": "layerwatch"},
+            "stringData": {"username": PROXY_USER[0], "password": PROXY_USER[1]},
+        }
+    )
+    hops: list[dict[str, Any]] = [{"name": hop.name, "url": hop.url} for hop in chain.hops]
+    hops[0]["proxy"] = {
+        "address": proxies[0].url,
+        "secretRef": {"name": "lab-proxy", "namespace": "layerwatch"},
+    }
+    name = f"bare-{secrets.token_hex(3)}"
+    control_plane.apply(
+        {
+            "apiVersion": "layerwatch.io/v1alpha1",
+            "kind": "ProxyChain",
+            "metadata": {"name": name},
+            "spec": {"hops": hops, "interval": LAB_INTERVAL},
+        }
+    )
+    yield name
+    client.CustomObjectsApi(control_plane.api_client()).delete_cluster_custom_object(*LW, "proxychains", name)
+
+
+def _pull_secret(core: client.CoreV1Api, namespace: str, chain: LocalChain) -> None:
+    user, password = chain.hop("edge").credentials or ("", "")
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = {"auths": {chain.hop("edge").address: {"auth": auth}}}
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "edge-pull"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": json.dumps(config)},
+        },
+    )
+    core.create_namespaced_service_account(
+        namespace, {"metadata": {"name": "puller"}, "imagePullSecrets": [{"name": "edge-pull"}]}
+    )
+
+
+def _settled(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return wait_for(
+        f"{name} checked",
+        lambda: (c := condition(custom, namespace, name)) and c["reason"] not in ("Pending", "") and c,
+    )
+
+
+@pytest.mark.usefixtures("operator")
+def test_service_account_pull_secrets_and_proxies_reach_the_entry_hop(
+    chain: LocalChain,
+    bare_chain: str,
+    proxies: tuple[TinyProxy, TinyProxy],
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    chain_proxy, own_proxy = proxies
+    _pull_secret(core, namespace, chain)
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "own-proxy"}, "stringData": {"address": own_proxy.url}}
+    )
+    repository, url, _ = push_artifact(chain)
+    pick = {"metadata": {"annotations": {"layerwatch.io/chain": bare_chain}}}
+    bodies = {
+        "with-sa": ocirepository(namespace, "with-sa", url, serviceAccountName="puller"),
+        "without-sa": ocirepository(namespace, "without-sa", url),
+        "own-proxy": ocirepository(
+            namespace, "own-proxy", url, serviceAccountName="puller", proxySecretRef={"name": "own-proxy"}
+        ),
+    }
+    for body in bodies.values():
+        body["metadata"] |= pick["metadata"]
+        custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
+
+    assert _settled(custom, namespace, "with-sa")["reason"] == "Healthy"
+    refused = _settled(custom, namespace, "without-sa")
+    assert (refused["status"], refused["reason"]) == ("Unknown", "AuthFailed")
+    assert _settled(custom, namespace, "own-proxy")["reason"] == "Healthy"
+
+    at_edge = f" {chain.hop('edge').gateway.url}/v2/{chain.repository_at('edge', repository)}/manifests/"
+    assert any(at_edge in line for line in chain_proxy.requests()), chain_proxy.log()[-2000:]
+    assert any(at_edge in line for line in own_proxy.requests()), own_proxy.log()[-2000:]
