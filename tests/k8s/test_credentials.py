@@ -136,3 +136,29 @@ def test_service_account_pull_secrets_and_proxies_reach_the_entry_hop(
     at_edge = f" {chain.hop('edge').gateway.url}/v2/{chain.repository_at('edge', repository)}/manifests/"
     assert any(at_edge in line for line in chain_proxy.requests()), chain_proxy.log()[-2000:]
     assert any(at_edge in line for line in own_proxy.requests()), own_proxy.log()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("hop", "message"),
+    [
+        (
+            {"proxy": {"address": "http://me:hunter2@proxy.corp:3128"}},
+            "without credentials (they go in secretRef)",
+        ),
+        ({"provider": "alibaba"}, "spec.hops[0].provider: Unsupported value"),
+        ({"certSecretRef": {"name": "mtls"}}, "spec.hops[0].certSecretRef.namespace: Required value"),
+    ],
+)
+def test_the_crd_refuses_bad_credential_and_network_fields(
+    custom: client.CustomObjectsApi, hop: dict[str, Any], message: str
+) -> None:
+    body = {
+        "apiVersion": "layerwatch.io/v1alpha1",
+        "kind": "ProxyChain",
+        "metadata": {"name": f"bad-{secrets.token_hex(3)}"},
+        "spec": {"hops": [{"name": "origin", "url": "https://ghcr.io", **hop}]},
+    }
+    with pytest.raises(client.exceptions.ApiException) as info:
+        custom.create_cluster_custom_object(*LW, "proxychains", body)
+    assert info.value.status == 422 and message in str(info.value.body)
+    assert "hunter2" not in str(info.value.body)
