@@ -8,17 +8,23 @@ refuses the handshake without the certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
-from tests.registry.helpers import CliRun, empty_docker_config, run_cli
+from tests.registry.helpers import CliRun, empty_docker_config, layerwatch_command, run_cli
 
 from lab.artifacts import push_flux_artifact
 from lab.certs import TestCA
+from lab.process import free_port
 from lab.proxy import TINYPROXY, TinyProxy
 from lab.registry import RegistryProcess
 from layerwatch.chain import Hop, Proxy
@@ -226,3 +232,52 @@ def test_a_hop_proxy_with_credentials_carries_the_engine_through_connect(
 
     assert (asyncio.run(resolve()) or "").startswith("sha256:")
     assert f"CONNECT {mtls.address} HTTP/1.1" in authenticating_proxy.requests()
+
+
+def test_serve_reaches_its_hops_through_https_proxy_from_the_environment(
+    mtls: RegistryProcess, pki: dict[str, Path], tinyproxy: TinyProxy, tmp_path: Path
+) -> None:
+    """``layerwatch serve`` builds its clients like ``check``: the environment's proxy applies."""
+    chain = yaml.safe_load(_chain(tmp_path, mtls.url, **_mtls_hop(pki)).read_text())
+    chain["spec"]["interval"] = "1s"
+    target = {
+        "kind": "Target",
+        "metadata": {"name": "app"},
+        "spec": {"url": f"oci://{mtls.address}/org/app", "ref": "v1"},
+    }
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump_all([chain, target]))
+    port = free_port()
+    env = {
+        **os.environ,
+        "HTTPS_PROXY": tinyproxy.url,
+        "NO_PROXY": "",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    command = [*layerwatch_command(), "serve", "--config", str(config), "--metrics-address", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*command, "--metrics-port", str(port), "--docker-config", str(empty_docker_config(tmp_path))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                exposition = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                if any(
+                    line.startswith("layerwatch_artifact_hop_healthy{")
+                    and 'name="app"' in line
+                    and line.endswith(" 1.0")
+                    for line in exposition.splitlines()
+                ):
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"serve never reported the hop healthy (exit {proc.poll()})")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert f"CONNECT {mtls.address} HTTP/1.1" in tinyproxy.requests()
