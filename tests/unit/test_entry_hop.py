@@ -120,3 +120,31 @@ def test_proxy_secret_ref_and_a_client_certificate_apply_to_the_entry_hop() -> N
     assert hop is not None and hop.proxy == proxy
     assert (hop.client_cert_pem, hop.client_key_pem, hop.ca_pem) == ("CERT", "KEY", "CA")
     assert "pw" not in repr(hop) and "KEY" not in repr(hop)
+
+
+def test_proxychain_hops_take_a_proxy_a_proxy_secret_and_a_client_certificate() -> None:
+    api = SecretsOnly(
+        {
+            ("layerwatch", "proxy-login"): Proxy("http://proxy.corp:3128", "me", "pw"),
+            ("layerwatch", "mtls"): {"client_cert_pem": "CERT", "client_key_pem": "KEY"},
+        }
+    )
+    service = OperatorService(cast(KubeApi, api), OperatorOptions())
+    body = {
+        "spec": {
+            "hops": [
+                {
+                    "name": "edge",
+                    "url": "https://a.example/p-core",
+                    "proxy": {"address": "http://proxy.corp:3128", "secretRef": {"name": "proxy-login"}},
+                    "certSecretRef": {"name": "mtls"},
+                },
+                {"name": "origin", "url": "https://ghcr.io", "proxy": {"address": "http://other:8080"}},
+            ]
+        }
+    }
+    chain = asyncio.run(service._chain("corp", body))
+    edge, origin = chain.hops
+    assert edge.proxy == Proxy("http://proxy.corp:3128", "me", "pw")
+    assert (edge.client_cert_pem, edge.client_key_pem) == ("CERT", "KEY")
+    assert origin.proxy == Proxy("http://other:8080") and origin.client_cert_pem is None
