@@ -12,16 +12,15 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
-from lab.process import LOOPBACK, LabError, free_port, stop_process, wait_tcp
+from lab.process import LOOPBACK, LabError, ManagedChild, free_port, wait_tcp
 
 __all__ = ["TINYPROXY", "TinyProxy"]
 
 TINYPROXY = "/usr/bin/tinyproxy"
 
 
-class TinyProxy:
+class TinyProxy(ManagedChild):
     """One ``tinyproxy -d`` child on a free loopback port; ``user`` = (name, password) for BasicAuth."""
 
     def __init__(self, *, user: tuple[str, str] | None = None, binary: str = TINYPROXY) -> None:
@@ -84,19 +83,3 @@ class TinyProxy:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> TinyProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -29,11 +29,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
-from lab.process import LOOPBACK, LabError, free_port, stop_process, wait_http, wait_tcp
+from lab.process import LOOPBACK, LabError, ManagedChild, free_port, stop_process, wait_http, wait_tcp
 
 __all__ = ["DOCKER_REGISTRY", "RegistryProcess"]
 
@@ -41,7 +40,7 @@ DOCKER_REGISTRY = "/usr/bin/docker-registry"
 _START_ATTEMPTS = 3
 
 
-class RegistryProcess:
+class RegistryProcess(ManagedChild):
     """One ``docker-registry serve`` child on a free loopback port with filesystem storage in a temp dir.
 
     Give ``remote_url`` to make it a pull-through proxy of that upstream (optionally with
@@ -145,20 +144,3 @@ class RegistryProcess:
                 last_error = exc
         self.stop()
         raise LabError(f"registry {self.name} did not start: {last_error}")
-
-    def stop(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL) and delete its storage."""
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> RegistryProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

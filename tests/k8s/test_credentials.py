@@ -23,6 +23,7 @@ from tests.k8s.operator_harness import (
     LW,
     condition,
     ocirepository,
+    proxychain_document,
     push_artifact,
     wait_for,
 )
@@ -59,20 +60,12 @@ def bare_chain(
             "stringData": {"username": PROXY_USER[0], "password": PROXY_USER[1]},
         }
     )
-    hops: list[dict[str, Any]] = [{"name": hop.name, "url": hop.url} for hop in chain.hops]
-    hops[0]["proxy"] = {
-        "address": proxies[0].url,
-        "secretRef": {"name": "lab-proxy", "namespace": "layerwatch"},
-    }
     name = f"bare-{secrets.token_hex(3)}"
-    control_plane.apply(
-        {
-            "apiVersion": "layerwatch.io/v1alpha1",
-            "kind": "ProxyChain",
-            "metadata": {"name": name},
-            "spec": {"hops": hops, "interval": LAB_INTERVAL},
-        }
-    )
+    document = proxychain_document(chain, name, LAB_INTERVAL)
+    edge = document["spec"]["hops"][0]
+    del edge["secretRef"]
+    edge["proxy"] = {"address": proxies[0].url, "secretRef": {"name": "lab-proxy", "namespace": "layerwatch"}}
+    control_plane.apply(document)
     yield name
     client.CustomObjectsApi(control_plane.api_client()).delete_cluster_custom_object(*LW, "proxychains", name)
 

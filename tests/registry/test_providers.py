@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.registry.cloud_fakes import FakeCloud, serve
-from tests.registry.helpers import empty_docker_config, engine_check_async, hop_verdicts, run_cli
+from tests.registry.helpers import CliRun, empty_docker_config, engine_check_async, hop_verdicts, run_cli
 
 from lab.artifacts import push_flux_artifact
 from lab.control import GatewayProcess
@@ -121,23 +121,28 @@ def _aws_env(directory: Path, moto: str, *, web_identity: bool = True) -> dict[s
     return env
 
 
-def test_aws_web_identity_through_sts_and_ecr_logs_in_to_the_registry(
-    origin: RegistryProcess, moto: str, tmp_path: Path
-) -> None:
+def _aws_check(origin: RegistryProcess, moto: str, directory: Path, *, web_identity: bool) -> CliRun:
+    """``layerwatch check`` of a hop with ``provider: aws`` that accepts only moto's ECR login."""
     gateway = _gateway(origin, ("AWS", AWS_PASSWORD))
     try:
-        chain = _chain(tmp_path, gateway.url, "aws")
-        run = run_cli(
+        chain = _chain(directory, gateway.url, "aws")
+        return run_cli(
             "check",
             "--output",
             "json",
             "--chain",
             str(chain),
             f"{gateway.address}/org/app:v1",
-            env=_aws_env(tmp_path, moto),
+            env=_aws_env(directory, moto, web_identity=web_identity),
         )
     finally:
         gateway.stop()
+
+
+def test_aws_web_identity_through_sts_and_ecr_logs_in_to_the_registry(
+    origin: RegistryProcess, moto: str, tmp_path: Path
+) -> None:
+    run = _aws_check(origin, moto, tmp_path, web_identity=True)
     assert run.status == 0, run
     assert hop_verdicts(run.report) == {"registry": "Healthy"}
     _assert_nowhere([AWS_PASSWORD], run.output)
@@ -146,20 +151,7 @@ def test_aws_web_identity_through_sts_and_ecr_logs_in_to_the_registry(
 def test_aws_without_an_identity_is_auth_failed_saying_so(
     origin: RegistryProcess, moto: str, tmp_path: Path
 ) -> None:
-    gateway = _gateway(origin, ("AWS", AWS_PASSWORD))
-    try:
-        chain = _chain(tmp_path, gateway.url, "aws")
-        run = run_cli(
-            "check",
-            "--output",
-            "json",
-            "--chain",
-            str(chain),
-            f"{gateway.address}/org/app:v1",
-            env=_aws_env(tmp_path, moto, web_identity=False),
-        )
-    finally:
-        gateway.stop()
+    run = _aws_check(origin, moto, tmp_path, web_identity=False)
     assert run.status == 3, run
     hop = run.report["hops"][0]
     assert hop["verdict"] == "AuthFailed" and "aws provider: credentials: no AWS identity" in hop["message"]
