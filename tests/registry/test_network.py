@@ -202,7 +202,7 @@ def test_a_wrong_proxy_password_is_could_not_check_naming_the_proxy_answer(
     assert run.status == 3, run
     hop = run.report["hops"][0]
     # tinyproxy answers a wrong password on CONNECT with 401 (a missing one with 407).
-    assert hop["verdict"] == "Unreachable" and "ProxyError: 401" in hop["message"], hop
+    assert hop["verdict"] == "Unreachable" and "proxy answered HTTP 401 Unauthorized" in hop["message"], hop
     assert "wrong-password" not in run.output
 
 
@@ -227,8 +227,8 @@ def test_a_hop_proxy_with_credentials_carries_the_engine_through_connect(
     )
 
     async def resolve() -> str | None:
-        async with RegistryClient(hop) as client:
-            return await client.resolve("org/app", "v1")
+        async with RegistryClient.for_hop(hop) as client:
+            return await client.resolve("org/app", "v1", client.budget())
 
     assert (asyncio.run(resolve()) or "").startswith("sha256:")
     assert f"CONNECT {mtls.address} HTTP/1.1" in authenticating_proxy.requests()

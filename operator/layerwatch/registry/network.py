@@ -143,6 +143,12 @@ def fault_from_exception(exc: BaseException) -> Fault:
         return Fault(FaultKind.CONNECT_TIMEOUT, "connect timed out")
     if has(TimeoutError, httpx.TimeoutException, aiohttp.ServerTimeoutError):
         return Fault(FaultKind.HEADER_TIMEOUT, "timed out waiting for response headers")
+    proxy_answer = next((e for e in chain if isinstance(e, aiohttp.ClientHttpProxyError)), None)
+    if proxy_answer is not None:  # the proxy itself said no (407: its credentials)
+        return Fault(
+            FaultKind.PROTOCOL,
+            clean_text(f"proxy answered HTTP {proxy_answer.status} {proxy_answer.message}"),
+        )
     if has(aiohttp.ClientPayloadError, httpx.ReadError):
         return Fault(FaultKind.BODY_CUT, text)
     if has(httpx.ConnectError, aiohttp.ClientConnectorError):
