@@ -21,6 +21,7 @@ from tests.k8s.operator_harness import (
     FLUX,
     LAB_INTERVAL,
     LW,
+    Operator,
     condition,
     ocirepository,
     proxychain_document,
@@ -94,8 +95,8 @@ def _settled(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict
     )
 
 
-@pytest.mark.usefixtures("operator")
 def test_service_account_pull_secrets_and_proxies_reach_the_entry_hop(
+    operator: Operator,  # noqa: F811 - the shared fixture
     chain: LocalChain,
     bare_chain: str,
     proxies: tuple[TinyProxy, TinyProxy],
@@ -129,6 +130,13 @@ def test_service_account_pull_secrets_and_proxies_reach_the_entry_hop(
     at_edge = f" {chain.hop('edge').gateway.url}/v2/{chain.repository_at('edge', repository)}/manifests/"
     assert any(at_edge in line for line in chain_proxy.requests()), chain_proxy.log()[-2000:]
     assert any(at_edge in line for line in own_proxy.requests()), own_proxy.log()[-2000:]
+    # Neither the pull secret's password nor the proxy's shows in logs, events or metrics.
+    said = operator.text() + operator.metrics()
+    said += "".join(f"{e.reason} {e.message}" for e in core.list_namespaced_event(namespace).items)
+    for body in bodies:
+        said += str(condition(custom, namespace, body))
+    for secret in (PROXY_USER[1], (chain.hop("edge").credentials or ("", "x"))[1]):
+        assert secret not in said
 
 
 @pytest.mark.parametrize(
