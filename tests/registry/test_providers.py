@@ -1,17 +1,21 @@
 """``provider: aws | azure | gcp``: a hop checked with the cloud credentials Flux would get there.
 
-AWS runs against moto's server (STS AssumeRoleWithWebIdentity from a web identity token file,
-then ECR GetAuthorizationToken) through the real CLI; Azure and Google against the wire-format
-fakes in `cloud_fakes`. Each registry is a real one that accepts only the credentials the cloud
-issued, and no token ever shows in a report, a log line or the CLI's output.
+AWS runs against moto's server (STS AssumeRoleWithWebIdentity from a web identity token file, or
+an EKS Pod Identity agent, then ECR GetAuthorizationToken) through the real CLI; Azure and Google
+against the wire-format fakes in `cloud_fakes`. Each registry is a real one that accepts only
+the credentials the cloud issued, and no token ever shows in a report, a log line or the CLI's
+output.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import http.server
 import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,7 +125,14 @@ def _aws_env(directory: Path, moto: str, *, web_identity: bool = True) -> dict[s
     return env
 
 
-def _aws_check(origin: RegistryProcess, moto: str, directory: Path, *, web_identity: bool) -> CliRun:
+def _aws_check(
+    origin: RegistryProcess,
+    moto: str,
+    directory: Path,
+    *,
+    web_identity: bool = True,
+    env: dict[str, str] | None = None,
+) -> CliRun:
     """``layerwatch check`` of a hop with ``provider: aws`` that accepts only moto's ECR login."""
     gateway = _gateway(origin, ("AWS", AWS_PASSWORD))
     try:
@@ -133,7 +144,7 @@ def _aws_check(origin: RegistryProcess, moto: str, directory: Path, *, web_ident
             "--chain",
             str(chain),
             f"{gateway.address}/org/app:v1",
-            env=_aws_env(directory, moto, web_identity=web_identity),
+            env=env or _aws_env(directory, moto, web_identity=web_identity),
         )
     finally:
         gateway.stop()
@@ -146,6 +157,59 @@ def test_aws_web_identity_through_sts_and_ecr_logs_in_to_the_registry(
     assert run.status == 0, run
     assert hop_verdicts(run.report) == {"registry": "Healthy"}
     _assert_nowhere([AWS_PASSWORD], run.output)
+
+
+class _PodIdentityAgent(http.server.BaseHTTPRequestHandler):
+    """The EKS Pod Identity agent's wire format: GET with the projected token as Authorization."""
+
+    token = ""
+    asked: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.headers.get("Authorization", ""))
+        if self.headers.get("Authorization") != self.token:
+            self.send_response(401)
+            self.end_headers()
+            return
+        expiration = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = json.dumps(
+            {
+                "AccessKeyId": "ASIAPODIDENTITYEXAMPLE",
+                "SecretAccessKey": "pod-identity-secret-key",
+                "Token": "pod-identity-session-token",
+                "AccountId": AWS_ACCOUNT,
+                "Expiration": expiration,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_aws_eks_pod_identity_credentials_reach_ecr(
+    origin: RegistryProcess, moto: str, tmp_path: Path
+) -> None:
+    token = tmp_path / "eks-pod-identity-token"
+    token.write_text("eks-projected-sa-token")
+    _PodIdentityAgent.token, _PodIdentityAgent.asked = "eks-projected-sa-token", []
+    agent = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PodIdentityAgent)
+    threading.Thread(target=agent.serve_forever, daemon=True).start()
+    env = _aws_env(tmp_path, moto, web_identity=False) | {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{agent.server_address[1]}/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token),
+    }
+    try:
+        run = _aws_check(origin, moto, tmp_path, env=env)
+    finally:
+        agent.shutdown()
+    assert run.status == 0, run
+    assert _PodIdentityAgent.asked and set(_PodIdentityAgent.asked) == {"eks-projected-sa-token"}
+    _assert_nowhere([AWS_PASSWORD, "pod-identity-secret-key", "pod-identity-session-token"], run.output)
 
 
 def test_aws_without_an_identity_is_auth_failed_saying_so(

@@ -546,8 +546,8 @@ class RegistryClient:
         challenge = self._challenge
         if challenge is None:
             return None
-        credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
         if challenge.scheme == "basic":
+            credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
             return auth.basic_header(credentials) if credentials else None
         scope = f"repository:{repository}:pull" if repository else challenge.scope
         key = (challenge.realm, challenge.service, scope)
