@@ -30,9 +30,12 @@ from tests.k8s.operator_harness import (
 )
 from tests.k8s.test_operator import operator  # noqa: F401 - the operator fixture, shared
 
+from lab.artifacts import push_flux_artifact
+from lab.certs import TestCA
 from lab.chain import LocalChain
 from lab.kube import ControlPlane
 from lab.proxy import TINYPROXY, TinyProxy
+from lab.registry import RegistryProcess
 
 pytestmark = pytest.mark.k8s
 
@@ -163,3 +166,98 @@ def test_the_crd_refuses_bad_credential_and_network_fields(
         custom.create_cluster_custom_object(*LW, "proxychains", body)
     assert info.value.status == 422 and message in str(info.value.body)
     assert "hunter2" not in str(info.value.body)
+
+
+@pytest.fixture(scope="module")
+def mtls_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryProcess, dict[str, str]]]:
+    """An HTTPS registry that requires client certificates, holding org/app:v1; and the PEMs."""
+    directory = tmp_path_factory.mktemp("k8s-mtls")
+    ca = TestCA(directory)
+    server, client_pair = ca.issue("server"), ca.issue("client", client=True)
+    with RegistryProcess("k8s-mtls-origin") as origin:
+        push_flux_artifact(origin.address, "org/app", "v1")
+        with RegistryProcess("k8s-mtls", remote_url=origin.url, tls=server, client_cas=ca.path) as registry:
+            pems = {
+                "ca.crt": ca.path.read_text(),
+                "tls.crt": client_pair[0].read_text(),
+                "tls.key": client_pair[1].read_text(),
+            }
+            yield registry, pems
+
+
+def test_client_certificates_from_a_proxychain_hop_and_an_ocirepository_pass_mtls(
+    operator: Operator,  # noqa: F811 - the shared fixture
+    mtls_registry: tuple[RegistryProcess, dict[str, str]],
+    control_plane: ControlPlane,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    registry, pems = mtls_registry
+    ca_only = {"ca.crt": pems["ca.crt"]}
+    for name, data, where in (("chain-mtls", pems, "layerwatch"), ("repo-mtls", pems, namespace)):
+        control_plane.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": {"name": name, "namespace": where},
+                "stringData": data,
+            }
+        )
+    control_plane.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ca-only", "namespace": namespace},
+            "stringData": ca_only,
+        }
+    )
+    chains = {
+        "with-cert": {
+            "name": "registry",
+            "url": registry.url,
+            "certSecretRef": {"name": "chain-mtls", "namespace": "layerwatch"},
+        },
+        "ca-only": {
+            "name": "registry",
+            "url": registry.url,
+            "caSecretRef": {"name": "chain-mtls", "namespace": "layerwatch"},
+        },
+    }
+    names = {}
+    for label, hop in chains.items():
+        names[label] = f"mtls-{label}-{secrets.token_hex(3)}"
+        control_plane.apply(
+            {
+                "apiVersion": "layerwatch.io/v1alpha1",
+                "kind": "ProxyChain",
+                "metadata": {"name": names[label]},
+                "spec": {"hops": [hop], "interval": LAB_INTERVAL},
+            }
+        )
+    url = f"oci://{registry.address}/org/app"
+    repos = {
+        "chain-cert": ocirepository(namespace, "chain-cert", url, insecure=False),
+        "own-cert": ocirepository(
+            namespace, "own-cert", url, insecure=False, certSecretRef={"name": "repo-mtls"}
+        ),
+        "no-cert": ocirepository(
+            namespace, "no-cert", url, insecure=False, certSecretRef={"name": "ca-only"}
+        ),
+    }
+    chain_of = {"chain-cert": "with-cert", "own-cert": "ca-only", "no-cert": "ca-only"}
+    try:
+        for name, body in repos.items():
+            body["metadata"]["annotations"] = {"layerwatch.io/chain": names[chain_of[name]]}
+            custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
+        assert _settled(custom, namespace, "chain-cert")["reason"] == "Healthy"
+        assert _settled(custom, namespace, "own-cert")["reason"] == "Healthy"
+        refused = _settled(custom, namespace, "no-cert")
+        assert (refused["status"], refused["reason"]) == ("Unknown", "Unreachable")
+        assert "PRIVATE KEY" not in operator.text()
+    finally:
+        for name in names.values():
+            custom.delete_cluster_custom_object(*LW, "proxychains", name)
