@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo use (idempotent; a no-op when all are present).
 set -euo pipefail
-packages=(docker-registry skopeo prometheus prometheus-alertmanager buildah debootstrap chromium shellcheck zsh fish)  # zsh, fish: completion tests
+packages=(docker-registry skopeo prometheus prometheus-alertmanager buildah debootstrap chromium shellcheck tinyproxy zsh fish)  # zsh, fish: completion tests
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -14,3 +14,5 @@ fi
 # tests use their own ports.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
 systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || true
+# tinyproxy (the HTTP CONNECT proxy of tests/registry/test_network.py) likewise starts one on :8888.
+systemctl disable --now tinyproxy >/dev/null 2>&1 || true

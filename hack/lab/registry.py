@@ -29,11 +29,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
-from lab.process import LOOPBACK, LabError, free_port, stop_process, wait_http
+from lab.process import LOOPBACK, LabError, ManagedChild, free_port, stop_process, wait_http, wait_tcp
 
 __all__ = ["DOCKER_REGISTRY", "RegistryProcess"]
 
@@ -41,12 +40,13 @@ DOCKER_REGISTRY = "/usr/bin/docker-registry"
 _START_ATTEMPTS = 3
 
 
-class RegistryProcess:
+class RegistryProcess(ManagedChild):
     """One ``docker-registry serve`` child on a free loopback port with filesystem storage in a temp dir.
 
     Give ``remote_url`` to make it a pull-through proxy of that upstream (optionally with
     ``username``/``password`` for the upstream's token auth); without it, it is a plain registry.
-    ``tls`` (certificate and key files) makes it serve HTTPS.
+    ``tls`` (certificate and key files) makes it serve HTTPS; ``client_cas`` (a CA file) then makes
+    it require client certificates signed by that CA (``http.tls.clientcas``).
     """
 
     def __init__(
@@ -57,10 +57,12 @@ class RegistryProcess:
         username: str | None = None,
         password: str | None = None,
         tls: tuple[Path, Path] | None = None,
+        client_cas: Path | None = None,
         binary: str = DOCKER_REGISTRY,
     ) -> None:
         self.name = name
         self.tls = tls
+        self.client_cas = client_cas
         self.remote_url = remote_url
         self._username = username
         self._password = password
@@ -91,6 +93,8 @@ class RegistryProcess:
         http: dict[str, object] = {"addr": self.address, "secret": secrets.token_hex(16)}
         if self.tls is not None:
             http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
+            if self.client_cas is not None:  # mutual TLS: no client certificate, no handshake
+                http["tls"] |= {"clientcas": [str(self.client_cas)]}
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -130,27 +134,13 @@ class RegistryProcess:
                     start_new_session=True,
                 )
             try:
-                wait_http(f"{self.url}/v2/", self._proc, self.log_path, timeout)
+                if self.client_cas is not None:
+                    wait_tcp(self.port, self._proc, self.log_path, timeout)
+                else:
+                    wait_http(f"{self.url}/v2/", self._proc, self.log_path, timeout)
                 return self
             except LabError as exc:
                 stop_process(self._proc)
                 last_error = exc
         self.stop()
         raise LabError(f"registry {self.name} did not start: {last_error}")
-
-    def stop(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL) and delete its storage."""
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> RegistryProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -29,16 +29,19 @@ from layerwatch.reference import (
 __all__ = [
     "DEFAULT_INTERVAL",
     "MIN_INTERVAL",
+    "PROVIDERS",
     "Chain",
     "ChainError",
     "Credentials",
     "Hop",
     "HopTarget",
     "Mode",
+    "Proxy",
     "Target",
     "check_keys",
     "mask_userinfo",
     "parse_duration",
+    "provider_of",
     "strict_boolean",
 ]
 
@@ -69,9 +72,24 @@ class Credentials:
 
     username: str
     password: str = dataclasses.field(repr=False)
+    identity_token: str | None = dataclasses.field(default=None, repr=False)
+    """A docker ``identitytoken``: an OAuth2 refresh token traded at the token endpoint."""
 
     def __str__(self) -> str:
         return f"Credentials({self.username}, ***)"
+
+
+PROVIDERS = ("generic", "aws", "azure", "gcp")
+"""Values of a hop's ``provider`` (Flux's ``spec.provider``); ``generic`` means the hop's own credentials."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy a hop is reached through (CONNECT for https hops). The password is never printed."""
+
+    address: str
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +103,11 @@ class Hop:
     credentials: Credentials | None = None
     ca_pem: str | None = dataclasses.field(default=None, repr=False)
     insecure: bool = False
+    provider: str | None = None
+    """``aws``, ``azure`` or ``gcp``: credentials come from the cloud's workload identity."""
+    proxy: Proxy | None = None
+    client_cert_pem: str | None = dataclasses.field(default=None, repr=False)
+    client_key_pem: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, name: str, url: str, **options: Any) -> Hop:
@@ -302,6 +325,15 @@ def parse_duration(value: str | float | int) -> float:
     return seconds
 
 
+def provider_of(value: Any, where: str) -> str | None:
+    """A ``provider`` field as a Hop holds it: None for absent or ``generic``, else the cloud's name."""
+    if value is None or value == "generic":
+        return None
+    if not isinstance(value, str) or value not in PROVIDERS:
+        raise ChainError(f"{where}: provider must be one of {', '.join(PROVIDERS)}, not {value!r}")
+    return value
+
+
 def chain_from_spec(
     name: str,
     spec: Mapping[str, Any],
@@ -327,6 +359,7 @@ def chain_from_spec(
         options = dict((hop_options or {}).get(raw["name"], {}))
         insecure = strict_boolean(raw, "insecureSkipTLSVerify", f"chain {name}: spec.hops[{position}]")
         options.setdefault("insecure", insecure)
+        options.setdefault("provider", provider_of(raw.get("provider"), f"chain {name}: hop {raw['name']}"))
         hops.append(Hop.from_url(raw["name"], raw["url"], **options))
     mode = spec.get("mode", Mode.FULL.value)
     if not isinstance(mode, str) or mode not in {m.value for m in Mode}:

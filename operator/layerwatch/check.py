@@ -57,7 +57,7 @@ def credential_id(credentials: Credentials | None) -> str:
     """Which credentials verified an entry, without keeping them: a short one-way fingerprint."""
     if credentials is None:
         return "anonymous"
-    raw = f"{credentials.username}\0{credentials.password}".encode()
+    raw = f"{credentials.username}\0{credentials.password}\0{credentials.identity_token or ''}".encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -107,7 +107,9 @@ class _HopCheck:
         self.client, self.target, self.reference, self.mode = client, target, reference, mode
         self.cache, self.asker = cache, asker
         self.budget: RetryBudget = client.budget()
-        self.credential = credential_id(client.credentials)
+        self.credential = (
+            f"provider:{client.provider}" if client.provider else credential_id(client.credentials)
+        )
         self.blob_results: dict[str, asyncio.Task[BlobCheck]] = {}
 
     async def manifest_bytes(self) -> tuple[str | None, str, FetchedManifest]:

@@ -1,9 +1,10 @@
 """Chains and targets from files: the CLI's ``--chain``/``--hop``/``--targets`` and ``serve --config``.
 
 In a cluster, hop credentials come from Secrets; outside one they come from files: a hop in a
-chain file may carry ``dockerConfig: PATH`` or ``username``/``password`` (and ``caFile``), and
-any hop without its own credentials gets them from the docker config (``--docker-config``, else
-``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``), looked up by the hop's host.
+chain file may carry ``dockerConfig: PATH`` or ``username``/``password`` (and ``caFile``,
+``certFile``/``keyFile``, ``proxy``, ``provider``), and any hop without its own credentials gets
+them from the docker config (``--docker-config``, else ``$DOCKER_CONFIG/config.json``, else
+``~/.docker/config.json``), looked up by the hop's host, helpers and identity tokens included.
 
 Files are read strictly: a key nobody reads is an error with a did-you-mean, because a typo such
 as ``usrname:`` would otherwise drop a credential without a word. (In a cluster the apiserver
@@ -32,7 +33,10 @@ from layerwatch.chain import (
     target_from_document,
 )
 from layerwatch.documents import json_object
-from layerwatch.registry.auth import credentials_from_docker_config, default_docker_config_path
+from layerwatch.registry.auth import default_docker_config_path
+from layerwatch.registry.credhelpers import docker_credentials
+from layerwatch.registry.proxies import proxy_from_document
+from layerwatch.registry.tls import check_client_certificate
 
 __all__ = [
     "HOP_KEYS",
@@ -56,12 +60,21 @@ HOP_KEYS = frozenset(
         "password",
         "dockerConfig",
         "caFile",
+        "certFile",
+        "keyFile",
+        "proxy",
+        "provider",
         "secretRef",
         "caSecretRef",
+        "certSecretRef",
     }
 )
 """What a chain file's hop may say: the ProxyChain fields plus the file-only credentials and CA."""
-_CLUSTER_ONLY = {"secretRef": "dockerConfig or username/password", "caSecretRef": "caFile"}
+_CLUSTER_ONLY = {
+    "secretRef": "dockerConfig or username/password",
+    "caSecretRef": "caFile",
+    "certSecretRef": "certFile/keyFile",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +108,9 @@ def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings,
     """Credentials and TLS for one hop from its document, falling back to the settings."""
     name = raw.get("name")
     options: dict[str, Any] = {}
-    for key, instead in _CLUSTER_ONLY.items():
-        if raw.get(key):
-            raise ChainError(f"hop {name}: {key} needs a cluster; use {instead} here")
+    for field, instead in _CLUSTER_ONLY.items():
+        if raw.get(field):
+            raise ChainError(f"hop {name}: {field} needs a cluster; use {instead} here")
     if "username" in raw or "password" in raw:
         username, password = raw.get("username"), raw.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
@@ -105,11 +118,19 @@ def _hop_options(raw: Mapping[str, Any], base_dir: Path, settings: FileSettings,
         options["credentials"] = Credentials(username, password)
     elif raw.get("dockerConfig"):
         path = base_dir / str(raw["dockerConfig"])
-        options["credentials"] = credentials_from_docker_config(_docker_config(path, required=True), host)
-    else:
-        options["credentials"] = credentials_from_docker_config(
+        options["credentials"] = docker_credentials(_docker_config(path, required=True), host)
+    elif raw.get("provider") in (None, "generic"):
+        options["credentials"] = docker_credentials(
             _docker_config(settings.docker_config, required=settings.docker_config is not None), host
         )
+    options["proxy"] = proxy_from_document(raw.get("proxy"), f"hop {name}")
+    if raw.get("certFile") or raw.get("keyFile"):
+        cert, key = (
+            _read_text(base_dir / str(raw[field]), what) if raw.get(field) else None
+            for field, what in (("certFile", "client certificate"), ("keyFile", "client key"))
+        )
+        check_client_certificate(cert, key, f"hop {name}")
+        options["client_cert_pem"], options["client_key_pem"] = cert, key
     ca_file = base_dir / str(raw["caFile"]) if raw.get("caFile") else settings.ca_file
     if ca_file is not None:
         options["ca_pem"] = _read_text(ca_file, "CA file")

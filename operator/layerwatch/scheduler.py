@@ -182,7 +182,10 @@ class Scheduler:
                 interval = self._chains[chain].interval if chain in self._chains else None
                 state.probe_interval = interval or state.probe_interval
             self._clients[key] = RegistryClient(
-                state, hop.credentials, on_request=self.metrics.request_hook(chain, hop.name)
+                state,
+                hop.credentials,
+                provider=hop.provider,
+                on_request=self.metrics.request_hook(chain, hop.name),
             )
         return self._clients[key]
 

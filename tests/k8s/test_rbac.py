@@ -194,6 +194,35 @@ def test_secrets_by_name_only(admin_api: Any, operator_api: Any, namespace: str)
     forbidden(lambda: core.patch_namespaced_secret("robot", namespace, {"metadata": {"labels": {"a": "b"}}}))
 
 
+def test_service_accounts_by_name_only(admin_api: Any, operator_api: Any, namespace: str) -> None:
+    """spec.serviceAccountName: its imagePullSecrets are read; nothing else about ServiceAccounts."""
+    client.CoreV1Api(admin_api).create_namespaced_service_account(
+        namespace, {"metadata": {"name": "puller"}, "imagePullSecrets": [{"name": "robot"}]}
+    )
+    core = client.CoreV1Api(operator_api)
+    assert [s.name for s in core.read_namespaced_service_account("puller", namespace).image_pull_secrets] == [
+        "robot"
+    ]
+    message = forbidden(lambda: core.list_namespaced_service_account(namespace))
+    assert 'cannot list resource "serviceaccounts"' in message
+    forbidden(lambda: core.list_service_account_for_all_namespaces())
+    forbidden(lambda: core.create_namespaced_service_account(namespace, {"metadata": {"name": "x"}}))
+    forbidden(
+        lambda: core.patch_namespaced_service_account(
+            "puller", namespace, {"metadata": {"labels": {"a": "b"}}}
+        )
+    )
+    forbidden(lambda: core.delete_namespaced_service_account("puller", namespace))
+    # No tokens: layerwatch checks with its own identity, never impersonates the ServiceAccount.
+    forbidden(
+        lambda: core.create_namespaced_service_account_token(
+            "puller",
+            namespace,
+            client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+        )
+    )
+
+
 def test_events(operator_api: Any, namespace: str, ocirepo: dict[str, Any]) -> None:
     ref = {
         "apiVersion": "source.toolkit.fluxcd.io/v1",

@@ -36,6 +36,7 @@ __all__ = [
     "chain_file",
     "closed_port_url",
     "engine_check",
+    "engine_check_async",
     "hop_verdicts",
     "run_cli",
 ]
@@ -90,13 +91,15 @@ def empty_docker_config(directory: Path) -> Path:
     return path
 
 
-async def _check(
+async def engine_check_async(
     path: Path,
     reference: Reference,
-    settings: EngineSettings,
-    mode: Mode,
-    layer_media_type: str | None,
+    settings: EngineSettings | None = None,
+    mode: Mode = Mode.FULL,
+    layer_media_type: str | None = None,
 ) -> CheckResult:
+    """`engine_check` inside a running event loop (beside in-process fakes)."""
+    settings = settings or EngineSettings()
     chain = load_chain_file(path, FileSettings(docker_config=empty_docker_config(path.parent)))
     pull_path = chain.pull_path(reference)
     clients = {t.hop.name: RegistryClient.for_hop(t.hop, settings) for t in pull_path}
@@ -115,9 +118,7 @@ def engine_check(
     layer_media_type: str | None = None,
 ) -> CheckResult:
     """One in-process check of ``reference`` over the chain in ``path``, with fresh clients."""
-    return asyncio.run(
-        _check(path, Reference.parse(reference), settings or EngineSettings(), mode, layer_media_type)
-    )
+    return asyncio.run(engine_check_async(path, Reference.parse(reference), settings, mode, layer_media_type))
 
 
 def hop_verdicts(result: CheckResult | Mapping[str, Any]) -> dict[str, str]:

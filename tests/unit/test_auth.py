@@ -230,7 +230,7 @@ def b64(text: str) -> str:
         ({"ghcr.io": {"auth": "", "username": "bot", "password": "pw"}}, "ghcr.io", Credentials("bot", "pw")),
         ({"ghcr.io": {"auth": "!!!not base64!!!"}}, "ghcr.io", None),
         ({"ghcr.io": {"auth": b64("bot:pw")}}, "quay.io", None),
-        ({"ghcr.io": {"identitytoken": "x"}}, "ghcr.io", None),
+        ({"ghcr.io": {"identitytoken": "x"}}, "ghcr.io", Credentials("", "", identity_token="x")),
         ({"ghcr.io": "bot:pw"}, "ghcr.io", None),
         (
             {"a.example": {"auth": b64("a:1")}, "b.example": {"auth": b64("b:2")}},

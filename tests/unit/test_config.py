@@ -332,7 +332,7 @@ def _chain_text(hop: str = "{name: edge, url: 'https://a.example'}", spec: str =
         ),
         (
             _chain_text("{name: edge, url: 'https://a.example', zzz: 1}"),
-            r"unknown key 'zzz' \(known: caFile, caSecretRef, dockerConfig, insecureSkipTLSVerify, name",
+            r"unknown key 'zzz' \(known: caFile, caSecretRef, certFile, certSecretRef, dockerConfig, insecureSkipTLSVerify,",
         ),
         (
             _chain_text("{name: edge, url: 'https://a.example', insecureSkipTLSVerify: 'false'}"),

@@ -1,4 +1,4 @@
-"""Talking to the apiserver: OCIRepository status, Events, Secrets and ProxyChain status.
+"""Talking to the apiserver: OCIRepository status, Events, Secrets, ServiceAccounts, ProxyChain status.
 
 The official ``kubernetes`` client is synchronous, so every call runs in a worker thread. Status
 writes are read-modify-write merge patches that carry ``metadata.resourceVersion``: the apiserver
@@ -21,10 +21,12 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from layerwatch.chain import Credentials
+from layerwatch.chain import ChainError, Credentials, Proxy
 from layerwatch.documents import json_object
 from layerwatch.kube.conditions import Transition, merge_conditions, now_rfc3339
 from layerwatch.registry.auth import credentials_from_docker_config
+from layerwatch.registry.proxies import parse_proxy
+from layerwatch.registry.tls import check_client_certificate
 
 __all__ = ["KubeApi", "SecretError"]
 
@@ -236,6 +238,50 @@ class KubeApi:
         if "username" in data and "password" in data:
             return Credentials(data["username"], data["password"])
         raise SecretError(f"Secret {namespace}/{name}: neither .dockerconfigjson nor username/password")
+
+    async def service_account_credentials(self, namespace: str, name: str, host: str) -> Credentials | None:
+        """Credentials for ``host`` from a ServiceAccount's imagePullSecrets, in order (as Flux does)."""
+        try:
+            account = await self._call(self.core.read_namespaced_service_account, name, namespace)
+        except ApiException as exc:
+            raise SecretError(f"ServiceAccount {namespace}/{name}: HTTP {exc.status}") from None
+        for ref in account.image_pull_secrets or ():
+            try:
+                found = await self.credentials(namespace, ref.name, host)
+            except SecretError as exc:
+                logger.debug("ServiceAccount %s/%s: %s", namespace, name, exc)
+                continue
+            if found is not None:
+                return found
+        return None
+
+    async def proxy(self, namespace: str, name: str, address: str | None = None) -> Proxy:
+        """A proxy from a Secret: ``address`` (unless the chain gives it), ``username``, ``password``."""
+        data = await self._secret_data(namespace, name)
+        where = f"Secret {namespace}/{name}"
+        try:
+            return parse_proxy(
+                address or data.get("address"), where, data.get("username"), data.get("password")
+            )
+        except ChainError as exc:
+            raise SecretError(str(exc)) from None
+
+    async def client_certificate(self, namespace: str, name: str) -> dict[str, str]:
+        """Hop options from a TLS Secret: ``tls.crt``/``tls.key`` (checked) and ``ca.crt`` when present."""
+        data = await self._secret_data(namespace, name)
+        where = f"Secret {namespace}/{name}"
+        options: dict[str, str] = {}
+        if "ca.crt" in data:
+            options["ca_pem"] = data["ca.crt"]
+        if "tls.crt" in data or "tls.key" in data:
+            try:
+                check_client_certificate(data.get("tls.crt"), data.get("tls.key"), where)
+            except ChainError as exc:
+                raise SecretError(str(exc)) from None
+            options["client_cert_pem"], options["client_key_pem"] = data["tls.crt"], data["tls.key"]
+        if not options:
+            raise SecretError(f"{where}: none of tls.crt, tls.key, ca.crt")
+        return options
 
     async def ca_pem(self, namespace: str, name: str) -> str:
         data = await self._secret_data(namespace, name)

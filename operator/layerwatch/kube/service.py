@@ -24,6 +24,7 @@ from layerwatch.kube.conditions import desired_condition, transition
 from layerwatch.kube.notify import FluxNotifier
 from layerwatch.kube.targets import FluxSource, in_shard, select
 from layerwatch.metrics import Metrics
+from layerwatch.registry.proxies import parse_proxy
 from layerwatch.scheduler import Scheduler, Watch
 from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
@@ -209,12 +210,39 @@ class OperatorService:
                 hop_options["ca_pem"] = await self.api.ca_pem(
                     ref.get("namespace") or self.options.namespace, ref["name"]
                 )
+            hop_options |= await self._hop_network(raw)
             options[raw.get("name", "")] = hop_options
         return chain_from_spec(name, spec, hop_options=options)
 
+    async def _hop_network(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """A ProxyChain hop's ``proxy`` (address, Secret with username/password) and ``certSecretRef``."""
+        options: dict[str, Any] = {}
+        proxy = raw.get("proxy")
+        if isinstance(proxy, Mapping):
+            ref = proxy.get("secretRef")
+            if isinstance(ref, Mapping):
+                options["proxy"] = await self.api.proxy(
+                    ref.get("namespace") or self.options.namespace, ref["name"], proxy.get("address")
+                )
+            else:
+                options["proxy"] = parse_proxy(proxy.get("address"), f"hop {raw.get('name')}")
+        ref = raw.get("certSecretRef")
+        if isinstance(ref, Mapping):
+            options |= await self.api.client_certificate(
+                ref.get("namespace") or self.options.namespace, ref["name"]
+            )
+        return options
+
     async def _entry_hop(self, source: FluxSource, chain: Chain, host: str, repository: str) -> Hop | None:
         """The hop the OCIRepository points at, with the OCIRepository's own credentials and TLS."""
-        if not (source.secret_ref or source.cert_secret_ref or source.insecure):
+        if not (
+            source.secret_ref
+            or source.cert_secret_ref
+            or source.insecure
+            or source.provider
+            or source.service_account
+            or source.proxy_secret_ref
+        ):
             return None
         index = chain.entry(host, repository)
         if index is None:
@@ -226,8 +254,19 @@ class OperatorService:
                 changes["credentials"] = await self.api.credentials(
                     source.namespace, source.secret_ref, hop.host
                 )
+            if source.service_account and changes.get("credentials") is None:
+                found = await self.api.service_account_credentials(
+                    source.namespace, source.service_account, hop.host
+                )
+                if found is not None:
+                    changes["credentials"] = found
+            # As Flux: the cloud provider only when no Secret gave credentials.
+            if source.provider and changes.get("credentials") is None:
+                changes["provider"] = source.provider
             if source.cert_secret_ref:
-                changes["ca_pem"] = await self.api.ca_pem(source.namespace, source.cert_secret_ref)
+                changes |= await self.api.client_certificate(source.namespace, source.cert_secret_ref)
+            if source.proxy_secret_ref:
+                changes["proxy"] = await self.api.proxy(source.namespace, source.proxy_secret_ref)
         except SecretError as exc:
             logger.warning(
                 "%s/%s: %s; checking with the chain's own settings", source.namespace, source.name, exc

@@ -60,6 +60,11 @@ class FluxSource:
     suspend: bool
     annotations: Mapping[str, str]
     conditions: tuple[Mapping[str, Any], ...]
+    provider: str | None = None
+    """``spec.provider`` (aws, azure, gcp) for the entry hop; None for generic."""
+    service_account: str | None = None
+    """``spec.serviceAccountName``: its imagePullSecrets are the entry hop's credentials."""
+    proxy_secret_ref: str | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> FluxSource:
@@ -98,6 +103,9 @@ class FluxSource:
                 if key.startswith(ANNOTATION_PREFIX)
             },
             conditions=tuple(c for c in status.get("conditions") or () if isinstance(c, Mapping)),
+            provider=provider if (provider := spec.get("provider")) in ("aws", "azure", "gcp") else None,
+            service_account=account if isinstance(account := spec.get("serviceAccountName"), str) else None,
+            proxy_secret_ref=name_of("proxySecretRef"),
         )
 
     @property

@@ -179,8 +179,8 @@ def _host_keys(host: str) -> list[str]:
 def credentials_from_docker_config(config: Mapping[str, Any], host: str) -> Credentials | None:
     """Credentials for ``host`` from a parsed docker ``config.json`` (``auths`` entries only).
 
-    Entries hold ``auth`` (base64 ``user:password``) or ``username``/``password``; identity tokens
-    and credential helpers are not supported (they need programs layerwatch does not run).
+    Entries hold ``auth`` (base64 ``user:password``), ``username``/``password`` or an
+    ``identitytoken`` (traded at the token endpoint); credential helpers are `credhelpers`' job.
     """
     auths = config.get("auths")
     if not isinstance(auths, Mapping):
@@ -194,6 +194,8 @@ def credentials_from_docker_config(config: Mapping[str, Any], host: str) -> Cred
         )
         if not isinstance(entry, Mapping):
             continue
+        if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
+            return Credentials(str(entry.get("username") or ""), "", identity_token=entry["identitytoken"])
         if isinstance(entry.get("auth"), str) and entry["auth"]:
             try:
                 username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")

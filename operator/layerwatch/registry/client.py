@@ -32,7 +32,7 @@ from layerwatch.documents import json_object
 from layerwatch.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor
 from layerwatch.observation import BlobFacts, Fault, FaultKind
 from layerwatch.reference import is_digest
-from layerwatch.registry import auth
+from layerwatch.registry import auth, credhelpers, providers, proxies
 from layerwatch.registry.errors import RegistryError, RegistryNotFound
 from layerwatch.registry.network import (
     CONNECT_FAULTS,
@@ -99,7 +99,14 @@ class FetchedManifest:
 
 
 def endpoint_of(hop: Hop) -> Endpoint:
-    return Endpoint(hop.base_url, hop.ca_pem, hop.insecure)
+    return Endpoint(
+        hop.base_url,
+        hop.ca_pem,
+        hop.insecure,
+        proxy=proxies.hop_proxy(hop),
+        client_cert_pem=hop.client_cert_pem,
+        client_key_pem=hop.client_key_pem,
+    )
 
 
 def _length(response: httpx.Response) -> int | None:
@@ -178,6 +185,7 @@ class RegistryClient:
         state: EndpointState,
         credentials: Credentials | None = None,
         *,
+        provider: str | None = None,
         on_request: RequestHook | None = None,
         on_exchange: ExchangeHook | None = None,
         owns_state: bool = False,
@@ -185,6 +193,8 @@ class RegistryClient:
         self.state = state
         self.settings = state.settings
         self.credentials = credentials
+        self.provider = provider
+        """``aws``/``azure``/``gcp``: the credentials come from the cloud (`providers`)."""
         self._on_request = on_request
         self._on_exchange = on_exchange
         self._owns_state = owns_state
@@ -203,7 +213,14 @@ class RegistryClient:
     ) -> RegistryClient:
         """A client with an endpoint state of its own (the CLI and tests; the scheduler shares states)."""
         state = EndpointState(endpoint_of(hop), settings or EngineSettings())
-        return cls(state, hop.credentials, on_request=on_request, on_exchange=on_exchange, owns_state=True)
+        return cls(
+            state,
+            hop.credentials,
+            provider=hop.provider,
+            on_request=on_request,
+            on_exchange=on_exchange,
+            owns_state=True,
+        )
 
     @property
     def base_url(self) -> str:
@@ -487,7 +504,12 @@ class RegistryClient:
         raise RegistryError(Fault(FaultKind.BAD_REDIRECT, f"more than {_MAX_REDIRECTS} redirects"))
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], params: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """One HTTP exchange, bounded from send to its last header; the body stays unread."""
         if self.state.down is not None:
@@ -497,7 +519,12 @@ class RegistryClient:
         transport = await self.state.transport()
         try:
             request = httpx.Request(
-                method, url, params=params, headers=headers, extensions={"timeout": self._timeouts()}
+                method,
+                url,
+                params=params,
+                headers=headers,
+                content=content,
+                extensions={"timeout": self._timeouts()},
             )
             async with asyncio.timeout(self.settings.timeout + 1):
                 response = await transport.handle_async_request(request)
@@ -541,8 +568,8 @@ class RegistryClient:
         challenge = self._challenge
         if challenge is None:
             return None
-        credentials = self.credentials
         if challenge.scheme == "basic":
+            credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
             return auth.basic_header(credentials) if credentials else None
         scope = f"repository:{repository}:pull" if repository else challenge.scope
         key = (challenge.realm, challenge.service, scope)
@@ -559,10 +586,18 @@ class RegistryClient:
     async def _fetch_token(self, challenge: auth.Challenge, scope: str) -> tuple[str, float]:
         params = {key: value for key, value in (("service", challenge.service), ("scope", scope)) if value}
         headers = {"User-Agent": "layerwatch", "Accept-Encoding": "identity"}
-        if self.credentials:
-            headers["Authorization"] = auth.basic_header(self.credentials)
+        credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
+        form = None
+        if credentials and credentials.identity_token:  # docker identity token: OAuth2 refresh grant
+            form = credhelpers.refresh_token_form(challenge, scope, credentials)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif credentials:
+            headers["Authorization"] = auth.basic_header(credentials)
         try:
-            response = await self._send("GET", challenge.realm, headers, params)
+            if form is not None:
+                response = await self._send("POST", challenge.realm, headers, content=form)
+            else:
+                response = await self._send("GET", challenge.realm, headers, params)
         except RegistryError as exc:
             raise RegistryError(dataclasses.replace(exc.fault, subject="token endpoint")) from None
         try:

@@ -20,7 +20,9 @@ from collections.abc import Callable
 import aiohttp
 import httpx
 
+from layerwatch.chain import Proxy
 from layerwatch.observation import Fault, FaultKind
+from layerwatch.registry import proxies, tls
 from layerwatch.settings import EngineSettings, TransportKind
 
 __all__ = [
@@ -55,6 +57,10 @@ class Endpoint:
     base_url: str
     ca_pem: str | None = dataclasses.field(default=None, repr=False)
     insecure: bool = False
+    proxy: Proxy | None = None
+    """The HTTP proxy in front of it (the hop's own or the environment's); part of the identity."""
+    client_cert_pem: str | None = dataclasses.field(default=None, repr=False)
+    client_key_pem: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -68,11 +74,14 @@ def clean_text(text: str, limit: int = 160) -> str:
 
 
 def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext | bool:
-    if not endpoint.tls or endpoint.insecure:
+    if not endpoint.tls:
         return False
+    if endpoint.insecure:
+        return tls.insecure_context(endpoint.client_cert_pem, endpoint.client_key_pem)
     context = ssl.create_default_context()
     if endpoint.ca_pem:
         context.load_verify_locations(cadata=endpoint.ca_pem)
+    tls.load_client_certificate(context, endpoint.client_cert_pem, endpoint.client_key_pem)
     return context
 
 
@@ -80,12 +89,15 @@ def make_transport(endpoint: Endpoint, kind: TransportKind, connections: int) ->
     """The HTTP transport seam; everything above it speaks httpx. Loads CA files: run it off the loop."""
     verify = _ssl_context(endpoint)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    proxy = proxies.transport_proxy(endpoint.proxy)
     if kind == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        transport: httpx.AsyncBaseTransport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
+        transport: httpx.AsyncBaseTransport = AiohttpTransport(
+            verify=verify, limits=limits, trust_env=False, proxy=proxy
+        )
         return transport
-    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False, proxy=proxy)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -131,6 +143,12 @@ def fault_from_exception(exc: BaseException) -> Fault:
         return Fault(FaultKind.CONNECT_TIMEOUT, "connect timed out")
     if has(TimeoutError, httpx.TimeoutException, aiohttp.ServerTimeoutError):
         return Fault(FaultKind.HEADER_TIMEOUT, "timed out waiting for response headers")
+    proxy_answer = next((e for e in chain if isinstance(e, aiohttp.ClientHttpProxyError)), None)
+    if proxy_answer is not None:  # the proxy itself said no (407: its credentials)
+        return Fault(
+            FaultKind.PROTOCOL,
+            clean_text(f"proxy answered HTTP {proxy_answer.status} {proxy_answer.message}"),
+        )
     if has(aiohttp.ClientPayloadError, httpx.ReadError):
         return Fault(FaultKind.BODY_CUT, text)
     if has(httpx.ConnectError, aiohttp.ClientConnectorError):
