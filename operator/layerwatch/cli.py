@@ -263,7 +263,10 @@ class _Clients:
                 endpoint = endpoint_of(hop)
                 state = self._states.setdefault(endpoint, EndpointState(endpoint, self.settings))
                 self._clients[hop] = RegistryClient(
-                    state, hop.credentials, on_exchange=_tracer(hop.name) if self._verbose else None
+                    state,
+                    hop.credentials,
+                    provider=hop.provider,
+                    on_exchange=_tracer(hop.name) if self._verbose else None,
                 )
             clients[hop.name] = self._clients[hop]
         return clients

@@ -332,7 +332,8 @@ def _chain_text(hop: str = "{name: edge, url: 'https://a.example'}", spec: str =
         ),
         (
             _chain_text("{name: edge, url: 'https://a.example', zzz: 1}"),
-            r"unknown key 'zzz' \(known: caFile, caSecretRef, certFile, certSecretRef, dockerConfig, insecureSkipTLSVerify,",
+            r"unknown key 'zzz' \(known: caFile, caSecretRef, certFile, certSecretRef, dockerConfig, "
+            r"insecureSkipTLSVerify,",
         ),
         (
             _chain_text("{name: edge, url: 'https://a.example', insecureSkipTLSVerify: 'false'}"),
