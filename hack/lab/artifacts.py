@@ -1,6 +1,6 @@
 """Push Flux-format OCI artifacts to a lab registry with the real ``oras`` CLI.
 
-``flux push artifact`` (fluxcd/pkg ``oci/push.go``, see /work/shared/research/flux.md section 4)
+``flux push artifact`` (fluxcd/pkg ``oci/push.go``)
 builds: an OCI image manifest, config ``application/vnd.cncf.flux.config.v1+json``, exactly one
 ``application/vnd.cncf.flux.content.v1.tar+gzip`` layer (a normalised tar.gz: uid/gid 0, no names,
 zero mtimes) and the manifest annotations ``org.opencontainers.image.created``/``source``/``revision``.
