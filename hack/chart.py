@@ -87,7 +87,6 @@ LINES: dict[str, Callable[[int], list[str]]] = {
         "{{- end }}",
     ],
 }
-HELM_LABEL_KEY = "__LW_HELM_LABELS__"
 
 
 class ChartError(RuntimeError):
@@ -157,7 +156,7 @@ def _labelled(doc: Doc, *, extra: bool = False) -> Doc:
     """A copy with Helm's labels (and, for monitoring objects, the user's) added to its own labels."""
     doc = copy.deepcopy(doc)
     meta = doc["metadata"]
-    meta["labels"] = {**meta.get("labels", {}), HELM_LABEL_KEY: ""}
+    meta["labels"] = {**meta.get("labels", {}), "__LW_HELM_LABELS__": ""}
     if extra:
         meta["labels"]["__LW_EXTRA_LABELS__"] = ""
     if "namespace" in meta:
@@ -218,6 +217,24 @@ def _crd(doc: Doc) -> Doc:
     return doc
 
 
+# What becomes of each object of the manifests: its transform and the condition it is rendered under.
+BASE_RULES: dict[str, tuple[Callable[[Doc], Doc], str | None]] = {
+    "CustomResourceDefinition": (_crd, ".Values.crds.install"),
+    "ServiceAccount": (_labelled, None),
+    "ClusterRole": (_labelled, None),
+    "ClusterRoleBinding": (_binding, None),
+    "Service": (_labelled, None),
+    "NetworkPolicy": (_labelled, ".Values.networkPolicy.enabled"),
+    "Deployment": (_deployment, 'ne .Values.mode "sharded"'),
+}
+SHARDED_RULES: dict[str, Callable[[Doc], Doc]] = {"StatefulSet": _statefulset, "Service": _labelled}
+MONITORING_SWITCHES = {
+    "ServiceMonitor": "serviceMonitor",
+    "PrometheusRule": "prometheusRule",
+    "ConfigMap": "dashboard",
+}
+
+
 def generate() -> dict[Path, str]:
     """Every generated file of the chart, by path."""
     version = project_version()
@@ -232,39 +249,24 @@ def generate() -> dict[Path, str]:
     def add(name: str, doc: Doc, source: str, condition: str | None = None) -> None:
         files[TEMPLATES / name] = _template(doc, source, condition)
 
-    rules: dict[str, tuple[Callable[[Doc], Doc], str | None]] = {
-        "CustomResourceDefinition": (_crd, ".Values.crds.install"),
-        "ServiceAccount": (_labelled, None),
-        "ClusterRole": (_labelled, None),
-        "ClusterRoleBinding": (_binding, None),
-        "Service": (_labelled, None),
-        "NetworkPolicy": (_labelled, ".Values.networkPolicy.enabled"),
-        "Deployment": (_deployment, 'ne .Values.mode "sharded"'),
-    }
     for doc in base:
         if doc["kind"] == "Namespace":
             continue  # the release's namespace: `helm install --namespace layerwatch --create-namespace`
-        if doc["kind"] not in rules:
+        if doc["kind"] not in BASE_RULES:
             raise ChartError(
                 f"manifests/ has a {doc['kind']} the chart does not know: add it to hack/chart.py"
             )
-        transform, condition = rules[doc["kind"]]
+        transform, condition = BASE_RULES[doc["kind"]]
         add(f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml", transform(doc), "manifests/", condition)
     for doc in sharded:
         if key(doc) in base_keys:
             continue
-        sharded_rules: dict[str, Callable[[Doc], Doc]] = {"StatefulSet": _statefulset, "Service": _labelled}
-        if doc["kind"] not in sharded_rules:
+        if doc["kind"] not in SHARDED_RULES:
             raise ChartError(f"manifests/sharded/ has a {doc['kind']} the chart does not know")
         name = f"sharded-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-        add(name, sharded_rules[doc["kind"]](doc), "manifests/sharded/", 'eq .Values.mode "sharded"')
-    switches = {
-        "ServiceMonitor": "serviceMonitor",
-        "PrometheusRule": "prometheusRule",
-        "ConfigMap": "dashboard",
-    }
+        add(name, SHARDED_RULES[doc["kind"]](doc), "manifests/sharded/", 'eq .Values.mode "sharded"')
     for doc in monitoring:
-        switch = switches.get(doc["kind"])
+        switch = MONITORING_SWITCHES.get(doc["kind"])
         if switch is None:
             raise ChartError(f"manifests/monitoring/ has a {doc['kind']} the chart does not know")
         doc = _labelled(doc, extra=True)
