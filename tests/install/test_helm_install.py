@@ -34,7 +34,7 @@ from tests.k8s.operator_harness import (
 )
 
 from lab.chain import LocalChain
-from lab.kube import ControlPlane, ControlPlaneError, find_tools, load_docs, load_flux_crds
+from lab.kube import ControlPlane, control_plane, find_tools, load_docs, load_flux_crds
 
 pytestmark = pytest.mark.k8s
 
@@ -45,16 +45,9 @@ NAMESPACE = "layerwatch"
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ControlPlane]:
     """A control plane of its own, with only Flux's OCIRepository CRD: the chart brings the rest."""
-    cp = ControlPlane(find_tools(build=True))
-    try:
-        cp.start()
-    except ControlPlaneError as exc:
-        pytest.fail(f"control plane did not start: {exc}", pytrace=False)
-    try:
+    with control_plane(find_tools(build=True)) as cp:
         cp.apply(load_flux_crds(cp.tools))
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")
