@@ -10,6 +10,7 @@ import argparse
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,19 +111,19 @@ def test_every_helm_value_is_in_the_reference() -> None:
 
 
 def test_docs_and_comments_never_point_outside_the_repository() -> None:
-    """No 'SPEC section N', no ../shared: the repository explains itself."""
+    """Nothing cites the design documents the project started from: the repository explains itself."""
     tracked = subprocess.run(
         ["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True
     ).stdout.split()
-    pattern = re.compile(r"\bSPEC\b( ?(section|§) ?\d| \d)|\.\./shared|/work/shared|research/[a-z]+\.md")
+    pattern = re.compile(r"\bSPEC\b(?!_)|\.\./shared|/work/shared|research/[a-z]+\.md")
     hits = []
     for name in tracked:
         path = REPO / name
         if path.suffix not in (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", ".txt", ".tpl"):
             continue
-        if not path.is_file():
+        if not path.is_file() or path == Path(__file__):
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if pattern.search(line) and "pattern = re.compile" not in line:
+            if pattern.search(line):
                 hits.append(f"{name}:{number}: {line.strip()[:100]}")
     assert not hits, "\n".join(hits)
