@@ -83,10 +83,8 @@ def _get(cluster: ControlPlane, kind: str, name: str, namespace: str | None = No
     return dict(json.loads(done.stdout))
 
 
-def _operator_works_under_the_chart_rbac(
-    cluster: ControlPlane, chain: LocalChain, tmp_path: Path
-) -> tuple[Operator, str]:
-    """The chart's ServiceAccount, and nothing else, is enough for a real check and its condition."""
+def _lab_proxychain(cluster: ControlPlane, chain: LocalChain) -> None:
+    """A ProxyChain for the lab chain, the edge's robot account in the release's namespace."""
     user, password = chain.hop("edge").credentials or ("", "")
     cluster.apply(
         {
@@ -98,22 +96,36 @@ def _operator_works_under_the_chart_rbac(
         }
     )
     cluster.apply(proxychain_document(chain, f"helm-{secrets.token_hex(3)}", "3s"))
+
+
+def _operator_works_under_the_chart_rbac(
+    cluster: ControlPlane, chain: LocalChain, log_dir: Path, *extra: str, standalone: bool = True
+) -> Operator:
+    """The chart's ServiceAccount, and nothing else, is enough for a real check and its condition."""
     namespace = cluster.create_namespace("lw-helm")
     _, url, _ = push_artifact(chain)
     custom = client.CustomObjectsApi(cluster.api_client())
     custom.create_namespaced_custom_object(
         *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
     )
+    log_dir.mkdir(exist_ok=True)
     kubeconfig = cluster.token_kubeconfig(NAMESPACE, "layerwatch")
-    operator = Operator(kubeconfig, tmp_path).start()
-    healthy = wait_for(
-        "ProxyHealthy=True written as the chart's ServiceAccount",
-        lambda: (c := condition(custom, namespace, "app")) and c["status"] == "True" and c,
-    )
-    assert healthy["reason"] == "Healthy"
-    assert metric_value(operator.metrics(), "layerwatch_artifact_hop_healthy", name="app", hop="core") == 1.0
-    assert "Forbidden" not in operator.text() and "403" not in operator.text(), operator.logs()
-    return operator, namespace
+    operator = Operator(kubeconfig, log_dir, *extra, standalone=standalone).start()
+    try:
+        healthy = wait_for(
+            "ProxyHealthy=True written as the chart's ServiceAccount",
+            lambda: (c := condition(custom, namespace, "app")) and c["status"] == "True" and c,
+        )
+        assert healthy["reason"] == "Healthy"
+        metrics = operator.metrics()
+        assert (
+            metric_value(metrics, "layerwatch_artifact_hop_healthy", namespace=namespace, hop="core") == 1.0
+        )
+        assert "Forbidden" not in operator.text() and "403" not in operator.text(), operator.logs()
+    except BaseException:
+        operator.stop()
+        raise
+    return operator
 
 
 def test_install_upgrade_uninstall(
@@ -135,28 +147,29 @@ def test_install_upgrade_uninstall(
     assert _get(cluster, "networkpolicy", "layerwatch", NAMESPACE) is not None
     assert _get(cluster, "crd", "clusterkopfpeerings.kopf.dev") is not None  # crds/, for mode=peering
 
-    operator, namespace = _operator_works_under_the_chart_rbac(cluster, chain, tmp_path)
-    try:
-        run("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "mode=sharded,shards=2,image.tag=9.9.9")
-        assert run.release()["revision"] == "2"
-        assert _get(cluster, "deployment", "layerwatch", NAMESPACE) is None
-        sts = _get(cluster, "statefulset", "layerwatch", NAMESPACE)
-        assert sts is not None and sts["spec"]["replicas"] == 2
-        (container,) = sts["spec"]["template"]["spec"]["containers"]
-        assert container["image"] == "ghcr.io/layerwatch/layerwatch:9.9.9"
-        assert "--shard-count=2" in container["args"]
+    _lab_proxychain(cluster, chain)
+    _operator_works_under_the_chart_rbac(cluster, chain, tmp_path / "single").stop()
 
-        run("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "mode=peering")
-        assert _get(cluster, "clusterkopfpeering", "layerwatch") is not None
-        assert _get(cluster, "statefulset", "layerwatch", NAMESPACE) is None
-        deployment = _get(cluster, "deployment", "layerwatch", NAMESPACE)
-        assert deployment is not None and deployment["spec"]["replicas"] == 2
-        assert "--peering=layerwatch" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        # The operator is still allowed everything it needs after two upgrades (same ServiceAccount).
-        custom = client.CustomObjectsApi(cluster.api_client())
-        assert condition(custom, namespace, "app") is not None
-    finally:
-        operator.stop()
+    run("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "mode=sharded,shards=2,image.tag=9.9.9")
+    assert run.release()["revision"] == "2"
+    assert _get(cluster, "deployment", "layerwatch", NAMESPACE) is None
+    sts = _get(cluster, "statefulset", "layerwatch", NAMESPACE)
+    assert sts is not None and sts["spec"]["replicas"] == 2
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/layerwatch/layerwatch:9.9.9"
+    assert "--shard-count=2" in container["args"]
+
+    run("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "mode=peering")
+    assert _get(cluster, "clusterkopfpeering", "layerwatch") is not None
+    assert _get(cluster, "statefulset", "layerwatch", NAMESPACE) is None
+    deployment = _get(cluster, "deployment", "layerwatch", NAMESPACE)
+    assert deployment is not None and deployment["spec"]["replicas"] == 2
+    assert "--peering=layerwatch" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    # An operator in the chart's peering mode: the peering object and RBAC are enough for it.
+    peered = _operator_works_under_the_chart_rbac(
+        cluster, chain, tmp_path / "peering", "--peering", "layerwatch", standalone=False
+    )
+    peered.stop()
 
     out = run("uninstall", RELEASE, "-n", NAMESPACE)
     assert "uninstalled" in out
