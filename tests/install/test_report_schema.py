@@ -2,7 +2,8 @@
 
 Real CLI runs against the lab chain (edge -> core -> origin) for each kind of outcome: healthy,
 unhealthy (a layer dropped at core), a Flux artifact with its layers in the wrong order, a head-mode
-check, and an unreachable registry; every report must validate against the schema.
+check, an unreachable registry, several references in one run, and a configuration error; every
+output must validate against the schema.
 """
 
 from __future__ import annotations
@@ -107,3 +108,34 @@ def test_an_unreachable_registry_report_matches_the_schema() -> None:
     assert code == 3 and valid(report)["verdict"] == "Unreachable"
     (hop,) = report["hops"]
     assert hop["manifestDigest"] is None and hop["config"] is None and hop["layers"] == []
+
+
+def test_several_references_give_a_combined_report_matching_the_schema(
+    chain: LocalChain, chain_file: Path
+) -> None:
+    healthy_repo, broken_repo = (f"org/schema-{secrets.token_hex(3)}" for _ in range(2))
+    push_flux_artifact(chain.push_address, healthy_repo, "v1")
+    broken = push_flux_artifact(chain.push_address, broken_repo, "v1")
+    chain.faults("core").set(
+        [
+            {
+                "kind": "drop",
+                "repository": chain.repository_at("core", broken_repo),
+                "digest": broken.content_layer.digest,
+            }
+        ]
+    )
+    try:
+        refs = [f"oci://{chain.reference(repo, 'v1')}" for repo in (healthy_repo, broken_repo)]
+        code, report = check("--chain", str(chain_file), *refs)
+    finally:
+        chain.faults("core").clear()
+    assert code == 1 and valid(report)["verdict"] == "LayerMissing"
+    assert report["counts"] == {"healthy": 1, "unknown": 0, "unhealthy": 1}
+    assert [c["verdict"] for c in report["checks"]] == ["Healthy", "LayerMissing"]
+
+
+def test_a_configuration_error_is_an_error_object_matching_the_schema() -> None:
+    code, report = check("--hop", "edge", "127.0.0.1:1/org/app:v1")
+    assert code == 2 and valid(report)["error"]["kind"] == "config"
+    assert "--hop" in report["error"]["message"]
