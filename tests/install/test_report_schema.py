@@ -66,33 +66,35 @@ def test_the_schema_itself_is_valid_json_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
-def test_healthy_and_unhealthy_reports_match_the_schema(chain: LocalChain, chain_file: Path) -> None:
+@pytest.fixture(scope="module")
+def artifacts(chain: LocalChain) -> Iterator[tuple[str, str]]:
+    """References of a healthy artifact and of one whose content layer is gone at core."""
     healthy_repo, broken_repo = (f"org/schema-{secrets.token_hex(3)}" for _ in range(2))
     push_flux_artifact(chain.push_address, healthy_repo, "v1")
     broken = push_flux_artifact(chain.push_address, broken_repo, "v1")
-    chain.faults("core").set(
-        [
-            {
-                "kind": "drop",
-                "repository": chain.repository_at("core", broken_repo),
-                "digest": broken.content_layer.digest,
-            }
-        ]
-    )
+    drop = {
+        "kind": "drop",
+        "repository": chain.repository_at("core", broken_repo),
+        "digest": broken.content_layer.digest,
+    }
+    chain.faults("core").set([drop])
     try:
-        code, report = check("--chain", str(chain_file), f"oci://{chain.reference(healthy_repo, 'v1')}")
-        assert code == 0 and valid(report)["verdict"] == "Healthy" and report["blame"] is None
-        assert [hop["name"] for hop in report["hops"]] == ["edge", "core", "origin"]
-        code, report = check("--chain", str(chain_file), f"oci://{chain.reference(broken_repo, 'v1')}")
-        assert code == 1 and valid(report)["verdict"] == "LayerMissing" and report["blame"] == "core"
-        statuses = {blob["status"] for hop in report["hops"] for blob in hop["layers"]}
-        assert statuses == {"ok", "missing"}
-        code, report = check(
-            "--chain", str(chain_file), "--mode", "head", f"oci://{chain.reference(healthy_repo, 'v1')}"
-        )
-        assert code == 0 and valid(report)["mode"] == "head"
+        yield f"oci://{chain.reference(healthy_repo, 'v1')}", f"oci://{chain.reference(broken_repo, 'v1')}"
     finally:
         chain.faults("core").clear()
+
+
+def test_healthy_and_unhealthy_reports_match_the_schema(chain_file: Path, artifacts: tuple[str, str]) -> None:
+    healthy, broken = artifacts
+    code, report = check("--chain", str(chain_file), healthy)
+    assert code == 0 and valid(report)["verdict"] == "Healthy" and report["blame"] is None
+    assert [hop["name"] for hop in report["hops"]] == ["edge", "core", "origin"]
+    code, report = check("--chain", str(chain_file), broken)
+    assert code == 1 and valid(report)["verdict"] == "LayerMissing" and report["blame"] == "core"
+    statuses = {blob["status"] for hop in report["hops"] for blob in hop["layers"]}
+    assert statuses == {"ok", "missing"}
+    code, report = check("--chain", str(chain_file), "--mode", "head", healthy)
+    assert code == 0 and valid(report)["mode"] == "head"
 
 
 def test_a_wrongly_ordered_artifact_report_matches_the_schema(chain: LocalChain, chain_file: Path) -> None:
@@ -111,25 +113,9 @@ def test_an_unreachable_registry_report_matches_the_schema() -> None:
 
 
 def test_several_references_give_a_combined_report_matching_the_schema(
-    chain: LocalChain, chain_file: Path
+    chain_file: Path, artifacts: tuple[str, str]
 ) -> None:
-    healthy_repo, broken_repo = (f"org/schema-{secrets.token_hex(3)}" for _ in range(2))
-    push_flux_artifact(chain.push_address, healthy_repo, "v1")
-    broken = push_flux_artifact(chain.push_address, broken_repo, "v1")
-    chain.faults("core").set(
-        [
-            {
-                "kind": "drop",
-                "repository": chain.repository_at("core", broken_repo),
-                "digest": broken.content_layer.digest,
-            }
-        ]
-    )
-    try:
-        refs = [f"oci://{chain.reference(repo, 'v1')}" for repo in (healthy_repo, broken_repo)]
-        code, report = check("--chain", str(chain_file), *refs)
-    finally:
-        chain.faults("core").clear()
+    code, report = check("--chain", str(chain_file), *artifacts)
     assert code == 1 and valid(report)["verdict"] == "LayerMissing"
     assert report["counts"] == {"healthy": 1, "unknown": 0, "unhealthy": 1}
     assert [c["verdict"] for c in report["checks"]] == ["Healthy", "LayerMissing"]
