@@ -3,13 +3,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 export PATH := $(HOME)/.cache/layerwatch/bin:$(PATH)
 
-.PHONY: help deps install tools lint typecheck test test-unit demo bench image clean
+# The demo and the lab run from a project virtualenv, so they work where the system Python refuses
+# installs (PEP 668, PIP_REQUIRE_VIRTUALENV). `make test` keeps installing into $(PYTHON), as CI does.
+VENV ?= .venv
+VENV_PYTHON := $(VENV)/bin/python
+DEMO_PACKAGES := docker-registry python3-venv
+# make release-manifests RELEASE_REPOSITORY=registry.example.com/platform/layerwatch-manifests
+RELEASE_REPOSITORY ?= ghcr.io/layerwatch/manifests/layerwatch
+RELEASE_FLAGS ?=
+
+.PHONY: help deps install tools lint typecheck test test-unit demo demo-deps lab release-manifests chart bench image clean
 
 help:
+	@echo "make demo     run a check on a local three-hop chain with one faulty hop (in $(VENV)/)"
+	@echo "make lab      start that chain with a healthy and a broken artifact; Ctrl-C stops it"
 	@echo "make deps     install Debian packages and Python dependencies (needs root for apt)"
-	@echo "make tools    build kube-apiserver, etcd, oras, source-controller into ~/.cache/layerwatch"
-	@echo "make demo     run a check on a local three-hop chain with one faulty hop"
-	@echo "make test     lint, type-check and run all tests (unit, registry, k8s, e2e, prometheus, browser, image)"
+	@echo "make tools    build kube-apiserver, etcd, oras, source-controller, helm into ~/.cache/layerwatch"
+	@echo "make test     lint, type-check and run all tests (unit, registry, k8s, e2e, install, prometheus, browser, image)"
+	@echo "make chart    regenerate charts/layerwatch from manifests/ (make lint checks it is current)"
+	@echo "make release-manifests  push manifests/ as a Flux OCI artifact to RELEASE_REPOSITORY"
 	@echo "make bench    run the benchmarks (JSON on stdout)"
 	@echo "make image    build the container image (docker if present, else buildah)"
 
@@ -26,6 +38,7 @@ lint:
 	$(PYTHON) -m ruff check operator tests hack bench
 	$(PYTHON) -m ruff format --check operator tests hack bench
 	$(PYTHON) hack/dashboard/generate.py --check
+	PYTHONPATH=hack $(PYTHON) hack/chart.py --check
 	shellcheck hack/*.sh .ci/run
 
 typecheck:
@@ -37,9 +50,34 @@ test-unit:
 test: deps install tools lint typecheck
 	$(PYTHON) -m pytest -ra -p no:cacheprovider tests
 
-demo: deps install
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+# Only the runtime dependencies (requirements.lock) and layerwatch itself, editable.
+$(VENV)/.installed: pyproject.toml requirements.lock | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(VENV_PYTHON) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo-deps:
+	hack/install-deps.sh $(DEMO_PACKAGES)
+
+demo: demo-deps
+	$(MAKE) $(VENV)/.installed
 	hack/build-tools.sh oras
-	PYTHONPATH=hack $(PYTHON) -m lab.demo
+	PYTHONPATH=hack $(VENV_PYTHON) -m lab.demo
+
+lab: demo-deps
+	$(MAKE) $(VENV)/.installed
+	hack/build-tools.sh oras
+	PYTHONPATH=hack $(VENV_PYTHON) -m lab.demo --keep
+
+chart:
+	PYTHONPATH=hack $(PYTHON) hack/chart.py
+
+release-manifests:
+	hack/build-tools.sh oras
+	PYTHONPATH=hack $(PYTHON) hack/release_manifests.py $(RELEASE_FLAGS) $(RELEASE_REPOSITORY)
 
 bench: install
 	$(PYTHON) bench/check_throughput.py

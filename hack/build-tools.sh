@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|all]...
+#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -13,6 +13,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 ORAS_VERSION=${ORAS_VERSION:-1.3.6}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.9.6}
 NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
+HELM_VERSION=${HELM_VERSION:-4.3.2}
 CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
 BIN=$CACHE/bin
 export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
@@ -74,6 +75,21 @@ build_oras() {
     rm -rf "$out"; mv "$out.tmp" "$out" )
   ln -sf "$out/oras" "$BIN/oras"
   log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
+}
+
+build_helm() {
+  local out=$CACHE/helm/v$HELM_VERSION
+  if [ -x "$out/helm" ]; then log "helm v$HELM_VERSION: cached"; ln -sf "$out/helm" "$BIN/helm"; return; fi
+  log "helm v$HELM_VERSION: building"
+  local start=$SECONDS major=${HELM_VERSION%%.*}
+  ( throwaway helm
+    go get "helm.sh/helm/v$major/cmd/helm@v$HELM_VERSION" >/dev/null
+    mkdir -p "$out.tmp"
+    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v$major/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v$major/internal/version.metadata=" \
+      -o "$out.tmp/helm" "helm.sh/helm/v$major/cmd/helm"
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  ln -sf "$out/helm" "$BIN/helm"
+  log "helm v$HELM_VERSION: built in $((SECONDS - start)) s"
 }
 
 # refused_requirements GOMOD: for each direct requirement whose exact version the module proxy refuses
@@ -185,6 +201,7 @@ ORAS=$CACHE/oras/v$ORAS_VERSION/oras
 SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
 NOTIFICATION_CONTROLLER_DIR=$CACHE/notification-controller/v$NOTIFICATION_CONTROLLER_VERSION
 FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
+HELM=$CACHE/helm/v$HELM_VERSION/helm
 P
 }
 
@@ -197,8 +214,9 @@ for what in "$@"; do
     flux-crds) flux_crds ;;
     source-controller) build_source_controller ;;
     notification-controller) build_notification_controller ;;
+    helm) build_helm ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller ;;
+    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done

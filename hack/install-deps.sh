@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo use (idempotent; a no-op when all are present).
+#
+#   hack/install-deps.sh                 everything `make test` needs
+#   hack/install-deps.sh PACKAGE...      only these (`make demo` asks for docker-registry and python3-venv)
 set -euo pipefail
 packages=(docker-registry skopeo prometheus prometheus-alertmanager buildah debootstrap chromium shellcheck tinyproxy zsh fish)  # zsh, fish: completion tests
 missing=()
+if [ $# -gt 0 ]; then packages=("$@"); fi  # only what the caller names (make demo)
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "install as root: apt-get install ${missing[*]}" >&2; exit 1; fi

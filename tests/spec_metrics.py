@@ -1,6 +1,6 @@
-"""SPEC section 5's metric families (plus the chain gauges the alerts use): (name, type).
+"""The metric families layerwatch exports, with the chain gauges the alerts use: (name, type).
 
-One list for every test that checks what layerwatch exports, so the SPEC is written down once.
+One list for every test that checks what layerwatch exports, so the list is written down once.
 """
 
 SPEC_METRIC_FAMILIES: tuple[tuple[str, str], ...] = (

@@ -1,6 +1,6 @@
 """Push Flux-format OCI artifacts to a lab registry with the real ``oras`` CLI.
 
-``flux push artifact`` (fluxcd/pkg ``oci/push.go``, see /work/shared/research/flux.md section 4)
+``flux push artifact`` (fluxcd/pkg ``oci/push.go``)
 builds: an OCI image manifest, config ``application/vnd.cncf.flux.config.v1+json``, exactly one
 ``application/vnd.cncf.flux.content.v1.tar+gzip`` layer (a normalised tar.gz: uid/gid 0, no names,
 zero mtimes) and the manifest annotations ``org.opencontainers.image.created``/``source``/``revision``.
@@ -155,11 +155,12 @@ def _push(
     config: tuple[Path, Descriptor],
     layer_blobs: Sequence[tuple[Path, Descriptor]],
     annotations: Mapping[str, str],
+    plain_http: bool = True,
 ) -> PushedArtifact:
     """Push config and layer blobs, then the manifest; check oras's descriptor against our digest."""
     for path, descriptor in [config, *layer_blobs]:
         target = f"{registry}/{repository}@{descriptor.digest}"
-        _oras("blob", "push", "--plain-http", "--no-tty", target, str(path))
+        _oras("blob", "push", *_http(plain_http), "--no-tty", target, str(path))
     layers = tuple(descriptor for _, descriptor in layer_blobs)
     document = {
         "schemaVersion": 2,
@@ -168,11 +169,19 @@ def _push(
         "layers": [layer.to_json() for layer in layers],
         "annotations": dict(sorted(annotations.items())),
     }
-    manifest, digest = _push_manifest(f"{registry}/{repository}:{tag}", document, OCI_MANIFEST_MEDIA_TYPE)
+    target = f"{registry}/{repository}:{tag}"
+    manifest, digest = _push_manifest(target, document, OCI_MANIFEST_MEDIA_TYPE, plain_http)
     return PushedArtifact(registry, repository, tag, manifest, digest, config[1], layers)
 
 
-def _push_manifest(target: str, document: Mapping[str, object], media_type: str) -> tuple[bytes, str]:
+def _http(plain_http: bool) -> list[str]:
+    """oras's flag for a registry that speaks HTTP (every lab registry; not a real release target)."""
+    return ["--plain-http"] if plain_http else []
+
+
+def _push_manifest(
+    target: str, document: Mapping[str, object], media_type: str, plain_http: bool = True
+) -> tuple[bytes, str]:
     """Push a manifest or index document as compact JSON; its bytes and digest (checked against oras)."""
     manifest = json.dumps(document, separators=(",", ":")).encode()
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
@@ -180,7 +189,14 @@ def _push_manifest(target: str, document: Mapping[str, object], media_type: str)
         file.write(manifest)
         file.flush()
         out = _oras(
-            "manifest", "push", "--plain-http", "--descriptor", "--media-type", media_type, target, file.name
+            "manifest",
+            "push",
+            *_http(plain_http),
+            "--descriptor",
+            "--media-type",
+            media_type,
+            target,
+            file.name,
         )
     pushed = json.loads(out)["digest"]
     if pushed != digest:
@@ -226,10 +242,19 @@ def push_flux_artifact(
     created: datetime.datetime | None = None,
     source: str | None = None,
     revision: str | None = None,
+    plain_http: bool = True,
 ) -> PushedArtifact:
     """Push what ``flux push artifact`` pushes: one config ``{}`` and one tar+gzip content layer."""
     return push_multilayer_artifact(
-        registry, repository, tag, files, extra_layers=(), created=created, source=source, revision=revision
+        registry,
+        repository,
+        tag,
+        files,
+        extra_layers=(),
+        created=created,
+        source=source,
+        revision=revision,
+        plain_http=plain_http,
     )
 
 
@@ -244,6 +269,7 @@ def push_multilayer_artifact(
     created: datetime.datetime | None = None,
     source: str | None = None,
     revision: str | None = None,
+    plain_http: bool = True,
 ) -> PushedArtifact:
     """A Flux artifact with extra layers, by default ``[application/octet-stream, flux content]``.
 
@@ -258,7 +284,7 @@ def push_multilayer_artifact(
         extras = [_write_blob(directory, data, media_type) for media_type, data in extra_layers]
         layers = [*extras, flux_layer] if content_last else [flux_layer, *extras]
         annotations = _flux_annotations(repository, tag, created, source, revision)
-        return _push(registry, repository, tag, config, layers, annotations)
+        return _push(registry, repository, tag, config, layers, annotations, plain_http)
 
 
 def push_blob_artifact(

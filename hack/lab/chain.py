@@ -144,7 +144,7 @@ class LocalChain:
         return self.hop(hop).gateway.faults
 
     def chain_document(self, name: str = "lab") -> dict[str, object]:
-        """A ProxyChain (SPEC 4.1) for this chain, with the edge credentials inline (CLI file format)."""
+        """A ProxyChain for this chain, with the edge credentials inline (CLI file format)."""
         hops: list[dict[str, str]] = []
         for hop in self.hops:
             entry = {"name": hop.name, "url": hop.url}

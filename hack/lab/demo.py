@@ -3,17 +3,23 @@
 Starts a `LocalChain`, pushes a Flux artifact to the origin, drops its content layer at the core
 gateway before anything pulls it (so the edge cannot have it cached), then runs
 ``layerwatch check --chain <file> oci://<edge>/p-core/p-ghcr/org/app:v1`` and exits with its status.
+
+``--keep`` (``make lab``) instead keeps the chain up until Ctrl-C, with a healthy and a broken
+artifact, a chain file and a ``layerwatch serve`` config, and prints the commands to try.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
@@ -25,10 +31,57 @@ CHECK_TIMEOUT = 120.0
 
 
 def layerwatch_command() -> list[str]:
-    """The installed ``layerwatch`` script, else the CLI module from this checkout."""
-    if script := shutil.which("layerwatch"):
-        return [script]
-    return [sys.executable, "-c", "import sys; from layerwatch.cli import main; sys.exit(main())"]
+    """The ``layerwatch`` script of this interpreter's environment (the demo's virtualenv), else
+    the CLI module from this checkout; never a ``layerwatch`` that happens to be first on PATH."""
+    script = Path(sys.executable).parent / "layerwatch"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "layerwatch.cli"]
+
+
+def keep_up(directory: Path) -> int:
+    """``make lab``: the chain with ``org/app:v1`` (healthy) and ``org/broken:v1`` (layer lost at
+    core), until Ctrl-C. Writes ``chain.yaml`` and ``watch.yaml`` into ``directory``."""
+    with LocalChain() as chain:
+        push_flux_artifact(chain.push_address, "org/app", "v1")
+        broken = push_flux_artifact(chain.push_address, "org/broken", "v1")
+        core_repository = chain.repository_at("core", "org/broken")
+        chain.faults("core").set(
+            [{"kind": "drop", "repository": core_repository, "digest": broken.content_layer.digest}]
+        )
+        chain_file = chain.write_chain_yaml(directory / "chain.yaml", name="lab")
+        document = chain.chain_document("lab")
+        document["spec"] = {**document["spec"], "interval": "30s"}
+        targets = [
+            {
+                "kind": "Target",
+                "name": name,
+                "url": f"oci://{chain.reference(f'org/{name}', 'v1')}",
+                "chain": "lab",
+            }
+            for name in ("app", "broken")
+        ]
+        watch = directory / "watch.yaml"
+        watch.write_text(yaml.safe_dump_all([document, *targets], sort_keys=False))
+        user, password = chain.hop("edge").credentials or ("", "")
+        command = " ".join(layerwatch_command())
+        lines = [
+            "The lab chain is up (Ctrl-C stops it and deletes everything):",
+            *(f"  {hop.name:<7} {hop.url}" for hop in chain.hops),
+            f"  the edge wants a robot account: {user} / {password}",
+            f"  push to the origin registry: oras push --plain-http {chain.push_address}/org/NAME:TAG ...",
+            "Artifacts: org/app:v1 (healthy), org/broken:v1 (its content layer is gone at core).",
+            "Try:",
+            f"  {command} check --chain {chain_file} oci://{chain.reference('org/app', 'v1')}",
+            f"  {command} check --chain {chain_file} oci://{chain.reference('org/broken', 'v1')}",
+            f"  {command} inspect --chain {chain_file} oci://{chain.reference('org/app', 'v1')}",
+            f"  {command} serve --config {watch} --metrics-port 9090   # then http://127.0.0.1:9090/",
+        ]
+        print("\n".join(lines), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    print("lab chain stopped")
+    return 0
 
 
 def run(repository: str = "org/app", tag: str = "v1", output: str = "text") -> int:
@@ -62,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repository", default="org/app")
     parser.add_argument("--tag", default="v1")
     parser.add_argument("--output", choices=["text", "json"], default="text")
+    parser.add_argument("--keep", action="store_true", help="keep the chain up until Ctrl-C (make lab)")
     args = parser.parse_args(argv)
+    if args.keep:
+        with tempfile.TemporaryDirectory(prefix="layerwatch-lab-") as tmp:
+            sys.exit(keep_up(Path(tmp)))
     status = run(args.repository, args.tag, args.output)
     if status == 1:
         sys.exit(0)  # "some hop unhealthy" is what the demo sets out to show

@@ -4,7 +4,7 @@ Run as ``python -m lab.gateway --listen 127.0.0.1:0 --upstream http://127.0.0.1:
 [--auth none|anonymous|required] [--user robot:secret] [--token-ttl SECONDS]``; once both listeners
 are bound it prints ``{"port": P, "blob_port": B}`` as one JSON line on stdout.
 
-What it copies from Harbor (see /work/shared/research/harbor.md, sections 1 and 3):
+What it copies from a Harbor proxy-cache project:
 
 - ``/v2/<prefix>/<rest>/...`` is forwarded upstream as ``/v2/<rest>/...``; other repositories get
   404 ``NAME_UNKNOWN``; an empty prefix is a transparent mirror. Pushes get 403 ``DENIED``.

@@ -744,6 +744,13 @@ class ControlPlane:
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}
         )
         self.apply(cluster_role_binding_docs)
+        return self.token_kubeconfig(namespace, name, expiration_seconds=expiration_seconds)
+
+    def token_kubeconfig(self, namespace: str, name: str, *, expiration_seconds: int = 12 * 3600) -> Path:
+        """A kubeconfig holding only a TokenRequest token of an existing ServiceAccount (and the CA).
+
+        For ServiceAccounts that an install (Helm, kustomize) created: nothing is applied or changed.
+        """
         request = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",

@@ -1,4 +1,4 @@
-"""Every Prometheus metric layerwatch exports, in one place (SPEC 5).
+"""Every Prometheus metric layerwatch exports, in one place (docs/reference.md lists them).
 
 One collector renders all families at scrape time from plain dictionaries, so a series disappears
 the moment its target, hop or chain does (no stale series to remember to remove). Per-artifact

@@ -1,6 +1,6 @@
 """Verdicts and blame: pure functions from per-hop observations to what users are told.
 
-One verdict per hop, the first rule that applies in SPEC order. Unknown verdicts (could not
+One verdict per hop, the first rule that applies in the order of Verdict below. Unknown verdicts (could not
 check) are never unhealthy. Blame walks from the origin toward the edge and names the first hop
 where the worst class of problem appears, because a proxy passes its upstream's damage on.
 """

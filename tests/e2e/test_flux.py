@@ -217,7 +217,7 @@ def _flux_reconciles(source_controller: SourceController) -> float:
 
 
 def _untouched_by_layerwatch(body: dict[str, Any]) -> None:
-    """SPEC 4.2: layerwatch adds no finalizer and no annotation (Flux's own finalizer is expected)."""
+    """layerwatch adds no finalizer and no annotation (Flux's own finalizer is expected)."""
     assert set(body["metadata"].get("finalizers") or []) <= {"finalizers.fluxcd.io"}, body["metadata"]
     annotations = body["metadata"].get("annotations") or {}
     assert set(annotations) <= {"reconcile.fluxcd.io/requestedAt"}, annotations

@@ -129,7 +129,7 @@ def test_deployment_is_hardened() -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert container["image"] == "ghcr.io/layerwatch/layerwatch:0.1.0"
+    assert container["image"] == "ghcr.io/layerwatch/layerwatch"  # the tag: manifests/image/
     assert container["args"] == [
         "operator",
         "--all-namespaces",

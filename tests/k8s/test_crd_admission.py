@@ -1,4 +1,4 @@
-"""The ProxyChain CRD refuses bad chains at admission, with messages a person can act on (SPEC 4.1)."""
+"""The ProxyChain CRD refuses bad chains at admission, with messages a person can act on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""manifests/clusterrole.yaml is enough for the operator and no more (SPEC 4.2, 7: least privilege).
+"""manifests/clusterrole.yaml is enough for the operator and no more (least privilege).
 
 The operator identity is a real ServiceAccount token (TokenRequest API) in a kubeconfig that holds
 nothing else, bound by manifests/clusterrolebinding.yaml to exactly manifests/clusterrole.yaml.

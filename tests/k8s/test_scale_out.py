@@ -1,4 +1,4 @@
-"""Scale-out (SPEC §6, §7): sharding across standalone replicas, and HA through kopf peering.
+"""Scale-out: sharding across standalone replicas, and HA through kopf peering.
 
 Every operator here is a real ``layerwatch operator`` process authenticated as ServiceAccount
 layerwatch/layerwatch (manifests/clusterrole.yaml only), against the lab registry chain.

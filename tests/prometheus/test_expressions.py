@@ -3,7 +3,7 @@
 promtool proves that each expression is valid PromQL (all of them go into a temporary rules file
 as recording rules). A small lexer then lists the metric names each one selects; they must be in
 the set of names layerwatch exports. That set comes from a live ``/metrics`` text when the
-LIVE-SCRAPE HOOK below is wired, and from SPEC section 5 until then.
+LIVE-SCRAPE HOOK below is wired, and from tests/spec_metrics.py until then.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def test_dashboard_and_alerts_together_use_every_spec_metric(rules: dict[str, An
         for family, metric_type in SPEC_METRIC_FAMILIES
         if not family_series_names(family, metric_type) & used
     }
-    assert not unused, f"SPEC metrics shown nowhere: {sorted(unused)} of {sorted(families)}"
+    assert not unused, f"exported metrics shown nowhere: {sorted(unused)} of {sorted(families)}"
 
 
 @pytest.mark.parametrize(
@@ -292,7 +292,7 @@ def test_grafana_variables_become_plain_promql() -> None:
 
 
 def test_metric_names_from_exposition_reads_client_python_output() -> None:
-    """A real client_python exposition of every SPEC family yields exactly the SPEC series names."""
+    """A real client_python exposition of every promised family yields exactly its series names."""
     prometheus_client = pytest.importorskip("prometheus_client")
     from prometheus_client.core import (
         CounterMetricFamily,

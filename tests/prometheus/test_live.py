@@ -133,7 +133,7 @@ def _alert_labels(alert: dict[str, Any]) -> dict[str, str]:
 
 
 def test_live_metrics_have_samples_for_every_spec_family(serve_lab: ServeLab) -> None:
-    """With a healthy and a broken artifact checked, every SPEC section 5 family has a sample."""
+    """With a healthy and a broken artifact checked, every promised metric family has a sample."""
     text = serve_lab.metrics()
     sampled = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, flags=re.M)}
     for family, metric_type in SPEC_METRIC_FAMILIES:

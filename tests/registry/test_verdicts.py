@@ -1,4 +1,4 @@
-"""Every SPEC 3 verdict, produced by the real engine against the real proxy chain, with the right blame.
+"""Every verdict, produced by the real engine against the real proxy chain, with the right blame.
 
 Faults are injected at the edge, the middle hop (core) or the origin before anything pulls, on a
 repository no earlier test used (distribution's proxies cache what they pull). A fault at a hop is

@@ -1,4 +1,4 @@
-"""The layerwatch.io/ProxyHealthy condition on an OCIRepository and its transition events (SPEC 4.2)."""
+"""The layerwatch.io/ProxyHealthy condition on an OCIRepository and its transition events."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which OCIRepositories layerwatch watches, on which chain, at which ref, on which replica (SPEC 4.2)."""
+"""Which OCIRepositories layerwatch watches, on which chain, at which ref, on which replica."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def test_status_artifact_digest_is_never_taken_for_a_registry_digest() -> None:
     assert digest_of("flux's own tarball") not in str(flux.resolved())
 
 
-# -- selection rules, in SPEC 4.2 order ------------------------------------------------------------
+# -- selection rules, in order ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""What Prometheus scrapes (SPEC 5): fixed names, bounded labels, series that vanish with their object."""
+"""What Prometheus scrapes: fixed names, bounded labels, series that vanish with their object."""
 
 from __future__ import annotations
 

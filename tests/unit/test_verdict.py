@@ -330,7 +330,7 @@ def test_a_layer_selector_matching_no_layer_is_layer_selector_unmatched() -> Non
     )
 
 
-# -- messages people read (SPEC 4.2) -------------------------------------------------------------------
+# -- messages people read --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("detail", ["missing (404)", "404"])

@@ -187,7 +187,7 @@ def select(
     chains: Sequence[Chain],
     namespace_labels: Mapping[str, str] | None,
 ) -> Selection:
-    """Decide whether and how to watch an OCIRepository (SPEC 4.2 rules, in order)."""
+    """Decide whether and how to watch an OCIRepository (the selection rules, in order)."""
     if source.annotations.get(ANNOTATION_IGNORE) == "true":
         return Selection(None, None, skipped="annotated layerwatch.io/ignore")
     if source.suspend and source.annotations.get(ANNOTATION_INCLUDE_SUSPENDED) != "true":
