@@ -626,17 +626,17 @@ class ControlPlane:
         if self._admin_client is None:
             self._admin_client = self.api_client()
         api = self._admin_client
-        params = api.param_serialize(
-            method=method,
-            resource_path=path,
+        return api.call_api(
+            path,
+            method,
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": "application/json"},
             body=body,
             auth_settings=["BearerToken"],
+            response_types_map={200: "object", 201: "object", 202: "object"},
+            _return_http_data_only=True,
+            _request_timeout=60,
         )
-        rsp = api.call_api(*params[:4], post_params=params[4], _request_timeout=60)
-        rsp.read()
-        return api.response_deserialize(rsp, {"2XX": "object"}).data
 
     def _resource(self, api_version: str, kind: str) -> Doc:
         """Discovery for one group/version, re-read on a miss (new CRDs appear after a while)."""
