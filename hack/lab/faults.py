@@ -141,7 +141,10 @@ class Fault:
             raise FaultError("chunk must be > 0")
 
     def matches(self, *, repository: str, endpoint: str, reference: str, method: str) -> bool:
-        """Whether this fault applies to a request (``endpoint``: manifests, blobs, referrers, base or other)."""
+        """Whether this fault applies to a request.
+
+        ``endpoint`` is ``manifests``, ``blobs``, ``referrers``, ``base`` or ``other``.
+        """
         if self.count == 0:
             return False
         if endpoint == "base" and self.kind not in BASE_KINDS:

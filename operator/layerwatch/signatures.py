@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from layerwatch.observation import BlobStatus
 from layerwatch.reference import short_digest
@@ -39,6 +39,7 @@ __all__ = [
     "referrers_notes",
     "referrers_tag",
     "sig_tag",
+    "signatures_json",
 ]
 
 COSIGN_BUNDLE = "application/vnd.dev.sigstore.bundle"
@@ -67,7 +68,7 @@ def parse_verify(value: object, where: str) -> Provider | None:
     """
     if value is None:
         return None
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ValueError(f"{where}: verify must be a mapping like {{provider: cosign}}")
     provider = value.get("provider", Provider.COSIGN.value)
     if provider not in {p.value for p in Provider}:
@@ -152,7 +153,8 @@ def _reference(observations: Sequence[HopObservation], position: int) -> HopObse
 def _where_to_look(signatures: SignatureObservation) -> str:
     tag = referrers_tag(signatures.subject)
     if signatures.provider is Provider.NOTATION:
-        return f"no notation signature among the referrers of {short_digest(signatures.subject)} (API or tag {tag})"
+        subject = short_digest(signatures.subject)
+        return f"no notation signature among the referrers of {subject} (API or tag {tag})"
     return f"no cosign bundle among the referrers (API or tag {tag}) and no tag {tag}.sig"
 
 
@@ -235,3 +237,24 @@ def referrers_notes(observations: Sequence[HopObservation]) -> list[str]:
                 f"signatures were found through the {referrers_tag(here.subject)} tag only ({HARBOR_HINT})"
             )
     return notes
+
+
+def signatures_json(observation: SignatureObservation | None) -> dict[str, Any] | None:
+    """The ``signatures`` object of a hop in the JSON report (null when none were asked for)."""
+    if observation is None:
+        return None
+    return {
+        "provider": observation.provider.value,
+        "subject": observation.subject,
+        "referrersApi": observation.referrers_api.value if observation.referrers_api else None,
+        "signatures": [
+            {
+                "kind": s.kind,
+                "manifestDigest": s.manifest,
+                "foundVia": s.found_via,
+                "status": s.status.value,
+                **({"detail": s.detail} if s.detail else {}),
+            }
+            for s in observation.signatures
+        ],
+    }

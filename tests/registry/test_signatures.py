@@ -1,0 +1,216 @@
+"""Signatures through the lab chain, signed with the real cosign and notation CLIs.
+
+Each test signs a fresh artifact at the origin, breaks one hop with a gateway fault (lost
+``.sig`` tag, referrers API hidden as a Harbor proxy project hides it, a corrupted signature
+blob) and checks that layerwatch names the verdict Flux's ``spec.verify`` would meet there and
+blames that hop; hops downstream inherit the damage, hops upstream stay healthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.registry.helpers import chain_file, engine_check, hop_verdicts, run_cli
+
+from lab.artifacts import PushedArtifact, push_flux_artifact
+from lab.chain import LocalChain
+from lab.process import LabError
+from lab.signing import Signer, cosign_path, notation_path
+from layerwatch.signatures import Provider, referrers_tag, sig_tag
+from layerwatch.verdict import CheckResult
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
+    """Keys for the module; a missing cosign or notation fails the tests (never skips them)."""
+    try:
+        cosign_path(), notation_path()
+    except LabError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield Signer(tmp_path_factory.mktemp("keys"))
+
+
+def _signed(chain: LocalChain, signer: Signer, repo: str, how: str) -> PushedArtifact:
+    artifact = push_flux_artifact(chain.push_address, repo, "v1")
+    reference = f"{chain.push_address}/{repo}@{artifact.manifest_digest}"
+    if how == "notation":
+        signer.notation_sign(reference)
+    else:
+        signer.cosign_sign(reference, bundle=how == "bundle")
+    return artifact
+
+
+def _origin_manifest(chain: LocalChain, repo: str, ref: str) -> dict[str, object]:
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+    response = httpx.get(f"http://{chain.push_address}/v2/{repo}/manifests/{ref}", headers={"Accept": accept})
+    response.raise_for_status()
+    document: dict[str, object] = response.json()
+    return document
+
+
+MISSING_BELOW_CORE = {"edge": "SignatureMissing", "core": "SignatureMissing", "origin": "Healthy"}
+CORRUPT_BELOW_CORE = {"edge": "SignatureCorrupt", "core": "SignatureCorrupt", "origin": "Healthy"}
+
+
+def _check(chain: LocalChain, tmp_path: Path, repo: str, provider: Provider | None) -> CheckResult:
+    return engine_check(chain_file(chain, tmp_path), chain.reference(repo, "v1"), verify=provider)
+
+
+def test_signed_artifact_is_healthy_with_its_signatures_at_every_hop(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    _signed(local_chain, signer, fresh_repo, "bundle")
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    for observation in result.observations:
+        assert observation.signatures is not None
+        assert [s.kind for s in observation.signatures.signatures] == ["cosign bundle"]
+        assert observation.signatures.signatures[0].found_via == "referrers API"
+
+
+def test_dropped_sig_tag_is_signature_missing_blamed_on_that_hop(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    artifact = _signed(local_chain, signer, fresh_repo, "legacy")
+    local_chain.faults("core").set([{"kind": "drop", "tag": sig_tag(artifact.manifest_digest)}])
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert hop_verdicts(result) == {
+        "edge": "SignatureMissing",
+        "core": "SignatureMissing",
+        "origin": "Healthy",
+    }
+    assert result.judgement.blame == "core"
+    assert f"tag {sig_tag(artifact.manifest_digest)} layer 0" in result.judgement.message
+    assert "not found here" in result.judgement.message
+
+
+def test_hidden_referrers_api_without_fallback_tag_is_the_harbor_case(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    """Origin answers the referrers API; core answers 404 and has no referrers tag: Flux finds no bundle."""
+    artifact = _signed(local_chain, signer, fresh_repo, "bundle")
+    local_chain.faults("core").set(
+        [{"kind": "hide-referrers"}, {"kind": "drop", "tag": referrers_tag(artifact.manifest_digest)}]
+    )
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert hop_verdicts(result) == {
+        "edge": "SignatureMissing",
+        "core": "SignatureMissing",
+        "origin": "Healthy",
+    }
+    assert result.judgement.blame == "core"
+    message = result.judgement.message
+    assert "the referrers API answers 404 here but works at origin" in message
+    assert "proxy_referrer_api" in message
+
+
+def test_hidden_referrers_api_saved_by_the_tag_fallback_is_a_note(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    """The verifier falls back to the sha256-<hex> tag on 404: healthy, but the hop is named."""
+    _signed(local_chain, signer, fresh_repo, "bundle")
+    local_chain.faults("core").set([{"kind": "hide-referrers"}])
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    core = result.observations[1].signatures
+    assert core is not None and core.signatures[0].found_via.startswith("tag sha256-")
+    assert any(note.startswith("hop core: the referrers API answers 404") for note in result.judgement.notes)
+
+
+def test_corrupted_signature_blob_is_signature_corrupt_blamed_on_that_hop(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    artifact = _signed(local_chain, signer, fresh_repo, "legacy")
+    signature = _origin_manifest(local_chain, fresh_repo, sig_tag(artifact.manifest_digest))
+    layer = signature["layers"][0]["digest"]  # type: ignore[index]
+    local_chain.faults("core").set([{"kind": "corrupt", "digest": layer}])
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert hop_verdicts(result) == {
+        "edge": "SignatureCorrupt",
+        "core": "SignatureCorrupt",
+        "origin": "Healthy",
+    }
+    assert result.judgement.blame == "core"
+    assert "content hashes to" in result.judgement.message
+
+
+def test_notation_signature_behind_a_hop_without_referrers_is_missing(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    artifact = _signed(local_chain, signer, fresh_repo, "notation")
+    local_chain.faults("edge").set(
+        [{"kind": "hide-referrers"}, {"kind": "drop", "tag": referrers_tag(artifact.manifest_digest)}]
+    )
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.NOTATION)
+    assert hop_verdicts(result) == {"edge": "SignatureMissing", "core": "Healthy", "origin": "Healthy"}
+    assert result.judgement.blame == "edge"
+    assert "notation signature" in result.judgement.message
+
+
+def test_corrupted_notation_envelope_is_signature_corrupt(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    artifact = _signed(local_chain, signer, fresh_repo, "notation")
+    index = _origin_manifest(local_chain, fresh_repo, referrers_tag(artifact.manifest_digest))
+    signature = _origin_manifest(local_chain, fresh_repo, index["manifests"][0]["digest"])  # type: ignore[index]
+    envelope = signature["layers"][0]["digest"]  # type: ignore[index]
+    local_chain.faults("core").set([{"kind": "corrupt", "digest": envelope}])
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.NOTATION)
+    assert hop_verdicts(result) == {
+        "edge": "SignatureCorrupt",
+        "core": "SignatureCorrupt",
+        "origin": "Healthy",
+    }
+    assert result.judgement.blame == "core"
+
+
+def test_unsigned_artifact_without_verify_is_never_judged_on_signatures(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    result = _check(local_chain, tmp_path, fresh_repo, None)
+    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    assert all(o.signatures is None for o in result.observations)
+    asked = [r["path"] for hop in local_chain.hops for r in hop.gateway.faults.requests()]
+    assert asked and not any("/referrers/" in p or p.endswith(".sig") for p in asked)
+
+
+def test_unsigned_artifact_with_verify_is_signature_missing_at_the_origin(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert set(hop_verdicts(result).values()) == {"SignatureMissing"}
+    assert result.judgement.blame == "origin"
+    assert "Flux's verification would fail" in result.judgement.message
+
+
+def test_cli_report_lists_signatures_per_hop(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    artifact = _signed(local_chain, signer, fresh_repo, "legacy")
+    local_chain.faults("core").set([{"kind": "drop", "tag": sig_tag(artifact.manifest_digest)}])
+    run = run_cli(
+        "check",
+        "--chain",
+        str(chain_file(local_chain, tmp_path)),
+        "--docker-config",
+        str(tmp_path / "docker-config.json"),
+        "--verify",
+        "cosign",
+        "--output",
+        "json",
+        local_chain.reference(fresh_repo, "v1"),
+    )
+    assert run.status == 1, run
+    hops = {hop["name"]: hop for hop in run.report["hops"]}
+    assert hops["core"]["verdict"] == "SignatureMissing" and run.report["blame"] == "core"
+    assert hops["core"]["signatures"]["signatures"] == []
+    origin = hops["origin"]["signatures"]
+    assert origin["provider"] == "cosign" and origin["signatures"][0]["status"] == "ok"
+    assert origin["signatures"][0]["foundVia"].endswith(".sig layer 0")
