@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.builders import digest_of, healthy_chain, observe
 
 from layerwatch.chain import ChainError, chain_from_spec, target_from_document
 from layerwatch.kube.targets import FluxSource
@@ -23,7 +24,6 @@ from layerwatch.signatures import (
     signatures_json,
 )
 from layerwatch.verdict import Verdict, judge
-from tests.unit.builders import digest_of, healthy_chain, observe
 
 SUBJECT = digest_of("subject")
 BUNDLE = SignatureCheck("cosign bundle", digest_of("b1"), digest_of("b1"), "referrers API", BlobStatus.OK)
@@ -185,7 +185,7 @@ def test_verify_names_its_provider(provider: str, other: dict[str, str]) -> None
 
 @given(st.text(max_size=12).filter(lambda p: p not in ("cosign", "notation")))
 def test_an_unknown_provider_is_refused_in_one_line(provider: str) -> None:
-    with pytest.raises(ValueError, match="verify.provider must be cosign or notation") as caught:
+    with pytest.raises(ValueError, match=r"verify\.provider must be cosign or notation") as caught:
         parse_verify({"provider": provider}, "target t")
     assert "\n" not in str(caught.value) and str(caught.value).startswith("target t:")
 
@@ -213,7 +213,7 @@ def test_chains_and_targets_opt_in() -> None:
         }
     )
     assert target.verify is Provider.COSIGN
-    with pytest.raises(ChainError, match="chain c: verify.provider"):
+    with pytest.raises(ChainError, match=r"chain c: verify\.provider"):
         chain_from_spec("c", {**spec, "verify": {"provider": "gpg"}})
 
 
