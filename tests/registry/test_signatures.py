@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.registry.helpers import chain_file, engine_check, hop_verdicts, run_cli
+from tests.registry.helpers import HOPS, chain_file, engine_check, hop_verdicts, run_cli
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
@@ -53,8 +53,18 @@ def _origin_manifest(chain: LocalChain, repo: str, ref: str) -> dict[str, object
     return document
 
 
-MISSING_BELOW_CORE = {"edge": "SignatureMissing", "core": "SignatureMissing", "origin": "Healthy"}
-CORRUPT_BELOW_CORE = {"edge": "SignatureCorrupt", "core": "SignatureCorrupt", "origin": "Healthy"}
+def assert_blamed(result: CheckResult, hop: str, verdict: str) -> None:
+    """``verdict`` at ``hop`` and below it (they pull through it), Healthy above it, ``hop`` blamed."""
+    below = HOPS.index(hop)
+    expected = {name: verdict if i <= below else "Healthy" for i, name in enumerate(HOPS)}
+    assert hop_verdicts(result) == expected, result.judgement
+    assert result.judgement.blame == hop
+
+
+def without_referrers(subject: str) -> list[dict[str, str]]:
+    """A Harbor proxy project without proxy_referrer_api in front of an origin with the referrers API:
+    404 at the API, and no referrers tag to fall back to (such an origin never writes one)."""
+    return [{"kind": "hide-referrers"}, {"kind": "drop", "tag": referrers_tag(subject)}]
 
 
 def _check(chain: LocalChain, tmp_path: Path, repo: str, provider: Provider | None) -> CheckResult:
@@ -66,7 +76,7 @@ def test_signed_artifact_is_healthy_with_its_signatures_at_every_hop(
 ) -> None:
     _signed(local_chain, signer, fresh_repo, "bundle")
     result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
-    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    assert hop_verdicts(result) == dict.fromkeys(HOPS, "Healthy")
     for observation in result.observations:
         assert observation.signatures is not None
         assert [s.kind for s in observation.signatures.signatures] == ["cosign bundle"]
@@ -79,12 +89,7 @@ def test_dropped_sig_tag_is_signature_missing_blamed_on_that_hop(
     artifact = _signed(local_chain, signer, fresh_repo, "legacy")
     local_chain.faults("core").set([{"kind": "drop", "tag": sig_tag(artifact.manifest_digest)}])
     result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
-    assert hop_verdicts(result) == {
-        "edge": "SignatureMissing",
-        "core": "SignatureMissing",
-        "origin": "Healthy",
-    }
-    assert result.judgement.blame == "core"
+    assert_blamed(result, "core", "SignatureMissing")
     assert f"tag {sig_tag(artifact.manifest_digest)} layer 0" in result.judgement.message
     assert "not found here" in result.judgement.message
 
@@ -94,16 +99,9 @@ def test_hidden_referrers_api_without_fallback_tag_is_the_harbor_case(
 ) -> None:
     """Origin answers the referrers API; core answers 404 and has no referrers tag: Flux finds no bundle."""
     artifact = _signed(local_chain, signer, fresh_repo, "bundle")
-    local_chain.faults("core").set(
-        [{"kind": "hide-referrers"}, {"kind": "drop", "tag": referrers_tag(artifact.manifest_digest)}]
-    )
+    local_chain.faults("core").set(without_referrers(artifact.manifest_digest))
     result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
-    assert hop_verdicts(result) == {
-        "edge": "SignatureMissing",
-        "core": "SignatureMissing",
-        "origin": "Healthy",
-    }
-    assert result.judgement.blame == "core"
+    assert_blamed(result, "core", "SignatureMissing")
     message = result.judgement.message
     assert "the referrers API answers 404 here but works at origin" in message
     assert "proxy_referrer_api" in message
@@ -116,7 +114,7 @@ def test_hidden_referrers_api_saved_by_the_tag_fallback_is_a_note(
     _signed(local_chain, signer, fresh_repo, "bundle")
     local_chain.faults("core").set([{"kind": "hide-referrers"}])
     result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
-    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    assert hop_verdicts(result) == dict.fromkeys(HOPS, "Healthy")
     core = result.observations[1].signatures
     assert core is not None and core.signatures[0].found_via.startswith("tag sha256-")
     assert any(note.startswith("hop core: the referrers API answers 404") for note in result.judgement.notes)
@@ -130,12 +128,7 @@ def test_corrupted_signature_blob_is_signature_corrupt_blamed_on_that_hop(
     layer = signature["layers"][0]["digest"]  # type: ignore[index]
     local_chain.faults("core").set([{"kind": "corrupt", "digest": layer}])
     result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
-    assert hop_verdicts(result) == {
-        "edge": "SignatureCorrupt",
-        "core": "SignatureCorrupt",
-        "origin": "Healthy",
-    }
-    assert result.judgement.blame == "core"
+    assert_blamed(result, "core", "SignatureCorrupt")
     assert "content hashes to" in result.judgement.message
 
 
@@ -143,12 +136,9 @@ def test_notation_signature_behind_a_hop_without_referrers_is_missing(
     local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
 ) -> None:
     artifact = _signed(local_chain, signer, fresh_repo, "notation")
-    local_chain.faults("edge").set(
-        [{"kind": "hide-referrers"}, {"kind": "drop", "tag": referrers_tag(artifact.manifest_digest)}]
-    )
+    local_chain.faults("edge").set(without_referrers(artifact.manifest_digest))
     result = _check(local_chain, tmp_path, fresh_repo, Provider.NOTATION)
-    assert hop_verdicts(result) == {"edge": "SignatureMissing", "core": "Healthy", "origin": "Healthy"}
-    assert result.judgement.blame == "edge"
+    assert_blamed(result, "edge", "SignatureMissing")
     assert "notation signature" in result.judgement.message
 
 
@@ -161,12 +151,7 @@ def test_corrupted_notation_envelope_is_signature_corrupt(
     envelope = signature["layers"][0]["digest"]  # type: ignore[index]
     local_chain.faults("core").set([{"kind": "corrupt", "digest": envelope}])
     result = _check(local_chain, tmp_path, fresh_repo, Provider.NOTATION)
-    assert hop_verdicts(result) == {
-        "edge": "SignatureCorrupt",
-        "core": "SignatureCorrupt",
-        "origin": "Healthy",
-    }
-    assert result.judgement.blame == "core"
+    assert_blamed(result, "core", "SignatureCorrupt")
 
 
 def test_unsigned_artifact_without_verify_is_never_judged_on_signatures(
@@ -174,7 +159,7 @@ def test_unsigned_artifact_without_verify_is_never_judged_on_signatures(
 ) -> None:
     push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
     result = _check(local_chain, tmp_path, fresh_repo, None)
-    assert hop_verdicts(result) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+    assert hop_verdicts(result) == dict.fromkeys(HOPS, "Healthy")
     assert all(o.signatures is None for o in result.observations)
     asked = [r["path"] for hop in local_chain.hops for r in hop.gateway.faults.requests()]
     assert asked and not any("/referrers/" in p or p.endswith(".sig") for p in asked)
