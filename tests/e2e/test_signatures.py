@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from tests.e2e.source_controller import SourceController
+from tests.e2e.source_controller import SourceController, poll
 from tests.e2e.test_flux import _create, _is, _repository, _wait_conditions
-from tests.k8s.operator_harness import CONDITION, Operator
+from tests.k8s.operator_harness import CONDITION, Operator, events
 
 from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
@@ -42,6 +42,7 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
     layerwatch: Operator,
     control_plane: ControlPlane,
     custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
     namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -82,6 +83,13 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
     assert message.startswith(f"hop core ({chain.hop('core').address}/p-ghcr/{repository}): "), message
     assert sig_tag(first) in message, message
     assert _is(conditions, "Ready", "True", "Succeeded") and _is(conditions, "SourceVerified", "True")
+    warnings = poll(
+        "layerwatch's Warning event",
+        lambda: [e for e in events(core, namespace, "signed") if e.type == "Warning"],
+        60,
+    )
+    assert [e.reason for e in warnings] == ["SignatureMissing"], [(e.reason, e.message) for e in warnings]
+    assert warnings[0].message.startswith("hop core ("), warnings[0].message
 
     # The next release: signed at the origin, but core loses its .sig tag too. Flux pulls the new
     # revision through the chain and fails verification, as layerwatch predicted.

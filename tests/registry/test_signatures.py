@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from tests.registry.helpers import HOPS, chain_file, engine_check, hop_verdicts, run_cli
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
@@ -199,3 +200,26 @@ def test_cli_report_lists_signatures_per_hop(
     origin = hops["origin"]["signatures"]
     assert origin["provider"] == "cosign" and origin["signatures"][0]["status"] == "ok"
     assert origin["signatures"][0]["foundVia"].endswith(".sig layer 0")
+
+
+def test_a_chain_file_can_opt_in_to_signature_checks(
+    local_chain: LocalChain, fresh_repo: str, tmp_path: Path
+) -> None:
+    push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    path = chain_file(local_chain, tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["spec"]["verify"] = {"provider": "notation"}
+    path.write_text(yaml.safe_dump(document))
+    run = run_cli(
+        "check",
+        "--chain",
+        str(path),
+        "--docker-config",
+        str(tmp_path / "docker-config.json"),
+        "--output",
+        "json",
+        local_chain.reference(fresh_repo, "v1"),
+    )
+    assert run.status == 1, run
+    assert run.report["verdict"] == "SignatureMissing" and run.report["blame"] == "origin"
+    assert "no notation signature" in run.report["message"]

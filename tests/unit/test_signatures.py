@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.builders import digest_of, healthy_chain, observe
+from tests.unit.builders import CHAIN, digest_of, healthy_chain, observe, oci_repository
 
 from layerwatch.chain import ChainError, chain_from_spec, target_from_document
-from layerwatch.kube.targets import FluxSource
+from layerwatch.kube.targets import FluxSource, select
 from layerwatch.observation import BlobStatus, HopObservation
 from layerwatch.signatures import (
     Provider,
@@ -217,13 +217,11 @@ def test_chains_and_targets_opt_in() -> None:
         chain_from_spec("c", {**spec, "verify": {"provider": "gpg"}})
 
 
-def test_an_ocirepository_with_spec_verify_asks_for_signatures() -> None:
-    body = {
-        "metadata": {"name": "a", "namespace": "n"},
-        "spec": {
-            "url": "oci://ghcr.io/o/a",
-            "verify": {"provider": "cosign", "secretRef": {"name": "cosign-pub"}},
-        },
-    }
-    assert FluxSource.from_body(body).verify is Provider.COSIGN
-    assert FluxSource.from_body({**body, "spec": {"url": "oci://ghcr.io/o/a"}}).verify is None
+def test_an_ocirepository_with_spec_verify_becomes_a_target_that_checks_signatures() -> None:
+    verify = {"provider": "notation", "secretRef": {"name": "trust"}}
+    selection = select(FluxSource.from_body(oci_repository(spec={"verify": verify})), [CHAIN], None)
+    assert selection.target is not None and selection.target.verify is Provider.NOTATION
+    cosign = select(FluxSource.from_body(oci_repository(spec={"verify": {}})), [CHAIN], None)
+    assert cosign.target is not None and cosign.target.verify is Provider.COSIGN
+    plain = select(FluxSource.from_body(oci_repository()), [CHAIN], None)
+    assert plain.target is not None and plain.target.verify is None
