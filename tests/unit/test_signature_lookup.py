@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
@@ -15,9 +16,17 @@ from layerwatch.chain import Hop, HopTarget
 from layerwatch.check import observe_hop
 from layerwatch.observation import BlobStatus
 from layerwatch.reference import Reference
-from layerwatch.registry import ClientSettings, RegistryClient, RegistryUnavailable
+from layerwatch.registry import RegistryClient, RegistryError
+from layerwatch.settings import EngineSettings
 from layerwatch.signature_lookup import observe_signatures
-from layerwatch.signatures import COSIGN_SIGNATURE_ANNOTATION, NOTATION_SIGNATURE, Provider, ReferrersApi
+from layerwatch.signatures import (
+    COSIGN_SIGNATURE_ANNOTATION,
+    NOTATION_SIGNATURE,
+    Provider,
+    ReferrersApi,
+    SignatureObservation,
+)
+from layerwatch.verdict import describe_fault
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -91,7 +100,7 @@ async def registry() -> AsyncIterator[tuple[FakeRegistry, Callable[[], RegistryC
 
     def client() -> RegistryClient:
         hop = Hop.from_url("core", f"http://127.0.0.1:{server.port}")
-        made = RegistryClient(hop, ClientSettings(timeout=5.0, retries=0, transport="httpx"))
+        made = RegistryClient.for_hop(hop, EngineSettings(timeout=5.0, retries=0, backoff=0))
         clients.append(made)
         return made
 
@@ -99,6 +108,10 @@ async def registry() -> AsyncIterator[tuple[FakeRegistry, Callable[[], RegistryC
     for made in clients:
         await made.aclose()
     await server.close()
+
+
+async def lookup(client: RegistryClient, subject: str, provider: Provider) -> SignatureObservation:
+    return await observe_signatures(client, REPO, subject, provider, client.budget())
 
 
 def artifact(fake: FakeRegistry) -> str:
@@ -168,7 +181,7 @@ async def test_cosign_finds_bundles_among_all_referrers_and_the_sig_tag(registry
     sbom = referrer(fake, subject, "application/spdx+json", b"sbom")
     referrers_tag_index(fake, subject, bundle, sbom)
     sig_tag(fake, subject, b"payload")
-    found = await observe_signatures(client(), REPO, subject, Provider.COSIGN)
+    found = await lookup(client(), subject, Provider.COSIGN)
     assert found.referrers_api is ReferrersApi.OK
     assert [(s.kind, s.status) for s in found.signatures] == [
         ("cosign bundle", BlobStatus.OK),
@@ -186,9 +199,9 @@ async def test_notation_asks_with_the_artifact_type_and_filters_the_answer_itsel
         referrer(fake, subject, NOTATION_SIGNATURE, b"jws"),
         referrer(fake, subject, BUNDLE_TYPE, b"b"),
     )
-    found = await observe_signatures(client(), REPO, subject, Provider.NOTATION)
+    found = await lookup(client(), subject, Provider.NOTATION)
     assert [s.kind for s in found.signatures] == ["notation signature"]
-    assert any("artifactType=application%2Fvnd.cncf.notary.signature" in r for r in fake.requests)
+    assert any("artifactType=application/vnd.cncf.notary.signature" in unquote(r) for r in fake.requests)
 
 
 async def test_without_a_referrers_api_the_referrers_tag_is_used(registry: Any) -> None:
@@ -196,7 +209,7 @@ async def test_without_a_referrers_api_the_referrers_tag_is_used(registry: Any) 
     fake.referrers_api = False
     subject = artifact(fake)
     referrers_tag_index(fake, subject, referrer(fake, subject, BUNDLE_TYPE, b"bundle"))
-    found = await observe_signatures(client(), REPO, subject, Provider.COSIGN)
+    found = await lookup(client(), subject, Provider.COSIGN)
     assert found.referrers_api is ReferrersApi.ABSENT
     assert [s.found_via for s in found.signatures] == [f"tag {subject.replace(':', '-', 1)}"]
 
@@ -207,7 +220,7 @@ async def test_a_listed_referrer_whose_manifest_is_gone_is_missing(registry: Any
     entry = referrer(fake, subject, BUNDLE_TYPE, b"bundle")
     del fake.manifests[entry["digest"]]
     referrers_tag_index(fake, subject, entry)
-    (check,) = (await observe_signatures(client(), REPO, subject, Provider.COSIGN)).signatures
+    (check,) = (await lookup(client(), subject, Provider.COSIGN)).signatures
     assert check.status is BlobStatus.MISSING and "listed, but its manifest is missing (404)" in check.detail
 
 
@@ -216,7 +229,7 @@ async def test_a_damaged_signature_blob_is_corrupt(registry: Any) -> None:
     subject = artifact(fake)
     sig_tag(fake, subject, b"payload-0", b"payload-1")
     fake.blobs[digest(b"payload-1")] = b"payload-X"
-    found = await observe_signatures(client(), REPO, subject, Provider.COSIGN)
+    found = await lookup(client(), subject, Provider.COSIGN)
     assert [s.status for s in found.signatures] == [BlobStatus.OK, BlobStatus.CORRUPT]
     assert "layer 1" in found.signatures[1].detail and "content hashes to" in found.signatures[1].detail
 
@@ -226,7 +239,7 @@ async def test_a_referrers_index_that_is_not_json_is_corrupt(registry: Any) -> N
     fake.referrers_api = False
     subject = artifact(fake)
     fake.manifests[subject.replace(":", "-", 1)] = (b"<html>", OCI_INDEX)
-    (check,) = (await observe_signatures(client(), REPO, subject, Provider.NOTATION)).signatures
+    (check,) = (await lookup(client(), subject, Provider.NOTATION)).signatures
     assert check.status is BlobStatus.CORRUPT and "referrers index is" in check.detail
 
 
@@ -234,15 +247,16 @@ async def test_a_referrers_api_failing_is_could_not_check_and_says_signatures(re
     fake, client = registry
     subject = artifact(fake)
     fake.status["referrers/" + subject] = 503
-    with pytest.raises(RegistryUnavailable, match=r"^signatures: HTTP 503"):
-        await observe_signatures(client(), REPO, subject, Provider.NOTATION)
+    with pytest.raises(RegistryError) as caught:
+        await lookup(client(), subject, Provider.NOTATION)
+    assert describe_fault(caught.value.fault).startswith("signatures: HTTP 503")
 
 
 async def test_observe_hop_records_signatures_only_when_asked(registry: Any) -> None:
     fake, client = registry
     subject = artifact(fake)
     sig_tag(fake, subject, b"payload")
-    hop = client().hop
+    hop = Hop.from_url("core", client().base_url)
     target = HopTarget(hop, REPO)
     reference = Reference.parse(f"{hop.host}/{REPO}:v1")
     plain = await observe_hop(client(), target, reference)
@@ -255,8 +269,9 @@ async def test_signature_trouble_at_a_hop_is_unreachable_not_a_crash(registry: A
     fake, client = registry
     subject = artifact(fake)
     fake.status[subject.replace(":", "-", 1) + ".sig"] = 503
-    hop = client().hop
+    hop = Hop.from_url("core", client().base_url)
     observed = await observe_hop(
         client(), HopTarget(hop, REPO), Reference.parse(f"{hop.host}/{REPO}:v1"), verify=Provider.COSIGN
     )
-    assert observed.failure is not None and observed.failure.message.startswith("signatures: HTTP 503")
+    assert observed.failure is not None
+    assert describe_fault(observed.failure).startswith("signatures: HTTP 503"), observed.failure
