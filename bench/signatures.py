@@ -58,7 +58,7 @@ async def rounds(
     provider: Provider | None,
     count: int,
 ) -> tuple[float, list[str]]:
-    clients = {hop.name: RegistryClient(hop) for hop in chain.hops}
+    clients = {hop.name: RegistryClient.for_hop(hop) for hop in chain.hops}
     verdicts: list[str] = []
     try:
         started = time.perf_counter()
