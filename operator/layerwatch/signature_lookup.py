@@ -28,7 +28,7 @@ from layerwatch.signatures import (
     referrers_tag,
     sig_tag,
 )
-from layerwatch.verdict import classify_blob
+from layerwatch.verdict import classify_blob, not_found
 
 __all__ = ["observe_signatures"]
 
@@ -130,7 +130,7 @@ class _Lookup:
         try:
             fetched = await self.manifest(entry.digest)
         except RegistryNotFound as exc:
-            detail = f"listed, but its manifest is missing ({exc.status})"
+            detail = f"listed, but its manifest is missing ({not_found(exc.fault)})"
             return dataclasses.replace(check, status=BlobStatus.MISSING, detail=detail)
         parsed = _parse_signature_manifest(fetched, entry.digest)
         if isinstance(parsed, str):

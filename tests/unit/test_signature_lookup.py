@@ -221,7 +221,8 @@ async def test_a_listed_referrer_whose_manifest_is_gone_is_missing(registry: Any
     del fake.manifests[entry["digest"]]
     referrers_tag_index(fake, subject, entry)
     (check,) = (await lookup(client(), subject, Provider.COSIGN)).signatures
-    assert check.status is BlobStatus.MISSING and "listed, but its manifest is missing (404)" in check.detail
+    assert check.status is BlobStatus.MISSING
+    assert "listed, but its manifest is missing (404 MANIFEST_UNKNOWN)" in check.detail
 
 
 async def test_a_damaged_signature_blob_is_corrupt(registry: Any) -> None:
