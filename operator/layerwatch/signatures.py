@@ -115,10 +115,6 @@ class SignatureObservation:
     referrers_api: ReferrersApi | None
     signatures: tuple[SignatureCheck, ...] = ()
 
-    @property
-    def bytes_verified(self) -> int:
-        return sum(s.bytes_verified for s in self.signatures)
-
 
 def sig_tag(digest: str) -> str:
     """cosign's legacy signature tag of a digest: ``sha256-<hex>.sig``."""
@@ -253,6 +249,7 @@ def signatures_json(observation: SignatureObservation | None) -> dict[str, Any] 
                 "manifestDigest": s.manifest,
                 "foundVia": s.found_via,
                 "status": s.status.value,
+                "bytesVerified": s.bytes_verified,
                 **({"detail": s.detail} if s.detail else {}),
             }
             for s in observation.signatures

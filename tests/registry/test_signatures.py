@@ -200,6 +200,7 @@ def test_cli_report_lists_signatures_per_hop(
     origin = hops["origin"]["signatures"]
     assert origin["provider"] == "cosign" and origin["signatures"][0]["status"] == "ok"
     assert origin["signatures"][0]["foundVia"].endswith(".sig layer 0")
+    assert origin["signatures"][0]["bytesVerified"] > 0, "the payload and config were downloaded and hashed"
 
 
 def test_a_chain_file_can_opt_in_to_signature_checks(

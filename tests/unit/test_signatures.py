@@ -168,6 +168,7 @@ def test_report_json_lists_signatures_per_hop() -> None:
                 "manifestDigest": SIG.manifest,
                 "foundVia": "tag s.sig layer 0",
                 "status": "corrupt",
+                "bytesVerified": 0,
                 "detail": "bad",
             }
         ],
