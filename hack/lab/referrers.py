@@ -6,7 +6,9 @@ referrers under the ``sha256-<hex>`` referrers tag there. Each gateway answers
 proxy registry pulls the tag through), the way a registry with the API (or a Harbor proxy
 project with ``proxy_referrer_api`` on) does: an image index, empty when there are none (never a
 404), filtered when asked, with ``OCI-Filters-Applied: artifactType``. The ``hide-referrers``
-fault (`lab.faults`) turns the API off at one hop: 404, as a Harbor proxy project answers by default.
+fault (`lab.faults`) turns the API off at one hop: 404. The API reads the registry behind the
+gateway directly, so a ``drop`` of the referrers tag at a gateway empties the API of the hops
+*below* it (their proxies pull the tag through it), not its own.
 """
 
 from __future__ import annotations

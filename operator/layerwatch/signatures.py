@@ -49,8 +49,8 @@ COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_REFERRERS = 64
 """Referrers followed at most per digest (an index of hundreds is an attack, not signatures)."""
 HARBOR_HINT = (
-    "a Harbor proxy-cache project passes the referrers API on only when its proxy_referrer_api "
-    "setting is on (Harbor 2.16+)"
+    "a Harbor proxy-cache project passes the referrers API on to its upstream only when its "
+    "proxy_referrer_api setting is on (Harbor 2.16+); otherwise it answers from what it holds itself"
 )
 
 
@@ -154,14 +154,17 @@ def _where_to_look(signatures: SignatureObservation) -> str:
     return f"no cosign bundle among the referrers (API or tag {tag}) and no tag {tag}.sig"
 
 
-def _absent_api_hint(here: SignatureObservation, reference: HopObservation) -> str:
+def _referrers_hint(here: SignatureObservation, reference: HopObservation, lost: SignatureCheck) -> str:
+    """What the hop's referrers API said, for a referrer the reference hop lists through its API."""
     assert reference.signatures is not None
-    if here.referrers_api is ReferrersApi.ABSENT and reference.signatures.referrers_api is ReferrersApi.OK:
+    if reference.signatures.referrers_api is not ReferrersApi.OK or lost.found_via != "referrers API":
+        return ""
+    if here.referrers_api is ReferrersApi.ABSENT:
         return (
             f"; the referrers API answers 404 here but works at {reference.hop}, and the "
             f"{referrers_tag(here.subject)} fallback tag is not here either ({HARBOR_HINT})"
         )
-    return ""
+    return f"; the referrers API here does not list it ({HARBOR_HINT})"
 
 
 def _judge_alone(here: SignatureObservation) -> Finding | None:
@@ -211,7 +214,8 @@ def judge_signatures(observations: Sequence[HopObservation], position: int) -> F
             else ""
         )
         detail = served.detail if served is not None else "not found here"
-        return Finding(True, f"{what}{signature.name} {detail}{_absent_api_hint(here, reference)}")
+        hint = _referrers_hint(here, reference, signature)
+        return Finding(True, f"{what}{signature.name} {detail}{hint}")
     if corrupt:
         return Finding(False, f"{corrupt[0].name} corrupt: {corrupt[0].detail}")
     return None

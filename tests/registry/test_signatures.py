@@ -20,7 +20,7 @@ from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
 from lab.process import LabError
 from lab.signing import Signer, cosign_path, notation_path
-from layerwatch.signatures import Provider, referrers_tag, sig_tag
+from layerwatch.signatures import Provider, ReferrersApi, referrers_tag, sig_tag
 from layerwatch.verdict import CheckResult
 
 pytestmark = pytest.mark.registry
@@ -106,6 +106,20 @@ def test_hidden_referrers_api_without_fallback_tag_is_the_harbor_case(
     message = result.judgement.message
     assert "the referrers API answers 404 here but works at origin" in message
     assert "proxy_referrer_api" in message
+
+
+def test_a_referrers_api_answering_without_the_bundle_is_missing_with_the_same_advice(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str, tmp_path: Path
+) -> None:
+    """The origin keeps its referrers behind its API only (no referrers tag a proxy could pull), and
+    core answers the API from what it holds itself, nothing: as a Harbor proxy project does by default."""
+    artifact = _signed(local_chain, signer, fresh_repo, "bundle")
+    local_chain.faults("origin").set([{"kind": "drop", "tag": referrers_tag(artifact.manifest_digest)}])
+    result = _check(local_chain, tmp_path, fresh_repo, Provider.COSIGN)
+    assert_blamed(result, "core", "SignatureMissing")
+    core = result.observations[1].signatures
+    assert core is not None and core.referrers_api is ReferrersApi.OK and core.signatures == ()
+    assert "the referrers API here does not list it" in result.judgement.message
 
 
 def test_hidden_referrers_api_saved_by_the_tag_fallback_is_a_note(

@@ -115,6 +115,17 @@ def test_hidden_referrers_api_without_the_tag_names_the_harbor_setting() -> None
     assert judgement.notes == ()
 
 
+def test_a_referrers_api_that_does_not_list_the_bundle_names_the_harbor_setting_too() -> None:
+    judgement = judge(chain_with((), (), (BUNDLE,)))
+    assert judgement.blame == "core"
+    assert "the referrers API here does not list it" in judgement.message
+    assert "proxy_referrer_api" in judgement.message
+
+
+def test_a_lost_sig_tag_gets_no_referrers_hint() -> None:
+    assert "referrers API" not in judge(chain_with((), (), (SIG,))).message
+
+
 def test_hidden_referrers_api_saved_by_the_tag_is_healthy_with_a_note() -> None:
     judgement = judge(chain_with((BUNDLE,), (ReferrersApi.ABSENT, VIA_TAG), (BUNDLE,)))
     assert judgement.verdict is Verdict.HEALTHY
