@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from layerwatch.chain import Hop, HopTarget
+from layerwatch.chain import Hop, HopTarget, Mode
 from layerwatch.check import observe_hop
 from layerwatch.observation import BlobStatus
 from layerwatch.reference import Reference
@@ -264,6 +264,24 @@ async def test_observe_hop_records_signatures_only_when_asked(registry: Any) -> 
     assert plain.signatures is None and not any(".sig" in r for r in fake.requests)
     signed = await observe_hop(client(), target, reference, verify=Provider.COSIGN)
     assert signed.signatures is not None and signed.signatures.subject == subject
+
+
+async def test_signatures_are_downloaded_and_hashed_even_in_head_mode(registry: Any) -> None:
+    fake, client = registry
+    subject = artifact(fake)
+    sig_tag(fake, subject, b"payload")
+    fake.blobs[digest(b"payload")] = b"pAyload"
+    hop = Hop.from_url("core", client().base_url)
+    observed = await observe_hop(
+        client(),
+        HopTarget(hop, REPO),
+        Reference.parse(f"{hop.host}/{REPO}:v1"),
+        mode=Mode.HEAD,
+        verify=Provider.COSIGN,
+    )
+    assert observed.signatures is not None
+    (check,) = observed.signatures.signatures
+    assert check.status is BlobStatus.CORRUPT and "content hashes to" in check.detail
 
 
 async def test_signature_trouble_at_a_hop_is_unreachable_not_a_crash(registry: Any) -> None:
