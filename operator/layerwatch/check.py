@@ -27,7 +27,7 @@ from layerwatch.observation import BlobCheck, BlobFacts, Fault, FaultKind, HopOb
 from layerwatch.reference import Reference, short_digest
 from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
 from layerwatch.signature_lookup import observe_signatures
-from layerwatch.signatures import Provider
+from layerwatch.signatures import Verify
 from layerwatch.verdict import CheckResult, classify_blob, judge, not_found
 
 __all__ = [
@@ -210,7 +210,7 @@ async def observe_hop(
     mode: Mode = Mode.FULL,
     cache: BlobCache | None = None,
     asker: Asker = ("", ""),
-    verify: Provider | None = None,
+    verify: Verify | None = None,
 ) -> HopObservation:
     """Pull ``reference`` from one hop and record what it served. Never raises (but for
     cancellation), and never outlives the check deadline."""
@@ -247,7 +247,7 @@ async def observe_hop(
 
 
 async def _observe(
-    work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation], verify: Provider | None
+    work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation], verify: Verify | None
 ) -> HopObservation:
     reference = work.reference
     try:
@@ -321,7 +321,7 @@ async def check_target(
     pinned_digest: str | None = None,
     cache: BlobCache | None = None,
     asker: Asker = ("", ""),
-    verify: Provider | None = None,
+    verify: Verify | None = None,
 ) -> CheckResult:
     """Check one target over its whole pull path (hops concurrently) and judge the result.
 

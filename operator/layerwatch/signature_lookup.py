@@ -16,15 +16,18 @@ from layerwatch.documents import json_object
 from layerwatch.observation import BlobStatus
 from layerwatch.reference import is_digest, short_digest
 from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
+from layerwatch.signature_keys import PublicKey, load_public_key, verify_bundle, verify_simple_signing
 from layerwatch.signatures import (
     COSIGN_BUNDLE,
     COSIGN_SIGNATURE_ANNOTATION,
     MAX_REFERRERS,
     NOTATION_SIGNATURE,
+    KeyedCosign,
     Provider,
     ReferrersApi,
     SignatureCheck,
     SignatureObservation,
+    Verify,
     referrers_tag,
     sig_tag,
 )
@@ -107,8 +110,31 @@ def _describe(parsed: manifests.Manifest, results: list[_Blob]) -> str:
 class _Lookup:
     """The requests of one hop's lookup, sharing the client, repository, subject digest and budget."""
 
-    def __init__(self, client: RegistryClient, repository: str, subject: str, budget: RetryBudget) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        subject: str,
+        budget: RetryBudget,
+        key: PublicKey | None,
+    ) -> None:
         self.client, self.repository, self.subject, self.budget = client, repository, subject, budget
+        self.key = key
+
+    async def trust(
+        self, check: SignatureCheck, blob: manifests.Descriptor, signature: str | None
+    ) -> SignatureCheck:
+        """The optional key check of an intact cosign signature (its blob is small: read whole)."""
+        if self.key is None or check.status is not BlobStatus.OK:
+            return check
+        fetched = await self.client.fetch_manifest(
+            self.repository, blob.digest, self.budget, endpoint="blobs"
+        )
+        if signature is None:
+            why = verify_bundle(self.key, fetched.body, self.subject)
+        else:
+            why = verify_simple_signing(self.key, fetched.body, signature, self.subject)
+        return dataclasses.replace(check, trusted=why is None, detail=why or check.detail)
 
     async def manifest(self, ref: str) -> FetchedManifest:
         return await self.client.fetch_manifest(self.repository, ref, self.budget)
@@ -137,12 +163,14 @@ class _Lookup:
             return dataclasses.replace(check, detail=parsed)
         results = await self.blobs(parsed)
         bad = next((r for r in results if r.status is not BlobStatus.OK), None)
-        return dataclasses.replace(
+        check = dataclasses.replace(
             check,
             status=BlobStatus.OK if bad is None else bad.status,
             detail=_describe(parsed, results),
             bytes_verified=sum(r.verified for r in results),
         )
+        bundles = [layer for layer in parsed.layers if layer.media_type.startswith(COSIGN_BUNDLE)]
+        return await self.trust(check, bundles[0], None) if kind == "cosign bundle" and bundles else check
 
     async def referrers(
         self, kind: str, artifact_type: str, *, filtered: bool
@@ -184,22 +212,21 @@ class _Lookup:
             key = f"{layer.digest}/{hashlib.sha256(annotation.encode()).hexdigest()[:16]}"
             bad = _blob_problem(results, position)
             verified = results[position + 1].verified + (results[0].verified if position == 0 else 0)
-            checks.append(
-                SignatureCheck(
-                    "cosign signature",
-                    key,
-                    digest,
-                    f"tag {tag} layer {position}",
-                    BlobStatus.OK if bad is None else bad.status,
-                    "" if bad is None else _describe(parsed, results),
-                    verified,
-                )
+            check = SignatureCheck(
+                "cosign signature",
+                key,
+                digest,
+                f"tag {tag} layer {position}",
+                BlobStatus.OK if bad is None else bad.status,
+                "" if bad is None else _describe(parsed, results),
+                verified,
             )
+            checks.append(await self.trust(check, layer, annotation))
         return checks
 
 
 async def observe_signatures(
-    client: RegistryClient, repository: str, subject: str, provider: Provider, budget: RetryBudget
+    client: RegistryClient, repository: str, subject: str, verify: Verify, budget: RetryBudget
 ) -> SignatureObservation:
     """Look the signatures of ``subject`` up at one hop.
 
@@ -207,7 +234,9 @@ async def observe_signatures(
     ``signatures``, so the hop check that called it reports "could not check" as for any other
     request.
     """
-    lookup = _Lookup(client, repository, subject, budget)
+    provider = Provider.COSIGN if isinstance(verify, KeyedCosign) else verify
+    key = load_public_key(verify.public_key) if isinstance(verify, KeyedCosign) else None
+    lookup = _Lookup(client, repository, subject, budget, key)
     try:
         if provider is Provider.NOTATION:
             api, found = await lookup.referrers("notation signature", NOTATION_SIGNATURE, filtered=True)

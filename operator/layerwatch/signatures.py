@@ -30,10 +30,12 @@ __all__ = [
     "COSIGN_BUNDLE",
     "NOTATION_SIGNATURE",
     "Finding",
+    "KeyedCosign",
     "Provider",
     "ReferrersApi",
     "SignatureCheck",
     "SignatureObservation",
+    "Verify",
     "judge_signatures",
     "parse_verify",
     "referrers_notes",
@@ -76,6 +78,17 @@ def parse_verify(value: object, where: str) -> Provider | None:
     return Provider(provider)
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyedCosign:
+    """cosign signatures that must also verify with ``public_key`` (PEM): the optional key check."""
+
+    public_key: bytes
+
+
+Verify = Provider | KeyedCosign
+"""What a check looks for: a provider's signatures, or cosign signatures made with one key."""
+
+
 class ReferrersApi(enum.StrEnum):
     """How the hop answered ``GET /v2/<name>/referrers/<digest>``."""
 
@@ -100,6 +113,8 @@ class SignatureCheck:
     status: BlobStatus
     detail: str = ""
     bytes_verified: int = 0
+    trusted: bool | None = None
+    """Whether it verifies with the key given for the optional key check (None: no key given)."""
 
     @property
     def name(self) -> str:
@@ -167,10 +182,18 @@ def _referrers_hint(here: SignatureObservation, reference: HopObservation, lost:
     return f"; the referrers API here does not list it ({HARBOR_HINT})"
 
 
+def _good(signature: SignatureCheck) -> bool:
+    """Intact, and made with the key when one was given."""
+    return signature.status is BlobStatus.OK and signature.trusted is not False
+
+
 def _judge_alone(here: SignatureObservation) -> Finding | None:
     """A hop with nothing intact upstream to compare with: it needs one intact signature of its own."""
     bad = next((s for s in here.signatures if s.status is not BlobStatus.OK), None)
-    if not any(s.status is BlobStatus.OK for s in here.signatures):
+    if not any(_good(s) for s in here.signatures):
+        untrusted = next((s for s in here.signatures if s.trusted is False), None)
+        if untrusted is not None:
+            return Finding(True, f"{untrusted.name} {untrusted.detail}: Flux's verification would fail")
         if bad is not None:
             return Finding(bad.status is BlobStatus.MISSING, f"{bad.name} {bad.status.value}: {bad.detail}")
         return Finding(True, f"{_where_to_look(here)}: Flux's verification would fail")
@@ -192,7 +215,7 @@ def judge_signatures(observations: Sequence[HopObservation], position: int) -> F
     corrupt_manifests = {s.manifest: s for s in here.signatures if s.status is BlobStatus.CORRUPT}
     reference = _reference(observations, position)
     upstream = reference.signatures.signatures if reference and reference.signatures else ()
-    wanted = [s for s in upstream if s.status is BlobStatus.OK]
+    wanted = [s for s in upstream if _good(s)]
     if reference is None or not wanted:
         return _judge_alone(here)
     missing, corrupt = [], []
@@ -254,6 +277,7 @@ def signatures_json(observation: SignatureObservation | None) -> dict[str, Any] 
                 "foundVia": s.found_via,
                 "status": s.status.value,
                 "bytesVerified": s.bytes_verified,
+                **({"trusted": s.trusted} if s.trusted is not None else {}),
                 **({"detail": s.detail} if s.detail else {}),
             }
             for s in observation.signatures

@@ -14,7 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from tests.registry.helpers import HOPS, chain_file, engine_check, hop_verdicts, run_cli
+from tests.registry.helpers import (
+    HOPS,
+    CliRun,
+    chain_file,
+    closed_port_url,
+    engine_check,
+    hop_verdicts,
+    run_cli,
+)
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
@@ -238,3 +246,41 @@ def test_a_chain_file_can_opt_in_to_signature_checks(
     assert run.status == 1, run
     assert run.report["verdict"] == "SignatureMissing" and run.report["blame"] == "origin"
     assert "no notation signature" in run.report["message"]
+
+
+@pytest.mark.parametrize("bundle", [False, True], ids=["sig-tag", "bundle"])
+def test_the_optional_key_check_tells_the_signing_key_from_another(
+    local_chain: LocalChain,
+    signer: Signer,
+    fresh_repo: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    bundle: bool,
+) -> None:
+    _signed(local_chain, signer, fresh_repo, "bundle" if bundle else "legacy")
+    path = str(chain_file(local_chain, tmp_path))
+    config = str(tmp_path / "docker-config.json")
+    reference = local_chain.reference(fresh_repo, "v1")
+
+    def check(key: Path) -> CliRun:
+        args = ("--docker-config", config, "--cosign-key", str(key), "--output", "json", reference)
+        return run_cli("check", "--chain", path, *args)
+
+    good = check(signer.cosign_keys()[1])
+    assert good.status == 0, good
+    assert all(h["signatures"]["signatures"][0]["trusted"] is True for h in good.report["hops"])
+    stranger = Signer(tmp_path_factory.mktemp("other-keys")).cosign_keys()[1]
+    bad = check(stranger)
+    assert bad.status == 1, bad
+    assert set(hop_verdicts(bad.report).values()) == {"SignatureMissing"} and bad.report["blame"] == "origin"
+    assert "does not verify with the given key" in bad.report["message"]
+
+
+def test_a_cosign_key_with_notation_or_that_is_no_key_is_a_usage_error(tmp_path: Path) -> None:
+    key = tmp_path / "cosign.pub"
+    key.write_text("not a key")
+    where = ("--hop", f"origin={closed_port_url()}", "127.0.0.1:9/org/app:v1")
+    run = run_cli("check", "--verify", "notation", "--cosign-key", str(key), *where)
+    assert run.status == 2 and "does not go with --verify notation" in run.stderr, run
+    run = run_cli("check", "--cosign-key", str(key), *where)
+    assert run.status == 2 and "not a PEM public key" in run.stderr, run

@@ -157,6 +157,18 @@ def test_a_hop_is_compared_with_the_nearest_upstream_when_the_origin_was_not_che
     assert verdicts(observations)[:2] == [Verdict.SIGNATURE_MISSING, Verdict.HEALTHY]
 
 
+def test_with_a_key_a_signature_made_with_another_key_counts_as_missing() -> None:
+    stranger = dataclasses.replace(SIG, trusted=False, detail="does not verify with the given key")
+    judgement = judge(chain_with((stranger,), (stranger,), (stranger,)))
+    assert [h.verdict for h in judgement.hops] == [Verdict.SIGNATURE_MISSING] * 3
+    assert judgement.blame == "origin" and "does not verify with the given key" in judgement.message
+    trusted = dataclasses.replace(SIG, trusted=True)
+    assert judge(chain_with((trusted,), (trusted,), (stranger, trusted))).verdict is Verdict.HEALTHY
+    observation = SignatureObservation(Provider.COSIGN, SUBJECT, ReferrersApi.OK, (trusted,))
+    document = signatures_json(observation)
+    assert document is not None and document["signatures"][0]["trusted"] is True
+
+
 def test_signature_verdicts_are_unhealthy() -> None:
     assert Verdict.SIGNATURE_MISSING.health.name == Verdict.SIGNATURE_CORRUPT.health.name == "UNHEALTHY"
 
