@@ -10,7 +10,8 @@ signature breaks the *next* release, far from the cause. What the verifiers look
   registry may ignore the filter), with the same tag fallback.
 
 This module names what to ask for and judges what each hop served; `layerwatch.signature_lookup`
-does the asking. Cryptographic verification stays Flux's job.
+does the asking. Cryptographic verification stays Flux's job, but for the optional key check of
+cosign signatures (`layerwatch.signature_keys`, only when a key is given).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class SignatureObservation:
 
     provider: Provider
     subject: str
-    referrers_api: ReferrersApi | None
+    referrers_api: ReferrersApi
     signatures: tuple[SignatureCheck, ...] = ()
 
 
@@ -269,7 +270,7 @@ def signatures_json(observation: SignatureObservation | None) -> dict[str, Any] 
     return {
         "provider": observation.provider.value,
         "subject": observation.subject,
-        "referrersApi": observation.referrers_api.value if observation.referrers_api else None,
+        "referrersApi": observation.referrers_api.value,
         "signatures": [
             {
                 "kind": s.kind,
