@@ -239,7 +239,10 @@ def judge_signatures(observations: Sequence[HopObservation], position: int) -> F
         )
         detail = served.detail if served is not None else "not found here"
         hint = _referrers_hint(here, reference, signature)
-        return Finding(True, f"{what}{signature.name} {detail}{hint}")
+        origin = (
+            f"{signature.kind} {short_digest(signature.manifest)} ({signature.found_via} at {reference.hop})"
+        )
+        return Finding(True, f"{what}{origin} {detail}{hint}")
     if corrupt:
         return Finding(False, f"{corrupt[0].name} corrupt: {corrupt[0].detail}")
     return None
