@@ -284,3 +284,31 @@ def test_a_cosign_key_with_notation_or_that_is_no_key_is_a_usage_error(tmp_path:
     assert run.status == 2 and "does not go with --verify notation" in run.stderr, run
     run = run_cli("check", "--cosign-key", str(key), *where)
     assert run.status == 2 and "not a PEM public key" in run.stderr, run
+
+
+def test_lab_gateways_answer_the_referrers_api_as_the_distribution_spec_says(
+    local_chain: LocalChain, signer: Signer, fresh_repo: str
+) -> None:
+    """An index, empty rather than 404 when nothing refers; filtered on request, saying so; and
+    404 under the hide-referrers fault. Through every hop, since each asks its own registry."""
+    unsigned = push_flux_artifact(local_chain.push_address, fresh_repo, "v0").manifest_digest
+    signed = _signed(local_chain, signer, fresh_repo, "notation").manifest_digest
+    core = local_chain.hop("core")
+    base = f"{core.gateway.url}/v2/{local_chain.repository_at('core', fresh_repo)}/referrers"
+    empty = httpx.get(f"{base}/{unsigned}")
+    assert empty.status_code == 200 and empty.json()["manifests"] == []
+    assert empty.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    listed = httpx.get(f"{base}/{signed}", params={"artifactType": "application/vnd.cncf.notary.signature"})
+    assert [m["artifactType"] for m in listed.json()["manifests"]] == [
+        "application/vnd.cncf.notary.signature"
+    ]
+    assert listed.headers["oci-filters-applied"] == "artifactType"
+    other = httpx.get(f"{base}/{signed}", params={"artifactType": "application/spdx+json"})
+    assert other.json()["manifests"] == []
+    local_chain.faults("core").set([{"kind": "hide-referrers"}])
+    assert httpx.get(f"{base}/{signed}").status_code == 404
+    manifest = httpx.get(
+        f"{core.gateway.url}/v2/{local_chain.repository_at('core', fresh_repo)}/manifests/{unsigned}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert manifest.status_code == 200, "hide-referrers touches nothing but the referrers API"
