@@ -299,6 +299,14 @@ def check_keys(mapping: Mapping[str, Any], allowed: Collection[str], where: str)
         raise ChainError(f"{where}: unknown key {key!r}{hint}")
 
 
+def _verify_of(body: Mapping[str, Any], where: str) -> Provider | None:
+    """A chain's or Target's ``verify: {provider}``; a key other than ``provider`` is refused."""
+    raw = body.get("verify")
+    if isinstance(raw, Mapping):
+        check_keys(raw, {"provider"}, f"{where}: verify")
+    return parse_verify(raw, where)
+
+
 def strict_boolean(mapping: Mapping[str, Any], key: str, where: str) -> bool:
     """A YAML boolean; a quoted ``'false'`` is truthy in Python, so anything but a real bool is refused."""
     value = mapping.get(key, False)
@@ -377,7 +385,7 @@ def chain_from_spec(
     except ChainError as exc:
         raise ChainError(f"chain {name}: spec.interval: {exc}") from None
     try:
-        verify = parse_verify(spec.get("verify"), f"chain {name}")
+        verify = _verify_of(spec, f"chain {name}")
     except ValueError as exc:
         raise ChainError(str(exc)) from None
     return Chain(
@@ -442,7 +450,7 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
     if not isinstance(chain, str | None):
         raise ChainError(f"target {name}: chain must be a ProxyChain name")
     try:
-        verify = parse_verify(body.get("verify"), f"target {name}")
+        verify = _verify_of(body, f"target {name}")
     except ValueError as exc:
         raise ChainError(str(exc)) from None
     return Target(
