@@ -241,6 +241,18 @@ def test_chains_and_targets_opt_in() -> None:
         chain_from_spec("c", {**spec, "verify": {"provider": "gpg"}})
 
 
+def test_a_typo_inside_verify_is_refused_with_a_suggestion() -> None:
+    hops = [{"name": "o", "url": "https://ghcr.io"}]
+    with pytest.raises(
+        ChainError, match=r"chain c: verify: unknown key 'provder' \(did you mean 'provider'\?\)"
+    ):
+        chain_from_spec("c", {"hops": hops, "verify": {"provder": "cosign"}})
+    with pytest.raises(ChainError, match=r"target t: verify: unknown key 'secretRef'"):
+        target_from_document(
+            {"kind": "Target", "name": "t", "url": "oci://ghcr.io/o/a", "verify": {"secretRef": {}}}
+        )
+
+
 def test_an_ocirepository_with_spec_verify_becomes_a_target_that_checks_signatures() -> None:
     verify = {"provider": "notation", "secretRef": {"name": "trust"}}
     selection = select(FluxSource.from_body(oci_repository(spec={"verify": verify})), [CHAIN], None)
