@@ -8,10 +8,12 @@ blames that hop; hops downstream inherit the damage, hops upstream stay healthy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 import yaml
 from tests.registry.helpers import (
@@ -223,6 +225,8 @@ def test_cli_report_lists_signatures_per_hop(
     assert origin["provider"] == "cosign" and origin["signatures"][0]["status"] == "ok"
     assert origin["signatures"][0]["foundVia"].endswith(".sig layer 0")
     assert origin["signatures"][0]["bytesVerified"] > 0, "the payload and config were downloaded and hashed"
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(run.report, schema)
 
 
 def test_a_chain_file_can_opt_in_to_signature_checks(
