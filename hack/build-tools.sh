@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|all]...
+#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|cosign|notation|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -14,6 +14,8 @@ ORAS_VERSION=${ORAS_VERSION:-1.3.6}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.9.6}
 NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
 HELM_VERSION=${HELM_VERSION:-4.3.2}
+COSIGN_VERSION=${COSIGN_VERSION:-3.1.3}
+NOTATION_VERSION=${NOTATION_VERSION:-1.3.2}
 CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
 BIN=$CACHE/bin
 export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
@@ -183,6 +185,31 @@ build_notification_controller() {
   build_flux_controller notification-controller "$NOTIFICATION_CONTROLLER_VERSION" "$align"
 }
 
+# cosign and notation (the signature tests sign with the real CLIs) come from ONE throwaway module, so
+# the dependencies they share (cobra, x/crypto, oras-go, image-spec, ...) are resolved and compiled
+# once. Each binary is cached under its own version; asking for either builds whichever is missing.
+build_signing_tools() {
+  local cosign_out=$CACHE/cosign/v$COSIGN_VERSION notation_out=$CACHE/notation/v$NOTATION_VERSION
+  if [ -x "$cosign_out/cosign" ] && [ -x "$notation_out/notation" ]; then
+    log "cosign v$COSIGN_VERSION, notation v$NOTATION_VERSION: cached"
+    ln -sf "$cosign_out/cosign" "$BIN/cosign"; ln -sf "$notation_out/notation" "$BIN/notation"; return; fi
+  log "cosign v$COSIGN_VERSION + notation v$NOTATION_VERSION: building"
+  local start=$SECONDS
+  ( throwaway signing
+    go get "github.com/sigstore/cosign/v3/cmd/cosign@v$COSIGN_VERSION" \
+      "github.com/notaryproject/notation/cmd/notation@v$NOTATION_VERSION" >/dev/null
+    mkdir -p "$cosign_out.tmp" "$notation_out.tmp"
+    go build -trimpath -o "$cosign_out.tmp/" \
+      -ldflags "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=v$COSIGN_VERSION" \
+      github.com/sigstore/cosign/v3/cmd/cosign
+    go build -trimpath -o "$notation_out.tmp/" \
+      -ldflags "-s -w -X github.com/notaryproject/notation/internal/version.Version=v$NOTATION_VERSION" \
+      github.com/notaryproject/notation/cmd/notation
+    rm -rf "$cosign_out" "$notation_out"; mv "$cosign_out.tmp" "$cosign_out"; mv "$notation_out.tmp" "$notation_out" )
+  ln -sf "$cosign_out/cosign" "$BIN/cosign"; ln -sf "$notation_out/notation" "$BIN/notation"
+  log "cosign v$COSIGN_VERSION + notation v$NOTATION_VERSION: built in $((SECONDS - start)) s"
+}
+
 # Flux's CRDs alone (for the operator tests): from the module, no build needed.
 flux_crds() {
   local out=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
@@ -202,6 +229,8 @@ SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
 NOTIFICATION_CONTROLLER_DIR=$CACHE/notification-controller/v$NOTIFICATION_CONTROLLER_VERSION
 FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
 HELM=$CACHE/helm/v$HELM_VERSION/helm
+COSIGN=$CACHE/cosign/v$COSIGN_VERSION/cosign
+NOTATION=$CACHE/notation/v$NOTATION_VERSION/notation
 P
 }
 
@@ -215,8 +244,9 @@ for what in "$@"; do
     source-controller) build_source_controller ;;
     notification-controller) build_notification_controller ;;
     helm) build_helm ;;
+    cosign|notation) build_signing_tools ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm ;;
+    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done

@@ -31,7 +31,12 @@ Kinds and their own fields:
 ``garbage-manifest`` manifest body of non-JSON bytes, with a Docker-Content-Digest matching them
 ``hostile-auth``     401 with a hostile ``WWW-Authenticate`` of ``variant`` (see ``HOSTILE_AUTH_VARIANTS``)
 ``endless``          200 with a body that never ends and no Content-Length
+``hide-referrers``   404 ``NOT_FOUND`` to the referrers API (`lab.referrers`), as a Harbor proxy
+                     project without ``proxy_referrer_api`` answers; other requests never match
 ===================  =========================================================================
+
+Signatures are broken with the kinds above: ``drop`` with ``tag: sha256-<hex>.sig`` loses a cosign
+signature, ``corrupt`` with the ``digest`` of a signature blob damages it.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ KINDS = frozenset(
         "garbage-manifest",
         "hostile-auth",
         "endless",
+        "hide-referrers",
     }
 )
 MANIFEST_ONLY = frozenset({"reorder", "stale", "garbage-manifest"})
@@ -135,7 +141,10 @@ class Fault:
             raise FaultError("chunk must be > 0")
 
     def matches(self, *, repository: str, endpoint: str, reference: str, method: str) -> bool:
-        """Whether this fault applies to a request (``endpoint``: manifests, blobs, base or other)."""
+        """Whether this fault applies to a request.
+
+        ``endpoint`` is ``manifests``, ``blobs``, ``referrers``, ``base`` or ``other``.
+        """
         if self.count == 0:
             return False
         if endpoint == "base" and self.kind not in BASE_KINDS:
@@ -143,6 +152,8 @@ class Fault:
         if self.kind in MANIFEST_ONLY and endpoint != "manifests":
             return False
         if self.kind == "redirect" and (endpoint != "blobs" or method != "GET"):
+            return False
+        if self.kind == "hide-referrers" and endpoint != "referrers":
             return False
         return (
             (self.repository is None or self.repository == repository)

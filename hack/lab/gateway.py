@@ -49,6 +49,7 @@ from aiohttp.typedefs import Middleware
 
 from lab.faults import Fault, FaultError, parse_faults
 from lab.process import LOOPBACK
+from lab.referrers import referrers_index
 
 __all__ = ["Gateway", "main"]
 
@@ -77,7 +78,8 @@ _PASSTHROUGH = (
     "Retry-After",
 )
 _CONTENT_PATH = re.compile(r"^(?P<name>.+)/(?P<endpoint>manifests|blobs)/(?P<reference>[^/]+)$")
-_OTHER_PATH = re.compile(r"^(?P<name>.+?)/(?:tags/list|referrers/[^/]+|blobs/uploads(?:/.*)?)$")
+_REFERRERS_PATH = re.compile(r"^(?P<name>.+)/(?P<endpoint>referrers)/(?P<reference>[^/]+)$")
+_OTHER_PATH = re.compile(r"^(?P<name>.+?)/(?:tags/list|blobs/uploads(?:/.*)?)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -328,7 +330,7 @@ class Gateway:
         return web.json_response({}, headers=API_VERSION)
 
     def _parse(self, path: str) -> _Target | None:
-        if match := _CONTENT_PATH.match(path):
+        if match := _CONTENT_PATH.match(path) or _REFERRERS_PATH.match(path):
             name, endpoint, reference = match["name"], match["endpoint"], match["reference"]
         elif match := _OTHER_PATH.match(path):
             name, endpoint, reference = match["name"], "other", ""
@@ -385,6 +387,11 @@ class Gateway:
             return await self._send(request, 200, headers, _once(body), len(body), fault)
         if fault is not None and fault.kind == "reorder":
             return await self._reorder(request, target, fault)
+        if target.endpoint == "referrers" and self._session is not None:
+            artifact_type = request.query.get("artifactType")
+            return await referrers_index(
+                self._session, self.upstream, target.upstream_repository, target.reference, artifact_type
+            )
         reference = fault.serve_digest if fault is not None and fault.kind == "stale" else None
         return await self._proxy(request, target.upstream_path(reference), fault)
 
@@ -393,6 +400,8 @@ class Gateway:
     ) -> web.StreamResponse | None:
         """Answer faults that replace the response entirely; None lets the request go on (shaped)."""
         kind = fault.kind
+        if kind == "hide-referrers":
+            return registry_error(404, "NOT_FOUND", "referrers API not available (hidden by lab)")
         if kind == "drop":
             code = "MANIFEST_UNKNOWN" if target.endpoint == "manifests" else "BLOB_UNKNOWN"
             return registry_error(404, code, f"{target.reference} unknown to registry (dropped by lab)")

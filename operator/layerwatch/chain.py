@@ -25,6 +25,7 @@ from layerwatch.reference import (
     check_tag,
     is_digest,
 )
+from layerwatch.signatures import Provider, parse_verify
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -49,7 +50,7 @@ DEFAULT_INTERVAL = 300.0
 """Seconds between checks of one target: the ProxyChain default of 5m."""
 MIN_INTERVAL = 1.0
 """Shorter intervals would make the monitor the registry's busiest client; labs use 5-10 s."""
-TARGET_KEYS = frozenset({"name", "url", "ref", "layerSelector", "chain"})
+TARGET_KEYS = frozenset({"name", "url", "ref", "layerSelector", "chain", "verify"})
 
 _HOP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -184,6 +185,8 @@ class Chain:
     mode: Mode = Mode.FULL
     namespace_selector: Mapping[str, Any] | None = None
     suspend: bool = False
+    verify: Provider | None = None
+    """``spec.verify.provider``: check signatures for every target of the chain (opt-in)."""
 
     def __post_init__(self) -> None:
         if not self.hops:
@@ -265,6 +268,8 @@ class Target:
     chain: str | None = None
     layer_media_type: str | None = None
     namespace: str = ""
+    verify: Provider | None = None
+    """Signatures to check at every hop (an OCIRepository's ``spec.verify``, or a Target's ``verify``)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -292,6 +297,14 @@ def check_keys(mapping: Mapping[str, Any], allowed: Collection[str], where: str)
         close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
         raise ChainError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _verify_of(body: Mapping[str, Any], where: str) -> Provider | None:
+    """A chain's or Target's ``verify: {provider}``; a key other than ``provider`` is refused."""
+    raw = body.get("verify")
+    if isinstance(raw, Mapping):
+        check_keys(raw, {"provider"}, f"{where}: verify")
+    return parse_verify(raw, where)
 
 
 def strict_boolean(mapping: Mapping[str, Any], key: str, where: str) -> bool:
@@ -371,6 +384,10 @@ def chain_from_spec(
         interval = parse_duration(spec.get("interval", "5m"))
     except ChainError as exc:
         raise ChainError(f"chain {name}: spec.interval: {exc}") from None
+    try:
+        verify = _verify_of(spec, f"chain {name}")
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
     return Chain(
         name=name,
         hops=tuple(hops),
@@ -378,6 +395,7 @@ def chain_from_spec(
         mode=Mode(mode),
         namespace_selector=selector if selector else None,
         suspend=strict_boolean(spec, "suspend", f"chain {name}: spec"),
+        verify=verify,
     )
 
 
@@ -431,11 +449,16 @@ def target_from_document(document: Mapping[str, Any]) -> Target:
     chain = body.get("chain")
     if not isinstance(chain, str | None):
         raise ChainError(f"target {name}: chain must be a ProxyChain name")
+    try:
+        verify = _verify_of(body, f"target {name}")
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
     return Target(
         name=name,
         reference=reference,
         chain=chain,
         layer_media_type=selector.get("mediaType"),
+        verify=verify,
     )
 
 

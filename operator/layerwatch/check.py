@@ -26,6 +26,8 @@ from layerwatch.chain import Credentials, HopTarget, Mode
 from layerwatch.observation import BlobCheck, BlobFacts, Fault, FaultKind, HopObservation, ManifestCheck
 from layerwatch.reference import Reference, short_digest
 from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
+from layerwatch.signature_lookup import observe_signatures
+from layerwatch.signatures import Verify
 from layerwatch.verdict import CheckResult, classify_blob, judge, not_found
 
 __all__ = [
@@ -208,6 +210,7 @@ async def observe_hop(
     mode: Mode = Mode.FULL,
     cache: BlobCache | None = None,
     asker: Asker = ("", ""),
+    verify: Verify | None = None,
 ) -> HopObservation:
     """Pull ``reference`` from one hop and record what it served. Never raises (but for
     cancellation), and never outlives the check deadline."""
@@ -228,7 +231,7 @@ async def observe_hop(
     deadline = client.settings.check_deadline
     try:
         async with asyncio.timeout(deadline):
-            return await _observe(work, seen, observed)
+            return await _observe(work, seen, observed, verify)
     except TimeoutError:
         return observed(failure=Fault(FaultKind.DEADLINE, f"check deadline of {deadline:.0f}s passed"))
     except RegistryError as exc:
@@ -244,7 +247,7 @@ async def observe_hop(
 
 
 async def _observe(
-    work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation]
+    work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation], verify: Verify | None
 ) -> HopObservation:
     reference = work.reference
     try:
@@ -260,6 +263,9 @@ async def _observe(
     parsed = _parse(fetched, digest, "")
     if isinstance(parsed, str):
         return observed(manifest_corrupt=parsed)
+    if verify is not None:
+        repository = work.target.repository
+        seen["signatures"] = await observe_signatures(work.client, repository, digest, verify, work.budget)
     if isinstance(parsed, manifests.Index):
         children = await _index_children(work, parsed)
         if isinstance(children, _ChildProblem):
@@ -315,16 +321,21 @@ async def check_target(
     pinned_digest: str | None = None,
     cache: BlobCache | None = None,
     asker: Asker = ("", ""),
+    verify: Verify | None = None,
 ) -> CheckResult:
     """Check one target over its whole pull path (hops concurrently) and judge the result.
 
     ``clients`` maps hop names to their clients (shared across checks, so tokens and connections
     are reused). ``pinned_digest`` is the digest Flux resolved, for the "Flux is behind" note.
     ``asker`` names the target, so that its checks never trust their own earlier cache entries.
+    ``verify`` (the OCIRepository's ``spec.verify.provider``) also checks signatures at every hop.
     """
     started = time.time()
     observations = await asyncio.gather(
-        *(observe_hop(clients[t.hop.name], t, reference, mode=mode, cache=cache, asker=asker) for t in path)
+        *(
+            observe_hop(clients[t.hop.name], t, reference, mode=mode, cache=cache, asker=asker, verify=verify)
+            for t in path
+        )
     )
     judgement = judge(observations, layer_media_type=layer_media_type, pinned_digest=pinned_digest, mode=mode)
     return CheckResult(

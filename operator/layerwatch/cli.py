@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from layerwatch.reference import Reference
     from layerwatch.registry import Endpoint, EndpointState, RegistryClient
     from layerwatch.settings import EngineSettings
+    from layerwatch.signatures import Verify
     from layerwatch.verdict import CheckResult
 
 __all__ = ["CommandError", "main"]
@@ -149,7 +150,8 @@ def _pull_path(chain: Chain, reference: Reference, *, from_flags: bool) -> list[
 
 
 class _Job:
-    """One reference to check: where it goes, which layer Flux takes, and Flux's pinned digest."""
+    """One reference to check: where it goes, which layer Flux takes, Flux's pinned digest, and
+    which signatures to look for."""
 
     def __init__(
         self,
@@ -158,9 +160,30 @@ class _Job:
         mode: Mode,
         layer_media_type: str | None,
         pinned_digest: str | None = None,
+        verify: Verify | None = None,
     ) -> None:
         self.reference, self.path, self.mode = reference, list(path), mode
-        self.layer_media_type, self.pinned_digest = layer_media_type, pinned_digest
+        self.layer_media_type, self.pinned_digest, self.verify = layer_media_type, pinned_digest, verify
+
+
+def _verification(args: argparse.Namespace) -> Verify | None:
+    """``--verify`` and ``--cosign-key`` (None: the Target's, OCIRepository's or chain's own)."""
+    from layerwatch.signatures import KeyedCosign, Provider
+
+    if args.cosign_key is None:
+        return Provider(args.verify) if args.verify else None
+    if args.verify == Provider.NOTATION.value:
+        raise CommandError("--cosign-key checks cosign signatures: it does not go with --verify notation")
+    from pathlib import Path
+
+    from layerwatch.signature_keys import load_public_key
+
+    try:
+        pem = Path(args.cosign_key).read_bytes()
+        load_public_key(pem)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--cosign-key {args.cosign_key}: {exc}") from None
+    return KeyedCosign(pem)
 
 
 def _jobs_from_files(args: argparse.Namespace) -> list[_Job]:
@@ -174,17 +197,19 @@ def _jobs_from_files(args: argparse.Namespace) -> list[_Job]:
     settings = _settings(args)
     given = _given_chain(args, settings)
     listed = load_targets_file(Path(args.targets), settings) if args.targets else None
-    wanted: list[tuple[Reference, Chain, bool, str | None]] = []
+    verify = _verification(args)
+    wanted: list[tuple[Reference, Chain, bool, str | None, Verify | None]] = []
     for reference in references:
         chain = given or _direct_chain(args, settings, reference)
-        wanted.append((reference, chain, bool(args.hop), args.layer_media_type))
+        wanted.append((reference, chain, bool(args.hop), args.layer_media_type, None))
     chains, targets = (listed.chains, listed.targets) if listed else ({}, ())
     for target in targets:
         if target.chain is not None:
-            wanted.append((target.reference, chains[target.chain], False, target.layer_media_type))
+            chain = chains[target.chain]
+            wanted.append((target.reference, chain, False, target.layer_media_type, target.verify))
         else:
             chain = given or _direct_chain(args, settings, target.reference)
-            wanted.append((target.reference, chain, bool(args.hop), target.layer_media_type))
+            wanted.append((target.reference, chain, bool(args.hop), target.layer_media_type, target.verify))
     if not wanted:
         raise CommandError("check: give at least one REF or --targets FILE (see layerwatch check --help)")
     return [
@@ -193,8 +218,9 @@ def _jobs_from_files(args: argparse.Namespace) -> list[_Job]:
             _pull_path(chain, reference, from_flags=from_flags),
             Mode(args.mode) if args.mode else chain.mode,
             media_type or args.layer_media_type,
+            verify=verify or own or chain.verify,
         )
-        for reference, chain, from_flags, media_type in wanted
+        for reference, chain, from_flags, media_type, own in wanted
     ]
 
 
@@ -208,6 +234,7 @@ async def _jobs_from_cluster(args: argparse.Namespace) -> list[_Job]:
         raise CommandError("check --kube: give ocirepository/NAME (see layerwatch check --help)")
     from layerwatch.kube.lookup import watches_from_cluster
 
+    verify = _verification(args)
     watches = await watches_from_cluster(args.refs, args.namespace, warn=_warn)
     return [
         _Job(
@@ -216,6 +243,7 @@ async def _jobs_from_cluster(args: argparse.Namespace) -> list[_Job]:
             Mode(args.mode) if args.mode else watch.chain.mode,
             args.layer_media_type or watch.target.layer_media_type,
             watch.pinned_digest,
+            verify or watch.target.verify or watch.chain.verify,
         )
         for watch in watches
     ]
@@ -327,6 +355,7 @@ async def _check(args: argparse.Namespace) -> int:
                 mode=job.mode,
                 layer_media_type=job.layer_media_type,
                 pinned_digest=job.pinned_digest,
+                verify=job.verify,
             )
 
     what = str(jobs[0].reference) if len(jobs) == 1 else f"{len(jobs)} artifacts"
@@ -488,6 +517,16 @@ def _parser() -> argparse.ArgumentParser:
         help="read the OCIRepository, its ProxyChain and their Secrets from the current kubeconfig",
     )
     check.add_argument("-n", "--namespace", help="with --kube: the OCIRepository's namespace")
+    check.add_argument(
+        "--verify",
+        choices=["cosign", "notation"],
+        help="the OCIRepository's spec.verify.provider: also check its signatures at every hop",
+    )
+    check.add_argument(
+        "--cosign-key",
+        metavar="PATH",
+        help="also check that a cosign signature verifies with this public key (optional, slower)",
+    )
     _add_registry_options(check)
     inspect = commands.add_parser(
         "inspect",

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 DOCUMENT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-SPEC_KEYS = frozenset({"hops", "interval", "mode", "namespaceSelector", "suspend"})
+SPEC_KEYS = frozenset({"hops", "interval", "mode", "namespaceSelector", "suspend", "verify"})
 HOP_KEYS = frozenset(
     {
         "name",

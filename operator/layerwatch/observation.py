@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import TYPE_CHECKING
 
 from layerwatch.manifest import Descriptor, Index, Manifest
+
+if TYPE_CHECKING:
+    from layerwatch.signatures import SignatureObservation
 
 __all__ = ["BlobCheck", "BlobFacts", "BlobStatus", "Fault", "FaultKind", "HopObservation", "ManifestCheck"]
 
@@ -143,6 +147,8 @@ class HopObservation:
     index: Index | None = None
     manifests: tuple[ManifestCheck, ...] = ()
     duration: float = 0.0
+    signatures: SignatureObservation | None = None
+    """The signatures of ``digest`` here; None when the target asks for none (no ``verify``)."""
 
     @property
     def layer_digests(self) -> tuple[str, ...]:

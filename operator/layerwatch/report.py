@@ -22,6 +22,7 @@ from layerwatch.manifest import (
 )
 from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
+from layerwatch.signatures import signatures_json
 from layerwatch.verdict import CheckResult, Health, HopVerdict
 
 __all__ = [
@@ -72,6 +73,7 @@ def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any
         "tagDigest": observation.tag_digest,
         "durationSeconds": round(observation.duration, 3),
         "bytesVerified": observation.bytes_verified,
+        "signatures": signatures_json(observation.signatures),
     }
     if observation.index is None and observation.manifests:
         data.update(

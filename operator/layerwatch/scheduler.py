@@ -295,6 +295,7 @@ class Scheduler:
                         pinned_digest=watch.pinned_digest,
                         cache=cache,
                         asker=key,
+                        verify=watch.target.verify or watch.chain.verify,
                     )
                 except Exception as exc:  # never silent: a bug still ends as a verdict for every hop
                     logger.exception("check of %s failed unexpectedly", "/".join(p for p in key if p))

@@ -15,6 +15,7 @@ from layerwatch.chain import Mode
 from layerwatch.manifest import FLUX_CONTENT, Descriptor, flux_layer
 from layerwatch.observation import BlobCheck, BlobFacts, BlobStatus, Fault, FaultKind, HopObservation
 from layerwatch.reference import Reference, short_digest
+from layerwatch.signatures import judge_signatures, referrers_notes
 
 __all__ = [
     "CheckResult",
@@ -49,6 +50,8 @@ class Verdict(enum.StrEnum):
     LAYER_CORRUPT = "LayerCorrupt"
     LAYER_ORDER_MISMATCH = "LayerOrderMismatch"
     LAYER_SELECTOR_UNMATCHED = "LayerSelectorUnmatched"
+    SIGNATURE_MISSING = "SignatureMissing"
+    SIGNATURE_CORRUPT = "SignatureCorrupt"
     HEALTHY = "Healthy"
 
     @property
@@ -274,10 +277,17 @@ def _judge_hop(
                 )
         elif flux_layer(manifest, layer_media_type) is None:
             return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {layer_media_type}"
+    signature = judge_signatures(observations, position)
+    if signature is not None:
+        verdict = Verdict.SIGNATURE_MISSING if signature.missing else Verdict.SIGNATURE_CORRUPT
+        return verdict, signature.message
     blobs = sum(len(m.blobs) for m in obs.manifests)
+    signed = f", {len(obs.signatures.signatures)} signatures" if obs.signatures is not None else ""
     if mode is Mode.HEAD:
-        return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} verified, {blobs} blobs present (HEAD)"
-    return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified"
+        return Verdict.HEALTHY, (
+            f"manifest {short_digest(obs.digest)} verified, {blobs} blobs present (HEAD){signed}"
+        )
+    return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified{signed}"
 
 
 def judge(
@@ -306,7 +316,7 @@ def judge(
                 break
     origin = observations[-1] if observations else None
     origin_digest = origin.digest if origin and origin.failure is None else None
-    notes: list[str] = []
+    notes: list[str] = referrers_notes(observations)
     if pinned_digest and origin is not None and origin.tag_digest and origin.tag_digest != pinned_digest:
         notes.append(
             f"Flux is behind: tag {origin.tag} at the origin is now {short_digest(origin.tag_digest)}, "

@@ -23,6 +23,7 @@ from aiohttp import web
 from layerwatch import __version__
 from layerwatch.chain import Chain
 from layerwatch.metrics import Metrics
+from layerwatch.signatures import signatures_json
 from layerwatch.store import ResultStore, TargetStatus
 
 __all__ = ["RUNBOOKS", "WebServer", "runbook_url", "status_document"]
@@ -113,6 +114,7 @@ def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
                 "manifestDigest": observation.digest,
                 "since": _iso(status.hop_since.get(verdict.hop)),
                 "runbook": runbook_url(verdict.verdict.value),
+                "signatures": signatures_json(observation.signatures),
             }
             for observation, verdict in zip(result.observations, judgement.hops, strict=True)
         ],

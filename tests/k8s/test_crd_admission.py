@@ -157,12 +157,19 @@ def test_bad_hop_fields_are_refused(
         ("interval", "0s", "interval must be at least 1s"),
         ("suspend", "yes", "spec.suspend"),
         ("namespaceSelector", {"matchExpressions": [{"key": "a", "operator": "Like"}]}, "Unsupported value"),
+        ("verify", {"provider": "gpg"}, 'spec.verify.provider: Unsupported value: "gpg"'),
+        ("verify", {}, "spec.verify.provider: Required value"),
     ],
 )
 def test_bad_spec_fields_are_refused(
     admin_api: Any, chains: list[str], field: str, value: Any, expected: str
 ) -> None:
     assert expected in refusal(admin_api, chains, {"hops": [ORIGIN], field: value})
+
+
+def test_a_chain_can_opt_in_to_signature_checks(admin_api: Any, chains: list[str]) -> None:
+    created = create(admin_api, chains, {"hops": [ORIGIN], "verify": {"provider": "notation"}})
+    assert created["spec"]["verify"] == {"provider": "notation"}
 
 
 def test_status_subresource_and_printer_columns(

@@ -26,6 +26,7 @@ from layerwatch.config import FileSettings, load_chain_file
 from layerwatch.reference import Reference
 from layerwatch.registry import RegistryClient
 from layerwatch.settings import EngineSettings
+from layerwatch.signatures import Provider
 from layerwatch.verdict import CheckResult
 
 __all__ = [
@@ -97,6 +98,7 @@ async def engine_check_async(
     settings: EngineSettings | None = None,
     mode: Mode = Mode.FULL,
     layer_media_type: str | None = None,
+    verify: Provider | None = None,
 ) -> CheckResult:
     """`engine_check` inside a running event loop (beside in-process fakes)."""
     settings = settings or EngineSettings()
@@ -104,7 +106,9 @@ async def engine_check_async(
     pull_path = chain.pull_path(reference)
     clients = {t.hop.name: RegistryClient.for_hop(t.hop, settings) for t in pull_path}
     try:
-        return await check_target(reference, pull_path, clients, mode=mode, layer_media_type=layer_media_type)
+        return await check_target(
+            reference, pull_path, clients, mode=mode, layer_media_type=layer_media_type, verify=verify
+        )
     finally:
         await asyncio.gather(*(c.aclose() for c in clients.values()))
 
@@ -116,9 +120,12 @@ def engine_check(
     settings: EngineSettings | None = None,
     mode: Mode = Mode.FULL,
     layer_media_type: str | None = None,
+    verify: Provider | None = None,
 ) -> CheckResult:
     """One in-process check of ``reference`` over the chain in ``path``, with fresh clients."""
-    return asyncio.run(engine_check_async(path, Reference.parse(reference), settings, mode, layer_media_type))
+    return asyncio.run(
+        engine_check_async(path, Reference.parse(reference), settings, mode, layer_media_type, verify)
+    )
 
 
 def hop_verdicts(result: CheckResult | Mapping[str, Any]) -> dict[str, str]:

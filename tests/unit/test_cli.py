@@ -283,7 +283,7 @@ def test_bash_completes_file_names_for_chain_files(tmp_path: Path) -> None:
     [
         ("layerwatch ", {"check", "inspect", "serve", "operator", "completion"}),
         ("layerwatch check --mode ", {"full", "head"}),
-        ("layerwatch check --ver", {"--verbose"}),
+        ("layerwatch check --verb", {"--verbose"}),
         ("layerwatch completion ", {"bash", "zsh", "fish"}),
     ],
 )

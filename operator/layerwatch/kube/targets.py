@@ -15,6 +15,7 @@ from typing import Any
 
 from layerwatch.chain import Chain, ChainError, Target
 from layerwatch.reference import Reference, ReferenceError, is_digest
+from layerwatch.signatures import Provider, parse_verify
 
 __all__ = [
     "ANNOTATION_CHAIN",
@@ -39,6 +40,14 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _verify(value: Any) -> Provider | None:
+    """``spec.verify``'s provider; Flux's CRD admits only cosign and notation, so anything else is None."""
+    try:
+        return parse_verify(value, "spec")
+    except ValueError:
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class FluxSource:
     """The parts of an OCIRepository layerwatch reads."""
@@ -54,6 +63,8 @@ class FluxSource:
     semver: str | None
     revision: str | None
     layer_media_type: str | None
+    verify: Provider | None
+    """``spec.verify.provider`` (cosign when ``spec.verify`` names none); None without ``spec.verify``."""
     secret_ref: str | None
     cert_secret_ref: str | None
     insecure: bool
@@ -91,6 +102,7 @@ class FluxSource:
             semver=ref.get("semver"),
             revision=revision if isinstance(revision := artifact.get("revision"), str) else None,
             layer_media_type=selector.get("mediaType"),
+            verify=_verify(spec.get("verify")),
             secret_ref=name_of("secretRef"),
             cert_secret_ref=name_of("certSecretRef"),
             insecure=bool(spec.get("insecure", False)),
@@ -228,5 +240,6 @@ def select(
         reference=reference,
         chain=chain.name,
         layer_media_type=source.layer_media_type,
+        verify=source.verify,
     )
     return Selection(target, chain, pinned_digest=pinned if tag else None, pending=pending)

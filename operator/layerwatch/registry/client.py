@@ -23,7 +23,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -275,10 +275,20 @@ class RegistryClient:
             raise
         return _digest_header(response)
 
-    async def fetch_manifest(self, repository: str, ref: str, budget: RetryBudget) -> FetchedManifest:
+    async def fetch_referrers(
+        self, repository: str, digest: str, budget: RetryBudget, artifact_type: str | None = None
+    ) -> FetchedManifest:
+        """GET the OCI 1.1 referrers index of ``digest``; ``RegistryNotFound`` means no referrers API."""
+        query = "?" + urlencode({"artifactType": artifact_type}) if artifact_type else ""
+        return await self.fetch_manifest(repository, digest, budget, endpoint="referrers", query=query)
+
+    async def fetch_manifest(
+        self, repository: str, ref: str, budget: RetryBudget, *, endpoint: str = "manifests", query: str = ""
+    ) -> FetchedManifest:
         """GET a manifest, refusing bodies over the 4 MiB cap and never decoding an encoded one."""
         async with self.state.limit:
-            response = await self._request("GET", self._url(repository, "manifests", ref), repository, budget)
+            url = self._url(repository, endpoint, ref) + query
+            response = await self._request("GET", url, repository, budget)
             try:
                 media_type = clean_text(response.headers.get("content-type", ""), 200)
                 digest_header = _digest_header(response)
