@@ -22,6 +22,8 @@ __all__ = ["FaultClient", "GatewayProcess"]
 
 _HACK_DIR = Path(__file__).resolve().parents[1]
 _ADMIN_TIMEOUT = 10.0
+_BOMB_TIMEOUT = 120.0
+"""Setting a ``gzip-bomb`` fault builds it first: ~5 s of CPU per GiB, more on a busy box."""
 
 
 class FaultClient:
@@ -30,15 +32,15 @@ class FaultClient:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, f"{self.base_url}/_lab/{path}", json=body, timeout=_ADMIN_TIMEOUT)
+    def _call(self, method: str, path: str, body: Any = None, timeout: float = _ADMIN_TIMEOUT) -> Any:
+        response = httpx.request(method, f"{self.base_url}/_lab/{path}", json=body, timeout=timeout)
         if response.status_code != 200:
             raise LabError(f"{method} /_lab/{path}: {response.status_code} {response.text}")
         return response.json()
 
     def set(self, faults: Sequence[Mapping[str, Any]]) -> None:
-        """Replace the whole fault set (an empty list clears it)."""
-        self._call("POST", "faults", list(faults))
+        """Replace the whole fault set (an empty list clears it); waits while a gzip bomb is built."""
+        self._call("POST", "faults", list(faults), timeout=_BOMB_TIMEOUT)
 
     def active(self) -> list[dict[str, Any]]:
         """The current faults, with their remaining ``count``."""
@@ -49,12 +51,21 @@ class FaultClient:
         self._call("DELETE", "faults")
 
     def requests(self) -> list[dict[str, Any]]:
-        """The request log, oldest first: listener, method, path, status, authorization, host, fault, time."""
+        """The request log, oldest first.
+
+        Fields: seq, listener, method, path (decoded, query included), raw_path (as the client sent
+        it), status, authorization, agent (User-Agent), host, fault, time.
+        """
         result: list[dict[str, Any]] = self._call("GET", "requests")
         return result
 
     def clear_requests(self) -> None:
         self._call("DELETE", "requests")
+
+    def total_requests(self) -> int:
+        """Requests logged since the gateway started, also those the log (10,000 entries) dropped."""
+        count: int = self._call("GET", "stats")["requests"]
+        return count
 
 
 class GatewayProcess:

@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +48,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from lab.faults import Fault, FaultError, parse_faults
+from lab.faults import MANIFEST_REWRITES, Fault, FaultError, parse_faults
 from lab.process import LOOPBACK
 from lab.referrers import referrers_index
 
@@ -58,6 +59,11 @@ API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 CHUNK = 64 * 1024
 MANIFEST_LIMIT = 8 * 1024 * 1024
 LOG_LIMIT = 10_000
+HANG_LIMIT = 600.0
+"""Seconds a ``trickle`` or ``blackhole`` answer holds a connection at most (clients leave sooner)."""
+DRIP_TICK = 0.1
+"""Seconds between pieces of a ``slow`` fault given as a ``rate``."""
+_ERROR_CODES = {400: "UNSUPPORTED", 405: "UNSUPPORTED", 501: "UNSUPPORTED"}
 DEFAULT_ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -148,6 +154,28 @@ class _Shaper:
         return self.kind in ("truncate", "cut") and self.position >= self.keep
 
 
+class _Drip:
+    """Writes a ``slow`` fault's body: ``chunk`` bytes ``seconds`` apart, or paced at ``rate`` bytes/s."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+        self.active = fault.drip or fault.rate is not None
+        self.started = time.monotonic()
+        self.sent = 0
+
+    async def write(self, response: web.StreamResponse, data: bytes) -> None:
+        rate = self.fault.rate
+        piece = self.fault.chunk if rate is None else max(1, int(rate * DRIP_TICK))
+        for i in range(0, len(data), piece):
+            part = data[i : i + piece]
+            await response.write(part)
+            self.sent += len(part)
+            if rate is None:
+                await asyncio.sleep(self.fault.seconds)
+            else:  # paced against the clock, so the rate holds whatever the writes cost
+                await asyncio.sleep(max(0.0, self.started + self.sent / rate - time.monotonic()))
+
+
 class Gateway:
     """State and handlers of one gateway: faults, issued tokens, the request log, synthesized manifests."""
 
@@ -167,9 +195,12 @@ class Gateway:
         self.token_ttl = token_ttl
         self.faults: list[Fault] = []
         self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_LIMIT)
+        self.logged = 0
+        """Requests logged since start (the log keeps only the last `LOG_LIMIT`; storms send more)."""
         self.blob_port = 0
         self._tokens: dict[str, _Grant] = {}
         self._synthesized: dict[str, tuple[bytes, str]] = {}
+        self._bombs: dict[int, bytes] = {}
         self._session: aiohttp.ClientSession | None = None
 
     # -- applications --------------------------------------------------------------------------
@@ -185,6 +216,7 @@ class Gateway:
         app.router.add_delete("/_lab/faults", self.handle_clear_faults)
         app.router.add_get("/_lab/requests", self.handle_get_requests)
         app.router.add_delete("/_lab/requests", self.handle_clear_requests)
+        app.router.add_get("/_lab/stats", self.handle_stats)
         app.on_startup.append(self._open_session)
         app.on_cleanup.append(self._close_session)
         return app
@@ -218,13 +250,17 @@ class Gateway:
                 raise
             finally:
                 if not request.path.startswith("/_lab/"):
+                    self.logged += 1
                     self.log.append(
                         {
+                            "seq": self.logged,
                             "listener": listener,
                             "method": request.method,
                             "path": request.path_qs,
+                            "raw_path": request.raw_path,
                             "status": status,
                             "authorization": "Authorization" in request.headers,
+                            "agent": request.headers.get("User-Agent", ""),
                             "host": request.host,
                             "fault": request.get("fault"),
                             "time": time.time(),
@@ -237,9 +273,13 @@ class Gateway:
 
     async def handle_set_faults(self, request: web.Request) -> web.Response:
         try:
-            self.faults = parse_faults(await request.json())
+            faults = parse_faults(await request.json())
         except (FaultError, json.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        for fault in faults:  # built now, so the faulted request answers at once (1 GiB: ~5 s)
+            if fault.kind == "gzip-bomb":
+                await self._bomb(fault.bomb_bytes)
+        self.faults = faults
         return web.json_response({"faults": len(self.faults)})
 
     async def handle_get_faults(self, _request: web.Request) -> web.Response:
@@ -255,6 +295,10 @@ class Gateway:
     async def handle_clear_requests(self, _request: web.Request) -> web.Response:
         self.log.clear()
         return web.json_response({"requests": 0})
+
+    async def handle_stats(self, _request: web.Request) -> web.Response:
+        """``{"requests": N}``: every request logged since start, also those the log no longer holds."""
+        return web.json_response({"requests": self.logged})
 
     # -- auth ----------------------------------------------------------------------------------
 
@@ -291,8 +335,19 @@ class Gateway:
             secrets.compare_digest(username, self.user[0]) and secrets.compare_digest(password, self.user[1])
         )
 
-    async def handle_token(self, request: web.Request) -> web.Response:
-        """Harbor's ``/service/token``: anonymous (with a scope) or Basic, never POST."""
+    async def handle_token(self, request: web.Request) -> web.StreamResponse:
+        """Harbor's ``/service/token``: anonymous (with a scope) or Basic, never POST.
+
+        ``token: true`` faults apply first (a hanging token endpoint, a dripped token body).
+        """
+        target = _Target("", "", "token", "", "")
+        fault = self._match(request, target, before_auth=True) or self._match(
+            request, target, before_auth=False
+        )
+        if fault is not None and fault.before_auth:
+            return await self._before_auth(request, fault, target)
+        if fault is not None and (immediate := await self._apply_fault(request, target, fault)) is not None:
+            return immediate
         authenticated = self._basic_user(request)
         scopes = request.query.getall("scope", [])
         if authenticated is False or (authenticated is None and (self.auth == "required" or not scopes)):
@@ -310,18 +365,18 @@ class Gateway:
         self._tokens[token] = _Grant(frozenset(repositories), time.monotonic() + self.token_ttl)
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ttl = int(self.token_ttl)
-        return web.json_response(
-            {"token": token, "access_token": token, "expires_in": ttl, "issued_at": issued}
-        )
+        body = json.dumps({"token": token, "access_token": token, "expires_in": ttl, "issued_at": issued})
+        headers = {"Content-Type": "application/json"}
+        return await self._send(request, 200, headers, _once(body.encode()), len(body), fault)
 
     # -- registry ------------------------------------------------------------------------------
 
     async def handle_base(self, request: web.Request) -> web.StreamResponse:
         """The API version check: 200, or 401 with a challenge; base-level faults apply here too."""
         target = _Target("", "", "base", "", "")
-        hostile = self._match(request, target, before_auth=True)
-        if hostile is not None:
-            return self._hostile_auth(request, hostile, target)
+        early = self._match(request, target, before_auth=True)
+        if early is not None:
+            return await self._before_auth(request, early, target)
         if not self._authorized(request, None):
             return self._challenge(request, None)
         fault = self._match(request, target, before_auth=False)
@@ -345,12 +400,12 @@ class Gateway:
         return _Target(name, upstream, endpoint, reference, path[len(name) + 1 :])
 
     def _match(self, request: web.Request, target: _Target, *, before_auth: bool) -> Fault | None:
-        """The first live fault for this request; ``hostile-auth`` ones answer before the auth check.
+        """The first live fault for this request; those that are `Fault.before_auth` answer first.
 
         Matching consumes one use of a counted fault, so requests refused by auth must not match.
         """
         for fault in self.faults:
-            if (fault.kind == "hostile-auth") == before_auth and fault.matches(
+            if fault.before_auth == before_auth and fault.matches(
                 repository=target.repository,
                 endpoint=target.endpoint,
                 reference=target.reference,
@@ -366,9 +421,9 @@ class Gateway:
         target = self._parse(request.match_info["path"])
         if target is None:
             return registry_error(404, "NAME_UNKNOWN", "repository name not known to registry")
-        hostile = self._match(request, target, before_auth=True)
-        if hostile is not None:
-            return self._hostile_auth(request, hostile, target)
+        early = self._match(request, target, before_auth=True)
+        if early is not None:
+            return await self._before_auth(request, early, target)
         if not self._authorized(request, target.repository):
             return self._challenge(request, target.repository)
         if not target.upstream_repository:
@@ -385,8 +440,8 @@ class Gateway:
             body, content_type = synthesized
             headers = {"Content-Type": content_type, "Docker-Content-Digest": target.reference}
             return await self._send(request, 200, headers, _once(body), len(body), fault)
-        if fault is not None and fault.kind == "reorder":
-            return await self._reorder(request, target, fault)
+        if fault is not None and fault.kind in MANIFEST_REWRITES:
+            return await self._rewrite(request, target, fault)
         if target.endpoint == "referrers" and self._session is not None:
             artifact_type = request.query.get("artifactType")
             return await referrers_index(
@@ -410,12 +465,15 @@ class Gateway:
                 429, "TOOMANYREQUESTS", "too many requests", {"Retry-After": str(fault.retry_after)}
             )
         if kind == "error":
-            return registry_error(fault.status, "UNKNOWN", "injected server error")
+            code = fault.code or _ERROR_CODES.get(fault.status, "UNKNOWN")
+            return registry_error(fault.status, code, fault.message or "injected server error")
         if kind == "redirect":
             location = (
                 f"http://{LOOPBACK}:{self.blob_port}/blobs/{target.upstream_repository}/{target.reference}"
             )
             return web.Response(status=307, headers={**API_VERSION, "Location": location})
+        if kind in ("digest-header", "gzip-bomb"):
+            return await self._relabelled_manifest(request, target, fault)
         if kind == "garbage-manifest":
             body = b"\x89<html>not a manifest</html>\x00\xff" * 4
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -440,10 +498,37 @@ class Gateway:
             "no-realm": f'Bearer service="{SERVICE}",scope="{scope}"',
             "unknown-scheme": "Negotiate YIIB",
             "dead-realm": f'Bearer realm="http://{LOOPBACK}:9/service/token",service="{SERVICE}",scope="{scope}"',
+            "bad-realm": f'Bearer realm="http://[1.2.3.4]/service/token",service="{SERVICE}",scope="{scope}"',
         }
         return registry_error(
             401, "UNAUTHORIZED", "unauthorized", {"WWW-Authenticate": values[fault.variant]}
         )
+
+    async def _before_auth(self, request: web.Request, fault: Fault, target: _Target) -> web.StreamResponse:
+        if fault.kind == "trickle":
+            return await self._hang(request, fault.seconds or 0.5, b"HTTP/1.1 200 OK\r\n", b"X")
+        if fault.kind == "blackhole":
+            return await self._hang(request, 0.2, b"", b"")
+        if fault.kind == "redirect":
+            return web.Response(status=307, headers={**API_VERSION, "Location": fault.location or ""})
+        return self._hostile_auth(request, fault, target)
+
+    async def _hang(
+        self, request: web.Request, every: float, first: bytes, then: bytes
+    ) -> web.StreamResponse:
+        """Write ``first``, then ``then`` every ``every`` seconds, never a whole answer; end when the
+        client leaves (or after `HANG_LIMIT`). The connection is closed, so no real answer follows."""
+        transport = request.transport
+        if transport is None:
+            return web.Response(status=500)
+        transport.write(first)
+        deadline = time.monotonic() + HANG_LIMIT
+        while not transport.is_closing() and time.monotonic() < deadline:
+            await asyncio.sleep(every)
+            if then and not transport.is_closing():
+                transport.write(then)
+        transport.close()
+        return web.Response(status=599)  # never sent: aiohttp drops it on the closed transport
 
     async def _upstream(self, method: str, path: str, request: web.Request) -> aiohttp.ClientResponse:
         assert self._session is not None
@@ -475,6 +560,8 @@ class Gateway:
             headers = {k: upstream.headers[k] for k in _PASSTHROUGH if k in upstream.headers}
             if "Location" in upstream.headers:
                 headers["Location"] = self._rewrite_location(request, upstream.headers["Location"])
+            if fault is not None and fault.kind == "content-encoding":
+                headers["Content-Encoding"] = fault.value or "gzip"
             shaped = fault if upstream.status in (200, 206) else None
             return await self._send(
                 request,
@@ -504,13 +591,11 @@ class Gateway:
         if request.method == "HEAD":
             await response.write_eof()
             return response
-        drip = fault is not None and fault.kind == "slow" and fault.drip
+        drip = _Drip(fault) if fault is not None and fault.kind == "slow" else None
         async for chunk in chunks:
             data = shaper.shape(chunk)
-            if drip and fault is not None:
-                for i in range(0, len(data), fault.chunk):
-                    await response.write(data[i : i + fault.chunk])
-                    await asyncio.sleep(fault.seconds)
+            if drip is not None and drip.active:
+                await drip.write(response, data)
             else:
                 await response.write(data)
             if shaper.finished:
@@ -538,34 +623,123 @@ class Gateway:
                 await response.write(filler)
         return response
 
-    async def _reorder(self, request: web.Request, target: _Target, fault: Fault) -> web.StreamResponse:
-        """Serve the upstream manifest with ``layers`` reversed, remembering it under its new digest."""
+    async def _upstream_manifest(self, request: web.Request, target: _Target) -> tuple[bytes, str, str]:
+        """The upstream manifest as served: bytes, Content-Type and Docker-Content-Digest.
+
+        Raises `_Refused` with the answer to give when upstream does not serve one.
+        """
         try:
             upstream = await self._upstream("GET", target.upstream_path(), request)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return registry_error(502, "UNKNOWN", f"upstream unreachable: {exc}")
+            raise _Refused(registry_error(502, "UNKNOWN", f"upstream unreachable: {exc}")) from None
         async with upstream:
             if upstream.status != 200:
-                return registry_error(upstream.status, "MANIFEST_UNKNOWN", "cannot reorder: upstream refused")
+                raise _Refused(registry_error(upstream.status, "MANIFEST_UNKNOWN", "upstream refused"))
             content_type = upstream.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
             try:
-                manifest = json.loads(await _read_limited(upstream.content, MANIFEST_LIMIT))
+                body = await _read_limited(upstream.content, MANIFEST_LIMIT)
             except ValueError as exc:
-                return registry_error(502, "UNKNOWN", f"cannot reorder: {exc}")
-        if not isinstance(manifest, dict):
-            return registry_error(502, "UNKNOWN", "cannot reorder: upstream manifest is not an object")
-        if isinstance(manifest.get("layers"), list):
-            manifest["layers"].reverse()
-        body = json.dumps(manifest, separators=(",", ":")).encode()
+                raise _Refused(registry_error(502, "UNKNOWN", str(exc))) from None
+        digest = upstream.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        return body, content_type, digest
+
+    async def _rewrite(self, request: web.Request, target: _Target, fault: Fault) -> web.StreamResponse:
+        """Serve the upstream manifest rewritten by a `MANIFEST_REWRITES` fault, remembering it under
+        its new digest (so by-digest requests get the same bytes)."""
+        try:
+            body, content_type, _ = await self._upstream_manifest(request, target)
+            manifest = json.loads(body)
+        except _Refused as refused:
+            return refused.response
+        except ValueError as exc:
+            return registry_error(502, "UNKNOWN", f"cannot rewrite: {exc}")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
+            return registry_error(502, "UNKNOWN", "cannot rewrite: upstream manifest has no layers")
+        body = _rewritten(manifest, fault)
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         self._synthesized[digest] = (body, content_type)
         headers = {"Content-Type": content_type, "Docker-Content-Digest": digest}
         return await self._send(request, 200, headers, _once(body), len(body), fault)
 
+    async def _relabelled_manifest(
+        self, request: web.Request, target: _Target, fault: Fault
+    ) -> web.StreamResponse:
+        """``digest-header``: the intact manifest under a lying digest header; ``gzip-bomb``: the
+        manifest's real digest header over a doubly gzipped bomb body."""
+        try:
+            body, content_type, digest = await self._upstream_manifest(request, target)
+        except _Refused as refused:
+            return refused.response
+        headers = {"Content-Type": content_type, "Docker-Content-Digest": digest}
+        if fault.kind == "gzip-bomb":
+            body = await self._bomb(fault.bomb_bytes)
+            headers["Content-Encoding"] = "gzip, gzip"
+        elif fault.value == "md5":
+            headers["Docker-Content-Digest"] = "md5:" + hashlib.md5(body, usedforsecurity=False).hexdigest()
+        else:
+            headers["Docker-Content-Digest"] = fault.value or ""
+        return await self._send(request, 200, headers, _once(body), len(body), None)
+
+    async def _bomb(self, size: int) -> bytes:
+        """gzip(gzip(``size`` zero bytes)), built once per size off the event loop (1 GiB: ~5 s, 2 KiB).
+
+        Set when its fault is set (`handle_set_faults`), so requests never wait for it.
+        """
+        if size not in self._bombs:
+            self._bombs[size] = await asyncio.to_thread(_double_gzip_zeros, size)
+        return self._bombs[size]
+
     async def handle_redirected_blob(self, request: web.Request) -> web.StreamResponse:
         """Blob host: serve ``/blobs/<upstream repo>/<digest>`` like a presigned storage URL (no auth)."""
         repository, _, digest = request.match_info["path"].rpartition("/")
         return await self._proxy(request, f"/v2/{repository}/blobs/{digest}", None)
+
+
+class _Refused(Exception):
+    """Upstream did not serve what a fault needs; ``response`` is what to answer instead."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+_SIZE_PLACEHOLDER = "\x00lab-size\x00"
+
+
+def _rewritten(manifest: dict[str, Any], fault: Fault) -> bytes:
+    """The bytes a `MANIFEST_REWRITES` fault serves in place of ``manifest``."""
+    layers: list[Any] = manifest["layers"]
+    if fault.kind == "reorder":
+        layers.reverse()
+    elif fault.kind == "many-layers":
+        layers += [
+            {"size": 1, "digest": "sha256:" + hashlib.sha256(b"lab layer %d" % i).hexdigest()}
+            for i in range(fault.layers)
+        ]
+    elif fault.kind == "media-type":
+        for layer in layers if fault.offset is None else layers[fault.offset : fault.offset + 1]:
+            if isinstance(layer, dict):
+                layer["mediaType"] = fault.value
+    else:  # layer-size: a number Python's json cannot write (1e400), so put its text in afterwards
+        for layer in layers:
+            if isinstance(layer, dict):
+                layer["size"] = _SIZE_PLACEHOLDER
+    text = json.dumps(manifest, separators=(",", ":"))
+    if fault.kind == "layer-size":
+        text = text.replace(json.dumps(_SIZE_PLACEHOLDER), fault.size or "0")
+    return text.encode()
+
+
+def _double_gzip_zeros(size: int) -> bytes:
+    inner = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(min(size, CHUNK * 16))
+    parts, left = [], size
+    while left > 0:
+        parts.append(inner.compress(zeros[: min(left, len(zeros))]))
+        left -= len(zeros)
+    parts.append(inner.flush())
+    outer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return outer.compress(b"".join(parts)) + outer.flush()
 
 
 async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:

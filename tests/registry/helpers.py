@@ -35,10 +35,12 @@ __all__ = [
     "HOPS",
     "CliRun",
     "chain_file",
+    "cli_environment",
     "closed_port_url",
     "engine_check",
     "engine_check_async",
     "hop_verdicts",
+    "layerwatch_command",
     "run_cli",
 ]
 
@@ -163,16 +165,22 @@ def layerwatch_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from layerwatch.cli import main; sys.exit(main())"]
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT) -> CliRun:
-    """Run ``layerwatch ARGS`` with this checkout's package first on the path and no ambient docker config."""
+def cli_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with this checkout's package first on the path, no ambient docker
+    config, and ``env`` on top: how every ``layerwatch`` child of the tests runs."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(_REPO_ROOT / "operator"), environment.get("PYTHONPATH")])
     )
     environment.pop("DOCKER_CONFIG", None)
     environment.update(env or {})
+    return environment
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT) -> CliRun:
+    """Run ``layerwatch ARGS`` (see `cli_environment`) to completion."""
     command: Sequence[str] = [*layerwatch_command(), *args]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=environment, check=False
+        command, capture_output=True, text=True, timeout=timeout, env=cli_environment(env), check=False
     )
     return CliRun(done)

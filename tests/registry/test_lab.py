@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
 import re
+import socket
 import tarfile
 import time
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from lab.artifacts import (
     PushedArtifact,
     push_blob_artifact,
     push_flux_artifact,
+    push_index,
     push_multilayer_artifact,
 )
 from lab.chain import EDGE_USER, LocalChain
@@ -447,3 +450,135 @@ def test_big_blob_streams_through_the_chain(local_chain: LocalChain, fresh_repo:
     status = Path(f"/proc/{local_chain.hop('edge').gateway.pid}/status").read_text()
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
     assert peak_kib < 200 * 1024, f"edge gateway peaked at {peak_kib} KiB"
+
+
+# -- faults for the engine's bounds (issue 9) ------------------------------------------------------
+
+
+def _raw_exchange(address: str, path: str, seconds: float) -> bytes:
+    """What a gateway sends within ``seconds`` for one raw GET (a client with no HTTP timeouts)."""
+    host, _, port = address.rpartition(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                received += sock.recv(4096)
+    return received
+
+
+@pytest.mark.parametrize("kind", ["trickle", "blackhole"])
+def test_trickle_and_blackhole_never_finish_the_headers(
+    local_chain: LocalChain, artifact: PushedArtifact, kind: str
+) -> None:
+    local_chain.faults("core").set([{"kind": kind, "seconds": 0.25}])
+    core = local_chain.hop("core")
+    for path in ("/v2/", f"/v2/{local_chain.repository_at('core', artifact.repository)}/manifests/v1"):
+        received = _raw_exchange(core.address, path, 1.6)
+        assert b"\r\n\r\n" not in received, "the headers never end"
+        if kind == "trickle":
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.count(b"X") >= 4, received
+        else:
+            assert received == b""
+
+
+def test_retry_after_error_bodies_and_located_redirects(
+    local_chain: LocalChain, clients: dict[str, HopClient], artifact: PushedArtifact
+) -> None:
+    faults = local_chain.faults("edge")
+    faults.set([{"kind": "ratelimit", "retry_after": "²"}])
+    assert clients["edge"].manifest(local_chain, artifact.repository, "v1").headers["retry-after"] == "²"
+    faults.set([{"kind": "error", "status": 405, "method": "HEAD"}])
+    assert clients["edge"].manifest(local_chain, artifact.repository, "v1", "HEAD").status_code == 405
+    assert clients["edge"].manifest(local_chain, artifact.repository, "v1").status_code == 200
+    faults.set(
+        [{"kind": "error", "status": 503, "code": "UNAVAILABLE", "message": "core could not reach origin"}]
+    )
+    unavailable = clients["edge"].blob(local_chain, artifact.repository, artifact.content_layer.digest)
+    assert unavailable.status_code == 503 and unavailable.json()["errors"][0] == {
+        "code": "UNAVAILABLE",
+        "message": "core could not reach origin",
+        "detail": {},
+    }
+    faults.set([{"kind": "redirect", "location": "http://127.0.0.1:99999/v2/"}])
+    base = httpx.get(f"{local_chain.hop('edge').gateway.url}/v2/")
+    assert base.status_code == 307 and base.headers["location"] == "http://127.0.0.1:99999/v2/"
+
+
+def test_lying_manifests(
+    local_chain: LocalChain, clients: dict[str, HopClient], artifact: PushedArtifact
+) -> None:
+    faults, edge = local_chain.faults("edge"), clients["edge"]
+    faults.set([{"kind": "digest-header", "value": "md5"}])
+    for method in ("HEAD", "GET"):
+        response = edge.manifest(local_chain, artifact.repository, "v1", method)
+        assert (
+            response.headers["docker-content-digest"] == "md5:" + hashlib.md5(artifact.manifest).hexdigest()
+        )
+    assert response.content == artifact.manifest
+    faults.set([{"kind": "many-layers", "layers": 40_000}])
+    many = edge.manifest(local_chain, artifact.repository, "v1")
+    layers = json.loads(many.content)["layers"]
+    assert len(layers) == 40_001 and len({layer["digest"] for layer in layers}) == 40_001
+    assert len(many.content) < 4 * 1024 * 1024
+    faults.set([{"kind": "layer-size", "size": "1e400"}])
+    odd = edge.manifest(local_chain, artifact.repository, "v1")
+    assert b'"size":1e400' in odd.content and sha256(odd.content) == odd.headers["docker-content-digest"]
+    faults.set([{"kind": "gzip-bomb", "bomb_bytes": 64 * 1024 * 1024}])
+    with edge.http.stream(
+        "GET",
+        f"/v2/{local_chain.repository_at('edge', artifact.repository)}/manifests/v1",
+        headers=edge.headers(),
+    ) as bomb:
+        wire = b"".join(bomb.iter_raw())
+    assert bomb.headers["content-encoding"] == "gzip, gzip" and len(wire) < 4096
+    assert len(gzip.decompress(gzip.decompress(wire))) == 64 * 1024 * 1024
+    faults.set([{"kind": "content-encoding", "value": "gzip"}])
+    with edge.http.stream(
+        "GET",
+        f"/v2/{local_chain.repository_at('edge', artifact.repository)}/manifests/v1",
+        headers=edge.headers(),
+    ) as labelled:
+        assert (
+            labelled.headers["content-encoding"] == "gzip"
+            and b"".join(labelled.iter_raw()) == artifact.manifest
+        )
+
+
+def test_paced_drip_holds_its_rate(
+    local_chain: LocalChain, clients: dict[str, HopClient], fresh_repo: str
+) -> None:
+    pushed = push_blob_artifact(local_chain.push_address, fresh_repo, "v1", 256 * 1024)
+    layer = pushed.layers[0].digest
+    local_chain.faults("edge").set([{"kind": "slow", "rate": 256 * 1024, "digest": layer}])
+    started = time.monotonic()
+    body = clients["edge"].blob(local_chain, fresh_repo, layer).content
+    elapsed = time.monotonic() - started
+    assert sha256(body) == layer and 0.9 <= elapsed < 3.0, elapsed
+
+
+def test_the_request_log_keeps_raw_paths_agents_and_a_total_count(local_chain: LocalChain) -> None:
+    faults = local_chain.faults("core")
+    before = faults.total_requests()
+    core = local_chain.hop("core").gateway.url
+    httpx.get(
+        f"{core}/v2/p-ghcr/org/app/manifests/..%2F..%2Fetc%2Fpasswd?n=1", headers={"User-Agent": "probe"}
+    )
+    entry = faults.requests()[-1]
+    assert entry["raw_path"] == "/v2/p-ghcr/org/app/manifests/..%2F..%2Fetc%2Fpasswd?n=1"
+    assert entry["agent"] == "probe" and entry["seq"] == faults.total_requests() == before + 1
+
+
+def test_a_dropped_child_of_an_index_is_missing_downstream(
+    local_chain: LocalChain, clients: dict[str, HopClient], fresh_repo: str
+) -> None:
+    amd = push_flux_artifact(local_chain.push_address, fresh_repo, "amd")
+    push_index(local_chain.push_address, fresh_repo, "v1", {"linux/amd64": amd})
+    child = amd.manifest_digest
+    local_chain.faults("core").set([{"kind": "drop", "digest": child}])
+    assert clients["core"].manifest(local_chain, fresh_repo, child).status_code == 404
+    # distribution's proxy answers an upstream 404 for an uncached digest with 500 (see lab.registry)
+    assert clients["edge"].manifest(local_chain, fresh_repo, child).status_code in (404, 500)
+    assert clients["edge"].manifest(local_chain, fresh_repo, "v1").status_code == 200
