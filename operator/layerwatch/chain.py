@@ -24,6 +24,7 @@ from layerwatch.reference import (
     check_repository,
     check_tag,
     is_digest,
+    without_default_port,
 )
 from layerwatch.signatures import Provider, parse_verify
 
@@ -112,7 +113,11 @@ class Hop:
 
     @classmethod
     def from_url(cls, name: str, url: str, **options: Any) -> Hop:
-        """Build a hop from ``https://host[:port][/prefix]``; ``http://`` means plain HTTP."""
+        """Build a hop from ``https://host[:port][/prefix]``; ``http://`` means plain HTTP.
+
+        The URL is normalised: host lower-cased, the scheme's default port dropped, slashes around
+        the prefix stripped, so equal places compare equal and print the same.
+        """
         if not _HOP_NAME.match(name):
             raise ChainError(f"hop name {name!r} must be a DNS label (lower-case letters, digits, '-')")
         try:
@@ -129,7 +134,7 @@ class Hop:
         if parts.query or parts.fragment:
             raise ChainError(f"hop {name}: url {url!r} must not carry a query or a fragment")
         try:
-            host = check_host(parts.netloc)
+            host = without_default_port(check_host(parts.netloc), parts.scheme)
         except ReferenceError as exc:
             raise ChainError(f"hop {name}: {exc}") from None
         prefix = parts.path.strip("/")
@@ -157,7 +162,7 @@ class Hop:
 
     def owns(self, host: str, repository: str) -> bool:
         """True when ``host/repository`` is served by this hop (same host, path under the prefix)."""
-        if host != self.host:
+        if without_default_port(host, self.scheme) != self.host:
             return False
         return not self.prefix or repository.startswith(self.prefix + "/")
 

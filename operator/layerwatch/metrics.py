@@ -65,6 +65,7 @@ class Metrics:
         self._hop_up: dict[tuple[str, str], bool] = {}
         self._intervals: dict[str, float] = {}
         self._not_ready: dict[str, str] = {}
+        self._hops: dict[str, tuple[str, ...]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -98,9 +99,10 @@ class Metrics:
 
     def set_chain(self, chain: str, interval: float, hops: Iterable[str]) -> None:
         """Declare a chain's hops; series of hops no longer on it are dropped."""
-        keep = set(hops)
+        keep = tuple(hops)
         with self._lock:
             self._intervals[chain] = interval
+            self._hops[chain] = keep
             self._drop(lambda key: key[0] == chain and key[1] not in keep)
 
     def set_chains_not_ready(self, reasons: Mapping[str, str]) -> None:
@@ -118,6 +120,7 @@ class Metrics:
     def forget_chain(self, chain: str) -> None:
         with self._lock:
             self._intervals.pop(chain, None)
+            self._hops.pop(chain, None)
             self._drop(lambda key: key[0] == chain)
 
     def _drop(self, doomed: Callable[[tuple[str, ...]], bool]) -> None:
@@ -161,8 +164,14 @@ class Metrics:
             labels=[*_ARTIFACT_LABELS, "verdict"],
         )
         blamed: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        with self._lock:
+            chain_hops = dict(self._hops)
         for status in self.store.snapshot():
             if status.result is None:
+                if status.pending:  # unknown, not absent: e.g. ChainNotReady stays visible
+                    for hop in chain_hops.get(status.chain, ()):
+                        labels = [status.target.namespace, status.target.name, status.chain, hop]
+                        verdict.add_metric([*labels, status.pending_reason], 1.0)
                 continue
             judgement = status.result.judgement
             for hop_verdict in judgement.hops:

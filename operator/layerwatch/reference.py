@@ -16,6 +16,7 @@ __all__ = [
     "ReferenceError",
     "is_digest",
     "short_digest",
+    "without_default_port",
 ]
 
 DOCKER_HUB = "index.docker.io"
@@ -65,6 +66,17 @@ def check_host(host: str) -> str:
             raise ReferenceError(f"invalid port in registry host {host!r}")
     host = host.lower()
     return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
+
+
+def without_default_port(host: str, scheme: str) -> str:
+    """``host:443`` under https (``host:80`` under http) is ``host``: one registry, one name.
+
+    Hop URLs are compared and shown in this form, so ``https://harbor:443/p`` and
+    ``oci://harbor/p/app`` name the same place.
+    """
+    default = {"https": "443", "http": "80"}.get(scheme)
+    name, colon, port = host.rpartition(":")
+    return name if colon and port == default else host
 
 
 def check_repository(repository: str) -> str:

@@ -56,6 +56,7 @@ class Watch:
     """Replaces the hop the target's URL points at (its credentials come from the OCIRepository)."""
     pending: str | None = None
     """When set the target is not checked and shows as unknown with this reason."""
+    pending_reason: str = "Pending"
 
     def pull_path(self) -> list[HopTarget]:
         path = self.chain.pull_path(self.target.reference)
@@ -128,7 +129,14 @@ class Scheduler:
                 if previous is not None and previous.chain.name != watch.chain.name:
                     self.store.remove(key)
                 if watch.pending:
-                    self.store.put(TargetStatus(watch.target, watch.chain.name, pending=watch.pending))
+                    self.store.put(
+                        TargetStatus(
+                            watch.target,
+                            watch.chain.name,
+                            pending=watch.pending,
+                            pending_reason=watch.pending_reason,
+                        )
+                    )
                 elif self.store.get(key) is None or (previous is not None and previous.pending):
                     # Flux resolved a pending target: stop showing the old ref and reason as pending.
                     self.store.put(TargetStatus(watch.target, watch.chain.name))
@@ -144,7 +152,9 @@ class Scheduler:
 
     @staticmethod
     def _identity(watch: Watch) -> tuple[object, ...]:
-        return (watch.target, watch.pinned_digest, watch.entry_hop, watch.chain.hops, watch.chain.mode)
+        """What makes a target a different one to check at once; chain and credential edits keep
+        each target's due time (its phase in the interval), so they cause no herd."""
+        return (watch.target, watch.pinned_digest)
 
     def _schedule(self, key: tuple[str, str], when: float) -> None:
         self._due[key] = when
@@ -158,7 +168,7 @@ class Scheduler:
         self.store.remove(key)
 
     def _retire_clients(self) -> None:
-        live = {(w.chain.name, t.hop) for w in self._watches.values() for t in w.pull_path()}
+        live = {(w.chain.name, t.hop) for w in self._watches.values() if not w.pending for t in w.pull_path()}
         live |= {(c.name, hop) for c in self._chains.values() for hop in c.hops}
         for key in [k for k in self._clients if k not in live]:
             del self._clients[key]
@@ -216,9 +226,11 @@ class Scheduler:
         while self._heap and self._heap[0][0] <= now:
             when, key = heapq.heappop(self._heap)
             watch = self._watches.get(key)
-            if self._due.get(key) != when or watch is None or watch.pending:
-                continue  # stale, removed, or pending (update() re-schedules it once resolved)
+            if self._due.get(key) != when or watch is None:
+                continue  # stale or removed
             self._schedule(key, now + watch.chain.interval * (1 + random.uniform(-JITTER, JITTER)))
+            if watch.pending:
+                continue  # not checked, but keeps its phase for when it is no longer pending
             if key not in self._running:  # a check still running from last time is not doubled
                 self._running[key] = asyncio.create_task(self._check(watch))
         self._changed.clear()

@@ -30,6 +30,8 @@ class TargetStatus:
     result: CheckResult | None = None
     pending: str | None = None
     """Why the target is not checked (yet), e.g. a semver ref Flux has not resolved."""
+    pending_reason: str = "Pending"
+    """What the pending state is called where a verdict would be (condition reason, metrics)."""
     updated: float = dataclasses.field(default_factory=time.time)
     since: float | None = None
     """Unix time of the first check that gave the current verdict and blame (set by the store)."""

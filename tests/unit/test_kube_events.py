@@ -23,16 +23,16 @@ class FakeCore:
         self.existing = existing
         self.patches: list[dict[str, Any]] = []
 
-    def create_namespaced_event(self, namespace: str, body: k8s.CoreV1Event) -> None:
+    def create_namespaced_event(self, namespace: str, body: k8s.CoreV1Event, **_: Any) -> None:
         if self.existing is not None:
             raise ApiException(status=409)
         self.existing = body
 
-    def read_namespaced_event(self, name: str, namespace: str) -> k8s.CoreV1Event:
+    def read_namespaced_event(self, name: str, namespace: str, **_: Any) -> k8s.CoreV1Event:
         assert self.existing is not None
         return self.existing
 
-    def patch_namespaced_event(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+    def patch_namespaced_event(self, name: str, namespace: str, patch: dict[str, Any], **_: Any) -> None:
         self.patches.append(patch)
 
 

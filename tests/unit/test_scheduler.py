@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwatch import scheduler as scheduler_module
-from layerwatch.chain import Chain, HopTarget, Mode, Target
+from layerwatch.chain import Chain, Credentials, HopTarget, Mode, Target
 from layerwatch.metrics import Metrics
 from layerwatch.reference import Reference
 from layerwatch.registry import RegistryClient
@@ -140,7 +140,6 @@ def test_adding_a_target_does_not_move_the_others() -> None:
         pytest.param(
             {"target": Target("a", REFERENCE, "corp", "application/x-yaml", "team-a")}, id="layer-selector"
         ),
-        pytest.param({"chain": dataclasses.replace(CHAIN, mode=Mode.HEAD)}, id="chain-mode"),
     ],
 )
 def test_a_target_whose_check_changed_is_checked_right_away(change: dict[str, Any]) -> None:
@@ -149,6 +148,34 @@ def test_a_target_whose_check_changed_is_checked_right_away(change: dict[str, An
     changed = dataclasses.replace(watch("a"), **change)
     scheduler.update({"corp": changed.chain}, [changed])
     assert due(scheduler)[("team-a", "a")] == clock.now
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param({"mode": Mode.HEAD}, id="chain-mode"),
+        pytest.param(
+            {
+                "hops": (
+                    dataclasses.replace(CHAIN.hops[0], credentials=Credentials("robot", "new")),
+                    *CHAIN.hops[1:],
+                )
+            },
+            id="rotated-credentials",
+        ),
+    ],
+)
+def test_a_chain_edit_keeps_each_targets_phase_so_its_targets_do_not_all_fall_due_at_once(
+    edit: dict[str, Any],
+) -> None:
+    names = [f"t{index}" for index in range(20)]
+    scheduler, clock = planned([watch(name) for name in names])
+    before = due(scheduler)
+    clock.now += 10.0
+    edited = dataclasses.replace(CHAIN, **edit)
+    scheduler.update({"corp": edited}, [watch(name, edited) for name in names])
+    assert due(scheduler) == before
+    assert len({round(when) for when in before.values()}) > 15, "the targets were spread to begin with"
 
 
 def test_a_new_interval_respreads_the_targets_over_it() -> None:
@@ -389,3 +416,21 @@ async def test_check_now_checks_a_target_at_once_and_skips_pending_or_unknown_on
         assert checks.checked == ["p-core/p-ghcr/org/app"]
     finally:
         await scheduler.aclose()
+
+
+async def test_a_pending_target_keeps_its_phase_unchecked_and_keeps_it_once_no_longer_pending(
+    checks: FakeChecks,
+) -> None:
+    scheduler, clock = planned([watch("a", pending="ProxyChain corp is not ready: x")])
+    phase = due(scheduler)[("team-a", "a")]
+    clock.now = phase + 0.01
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await until(lambda: due(scheduler)[("team-a", "a")] != phase)
+    stop.set()
+    await task
+    later = due(scheduler)[("team-a", "a")]
+    assert INTERVAL * 0.89 < later - phase < INTERVAL * 1.11, "still one interval apart"
+    assert checks.checked == []
+    scheduler.update({"corp": CHAIN}, [watch("a")])
+    assert due(scheduler)[("team-a", "a")] == later

@@ -13,7 +13,7 @@ import base64
 import datetime
 import logging
 import random
-import time
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,19 +28,38 @@ from layerwatch.registry.auth import credentials_from_docker_config
 from layerwatch.registry.proxies import parse_proxy
 from layerwatch.registry.tls import check_client_certificate
 
-__all__ = ["KubeApi", "SecretError"]
+__all__ = ["SECRET_REFRESH", "KubeApi", "SecretError", "is_pem_bundle"]
 
 logger = logging.getLogger("layerwatch.kube")
 
 FLUX_GROUP = "source.toolkit.fluxcd.io"
 GROUP, VERSION = "layerwatch.io", "v1alpha1"
 _CONFLICT_RETRIES = 8
-SECRET_TTL = 60.0
-"""Seconds a Secret read is reused: rotation shows within a minute, bursts of re-plans cost one read."""
+SECRET_REFRESH = 45.0
+"""Seconds between re-reads of the referenced Secrets: a change counts within a minute, and one
+Secret costs fewer than 7 reads per default 5 minute interval."""
+
+
+SECRET_MISSING, SECRET_UNREADABLE, INVALID_SECRET, INVALID_CA = (
+    "SecretMissing",
+    "SecretUnreadable",
+    "InvalidSecret",
+    "InvalidCA",
+)
+"""Why a referenced Secret cannot be used; the ProxyChain's ``Ready=False`` reason says which."""
+REQUEST_TIMEOUT = (5.0, 30.0)
+"""Seconds to connect and to read an apiserver answer: no call can hold up a re-plan or shutdown."""
+
+_SecretState = dict[str, str] | tuple[str, str]
+"""A cached Secret: its decoded data, or (reason, message) when it cannot be used."""
 
 
 class SecretError(Exception):
     """A referenced Secret is missing or has no usable keys; the message names it, never its data."""
+
+    def __init__(self, message: str, *, reason: str = SECRET_MISSING) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def load_client_config() -> k8s.ApiClient:
@@ -59,12 +78,14 @@ class KubeApi:
         self.api_client = api_client or load_client_config()
         self.custom = k8s.CustomObjectsApi(self.api_client)
         self.core = k8s.CoreV1Api(self.api_client)
-        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._secrets: dict[tuple[str, str], _SecretState] = {}
+        self._secrets_used: set[tuple[str, str]] = set()
 
     def close(self) -> None:
         self.api_client.close()
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _write(self, harmless: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
@@ -207,24 +228,53 @@ class KubeApi:
 
     # -- Secrets -----------------------------------------------------------------------------------
 
-    async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        """A Secret's decoded data, read at most once per SECRET_TTL (re-plans read many)."""
-        key = (namespace, name)
-        cached = self._secrets.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+    async def _read_secret(self, namespace: str, name: str) -> _SecretState:
+        """One ``get`` of a Secret by name: its decoded data, or why it cannot be used."""
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
-            raise SecretError(f"Secret {namespace}/{name}: HTTP {exc.status}") from None
+            reason = SECRET_MISSING if exc.status == 404 else SECRET_UNREADABLE
+            return (reason, f"Secret {namespace}/{name}: HTTP {exc.status}")
         data: dict[str, str] = {}
-        for key, value in (secret.data or {}).items():
+        for field, value in (secret.data or {}).items():
             try:
-                data[key] = base64.b64decode(value).decode()
+                data[field] = base64.b64decode(value).decode()
             except (ValueError, UnicodeDecodeError):
                 continue
-        self._secrets[key] = (time.monotonic() + SECRET_TTL, data)
         return data
+
+    async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's decoded data from the cache, read once on a miss (a plan reads many)."""
+        key = (namespace, name)
+        self._secrets_used.add(key)
+        if key not in self._secrets:
+            self._secrets[key] = await self._read_secret(namespace, name)
+        state = self._secrets[key]
+        if isinstance(state, tuple):
+            raise SecretError(state[1], reason=state[0])
+        return state
+
+    def begin_plan(self) -> None:
+        """A plan starts: the Secrets it asks for are the ones ``refresh_secrets`` keeps current."""
+        self._secrets_used = set()
+
+    async def refresh_secrets(self) -> bool:
+        """Re-read, by name, every Secret the last plan used; True when any of them changed.
+
+        Cheap enough to run every SECRET_REFRESH seconds (one ``get`` per referenced Secret), so a
+        fixed password or a rotated robot token counts within a minute; Secrets no plan uses any
+        more leave the cache.
+        """
+        used = set(self._secrets_used)
+        for key in [k for k in self._secrets if k not in used]:
+            del self._secrets[key]
+        changed = False
+        for key in used:
+            fresh = await self._read_secret(*key)
+            if self._secrets.get(key) != fresh:
+                self._secrets[key] = fresh
+                changed = True
+        return changed
 
     async def credentials(self, namespace: str, name: str, host: str) -> Credentials | None:
         """Credentials for ``host`` from a dockerconfigjson or basic-auth Secret."""
@@ -233,11 +283,16 @@ class KubeApi:
             try:
                 config = json_object(data[".dockerconfigjson"])
             except ValueError as exc:
-                raise SecretError(f"Secret {namespace}/{name}: .dockerconfigjson is {exc}") from None
+                raise SecretError(
+                    f"Secret {namespace}/{name}: .dockerconfigjson is {exc}", reason=INVALID_SECRET
+                ) from None
             return credentials_from_docker_config(config, host)
         if "username" in data and "password" in data:
             return Credentials(data["username"], data["password"])
-        raise SecretError(f"Secret {namespace}/{name}: neither .dockerconfigjson nor username/password")
+        raise SecretError(
+            f"Secret {namespace}/{name}: neither .dockerconfigjson nor username/password",
+            reason=INVALID_SECRET,
+        )
 
     async def service_account_credentials(self, namespace: str, name: str, host: str) -> Credentials | None:
         """Credentials for ``host`` from a ServiceAccount's imagePullSecrets, in order (as Flux does)."""
@@ -284,8 +339,22 @@ class KubeApi:
         return options
 
     async def ca_pem(self, namespace: str, name: str) -> str:
+        """The Secret's CA bundle, refused unless it holds at least one PEM certificate."""
         data = await self._secret_data(namespace, name)
-        for key in ("ca.crt", "caFile"):
-            if key in data:
-                return data[key]
-        raise SecretError(f"Secret {namespace}/{name}: no ca.crt key")
+        pem = next((data[key] for key in ("ca.crt", "caFile") if key in data), None)
+        if pem is None:
+            raise SecretError(f"Secret {namespace}/{name}: no ca.crt key", reason=INVALID_SECRET)
+        if not is_pem_bundle(pem):
+            raise SecretError(f"Secret {namespace}/{name}: ca.crt is not a PEM CA bundle", reason=INVALID_CA)
+        return pem
+
+
+def is_pem_bundle(text: str) -> bool:
+    """True when ``text`` holds PEM certificates the TLS stack accepts as trust anchors."""
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return False
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError):
+        return False
+    return True

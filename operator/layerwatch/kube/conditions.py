@@ -27,11 +27,18 @@ def now_rfc3339() -> str:
 
 
 def desired_condition(
-    judgement: Judgement | None, generation: int, *, pending: str | None = None
+    judgement: Judgement | None,
+    generation: int,
+    *,
+    pending: str | None = None,
+    pending_reason: str = "Pending",
 ) -> dict[str, Any]:
-    """The condition for a result (or Unknown/Pending when there is none), without a timestamp."""
+    """The condition for a result (or Unknown with ``pending_reason`` when there is none).
+
+    Without a timestamp: ``merge_conditions`` adds it.
+    """
     if judgement is None:
-        status, reason, message = "Unknown", "Pending", pending or "not checked yet"
+        status, reason, message = "Unknown", pending_reason, pending or "not checked yet"
     else:
         status, reason = _STATUS[judgement.health], judgement.verdict.value
         message = judgement.message
@@ -83,12 +90,20 @@ class Transition:
 
 
 def transition(
-    namespace: str, name: str, uid: str, conditions: Sequence[Mapping[str, Any]], desired: Mapping[str, Any]
+    namespace: str,
+    name: str,
+    uid: str,
+    conditions: Sequence[Mapping[str, Any]],
+    desired: Mapping[str, Any],
+    *,
+    warned: bool = False,
 ) -> Transition | None:
     """The event a change from the current condition to ``desired`` deserves, if any.
 
     Turning unhealthy (or changing unhealthy reason) is a Warning with the verdict as reason;
-    going from unhealthy to healthy is ``ProxyRecovered``. The event name derives from the object
+    turning healthy is ``ProxyRecovered`` when the condition was False, or when a Warning was
+    posted (``warned``) and only unknown spells came since (False, Unknown, True: whoever saw
+    the Warning also needs the all-clear). The event name derives from the object
     and the condition being replaced, so a restart that redoes the same transition creates the
     same name and the apiserver refuses the duplicate.
     """
@@ -99,7 +114,7 @@ def transition(
         return None
     if desired["status"] == "False":
         kind, reason = "Warning", str(desired["reason"])
-    elif desired["status"] == "True" and before[0] == "False":
+    elif desired["status"] == "True" and (before[0] == "False" or warned):
         kind, reason = "Normal", "ProxyRecovered"
     else:
         return None

@@ -2,7 +2,9 @@
 
 Nothing here is a timer, daemon or change-detecting handler on OCIRepository: those would put
 kopf's finalizer and annotations on Flux's objects. OCIRepositories are only watched (silent
-event handlers feeding an in-memory index); the one scheduler task starts at startup. Each
+event handlers feeding an in-memory index); the one scheduler task starts at startup. The event
+handlers are async so kopf runs them on the event loop, never in its thread pool: the service's
+state is then only ever touched by one thread, between awaits. Each
 ProxyChain has a daemon whose only job is to say "this replica is active for this chain": kopf
 stops daemons when peering pauses the operator, so a standby replica checks and writes nothing.
 """
@@ -38,6 +40,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING  # kopf's own k8s events only for real trouble
     settings.peering.lifetime = options.peering_lifetime
     settings.watching.server_timeout = 300  # re-open watches every 5 min, well within kopf's client timeout
+    if options.watch_label_selector:
+        # Server-side: a shard paired with a source-controller shard never even receives the others.
+        settings.watching.label_selectors[FLUX_GROUP, "ocirepositories"] = options.watch_label_selector
     service = OperatorService(KubeApi(), options)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
@@ -68,17 +73,17 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(FLUX_GROUP, "ocirepositories")
-def ocirepository_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def ocirepository_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.service.source_event(type, body)
 
 
 @kopf.on.event(GROUP, VERSION, "proxychains")
-def proxychain_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def proxychain_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.service.chain_event(type, body)
 
 
 @kopf.on.event("", "v1", "namespaces")
-def namespace_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.service.namespace_event(type, body)
 
 

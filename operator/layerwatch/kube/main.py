@@ -16,6 +16,7 @@ import kopf
 from layerwatch.kube import notify
 from layerwatch.kube.api import load_client_config
 from layerwatch.kube.service import OperatorOptions
+from layerwatch.kube.targets import pod_ordinal
 from layerwatch.logs import configure_logging
 from layerwatch.settings import EngineSettings, SettingsError
 
@@ -51,9 +52,21 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=int(os.environ.get("LAYERWATCH_METRICS_PORT", 9090))
     )
     parser.add_argument("--metrics-address", default=os.environ.get("LAYERWATCH_METRICS_ADDRESS", "0.0.0.0"))  # noqa: S104
-    parser.add_argument("--shard-index", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_INDEX", 0)))
+    parser.add_argument(
+        "--shard-index",
+        type=int,
+        default=os.environ.get("LAYERWATCH_SHARD_INDEX"),
+        help="this replica's shard (default: the ordinal of a StatefulSet pod named by $POD_NAME, else 0)",
+    )
     parser.add_argument("--shard-count", type=int, default=int(os.environ.get("LAYERWATCH_SHARD_COUNT", 1)))
     EngineSettings.add_arguments(parser)
+    parser.add_argument(
+        "--watch-label-selector",
+        default=os.environ.get("LAYERWATCH_WATCH_LABEL_SELECTOR"),
+        metavar="SELECTOR",
+        help="only OCIRepositories matching this label selector, as Flux's own --watch-label-selector "
+        "(e.g. sharding.fluxcd.io/key=shard1)",
+    )
     parser.add_argument(
         "--secrets-namespace",
         default=os.environ.get("LAYERWATCH_NAMESPACE", "layerwatch"),
@@ -72,10 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shard_index(given: int | str | None, count: int) -> int:
+    """The flag or env when set; else, sharded, the StatefulSet ordinal in ``$POD_NAME`` (one
+    pod template serves every shard); else 0."""
+    if given is not None:
+        return int(given)
+    ordinal = pod_ordinal(os.environ.get("POD_NAME", "")) if count > 1 else None
+    return ordinal if ordinal is not None else 0
+
+
 def run_operator(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    if not 0 <= args.shard_index < max(args.shard_count, 1):
-        _parser().error(f"--shard-index must be in [0, {args.shard_count})")
+    shard_index = _shard_index(args.shard_index, args.shard_count)
+    if not 0 <= shard_index < max(args.shard_count, 1):
+        _parser().error(f"--shard-index must be in [0, {args.shard_count}), not {shard_index}")
     try:
         engine = EngineSettings.from_args(args)
     except SettingsError as exc:
@@ -98,9 +121,10 @@ def run_operator(argv: Sequence[str]) -> int:
     options = OperatorOptions(
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
-        shard_index=args.shard_index,
+        shard_index=shard_index,
         shard_count=args.shard_count,
         engine=engine,
+        watch_label_selector=args.watch_label_selector or None,
         namespace=args.secrets_namespace,
         peering_lifetime=args.peering_lifetime,
         notification_address=args.notification_address,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
@@ -19,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerwatch.chain import Chain, ChainError, Hop, chain_from_spec
-from layerwatch.kube.api import KubeApi, SecretError
+from layerwatch.kube.api import SECRET_REFRESH, KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
 from layerwatch.kube.notify import FluxNotifier
-from layerwatch.kube.targets import FluxSource, in_shard, select
+from layerwatch.kube.targets import FluxSource, in_shard, select, skeleton_chain
 from layerwatch.metrics import Metrics
 from layerwatch.registry.proxies import parse_proxy
 from layerwatch.scheduler import Scheduler, Watch
@@ -34,8 +33,6 @@ __all__ = ["OperatorOptions", "OperatorService"]
 
 logger = logging.getLogger("layerwatch.operator")
 
-REPLAN_EVERY = 300.0
-"""Seconds between full re-plans even without events (picks up rotated Secrets)."""
 DEBOUNCE = 0.5
 """Seconds to gather a burst of watch events into one re-plan."""
 STATUS_REFRESH = 900.0
@@ -51,6 +48,8 @@ class OperatorOptions:
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     namespace: str = "layerwatch"
     """Namespace of ProxyChain Secrets when a secretRef names none."""
+    watch_label_selector: str | None = None
+    """Only OCIRepositories with these labels (Flux's sharding: ``sharding.fluxcd.io/key=shard1``)."""
     peering_lifetime: int = 60
     """Seconds a peer's keep-alive counts (kopf's default): a standby takes over at most this long
     after the active replica dies; shorter costs more keep-alive patches."""
@@ -72,8 +71,14 @@ class OperatorService:
         self.sources: dict[tuple[str, str], FluxSource] = {}
         self.chain_bodies: dict[str, Mapping[str, Any]] = {}
         self.chains: dict[str, Chain] = {}
+        """Planned chains, and the shape of those that could not be planned (for the status page)."""
+        self.not_ready: dict[str, tuple[str, str]] = {}
+        """Chains that could not be planned: (reason, message) for their Ready=False condition."""
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.active: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
+        """Targets whose last event was a Warning: their next True is announced as recovered."""
+        self._pending_writes: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._chain_status_dirty = asyncio.Event()
         self._written_chain_status: dict[str, dict[str, Any]] = {}
@@ -84,9 +89,12 @@ class OperatorService:
 
     def source_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         source = FluxSource.from_body(body)
+        if not in_shard(source.namespace, source.name, self.options.shard_index, self.options.shard_count):
+            return  # another shard's object (Flux updates its status all the time): not our plan.
         if event_type == "DELETED":
-            self.sources.pop(source.key, None)
-        elif in_shard(source.namespace, source.name, self.options.shard_index, self.options.shard_count):
+            if self.sources.pop(source.key, None) is None:
+                return
+        else:
             previous = self.sources.get(source.key)
             self.sources[source.key] = source
             if previous is not None and self._same_plan(previous, source):
@@ -132,67 +140,148 @@ class OperatorService:
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        scheduler = asyncio.create_task(self.scheduler.run(stop))
-        chain_status = asyncio.create_task(self._chain_status_loop(stop))
+        """Re-plan after each burst of events until ``stop``; every wait here ends at ``stop`` at once."""
+        tasks = [
+            asyncio.create_task(self.scheduler.run(stop)),
+            asyncio.create_task(self._chain_status_loop(stop)),
+            asyncio.create_task(self._secret_loop(stop)),
+        ]
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(REPLAN_EVERY):
-                        await self._dirty.wait()
-                await asyncio.sleep(DEBOUNCE)
+                await _wait(self._dirty, stop, None)
+                await _wait(stop, stop, DEBOUNCE)
+                if stop.is_set():
+                    break
                 self._dirty.clear()
                 try:
                     await self.replan()
-                except Exception:  # the next event or interval re-plans; never kill the loop
+                except Exception:  # the next event re-plans; never kill the loop
                     logger.exception("re-planning failed")
         finally:
             stop.set()
-            await asyncio.gather(scheduler, chain_status, return_exceptions=True)
+            if self._pending_writes is not None:
+                self._pending_writes.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.notifier is not None:
                 await self.notifier.aclose()
 
+    async def _secret_loop(self, stop: asyncio.Event) -> None:
+        """Re-read the referenced Secrets by name; a changed one re-plans (no list or watch of Secrets)."""
+        while not stop.is_set():
+            await _wait(stop, stop, SECRET_REFRESH)
+            if stop.is_set():
+                return
+            try:
+                if await self.api.refresh_secrets():
+                    logger.info("a referenced Secret changed: re-planning")
+                    self._dirty.set()
+            except Exception:
+                logger.exception("could not re-read the referenced Secrets")
+
     async def replan(self) -> None:
+        # Snapshot before the first await: events keep changing these dicts while Secrets are read.
+        sources = list(self.sources.values())
+        bodies = sorted((n, b) for n, b in self.chain_bodies.items() if n in self.active)
+        namespace_labels = dict(self.namespace_labels)
+        self.api.begin_plan()
         chains: dict[str, Chain] = {}
-        for name, body in self.chain_bodies.items():
-            if name not in self.active:
-                continue
+        shapes: dict[str, Chain] = {}
+        not_ready: dict[str, tuple[str, str]] = {}
+        for name, body in bodies:
             try:
                 chains[name] = await self._chain(name, body)
-            except (ChainError, SecretError) as exc:
-                logger.warning("ProxyChain %s skipped: %s", name, exc)
-        self.chains = chains
-        ordered = sorted(chains.values(), key=lambda c: c.name)
+                continue
+            except SecretError as exc:
+                not_ready[name] = (exc.reason, str(exc))
+            except ChainError as exc:
+                not_ready[name] = ("InvalidSpec", str(exc))
+            if self.not_ready.get(name) != not_ready[name]:
+                logger.warning("ProxyChain %s is not ready: %s", name, not_ready[name][1])
+            shape = skeleton_chain(name, body.get("spec") or {})
+            if shape is not None:
+                shapes[name] = shape
+        ordered = sorted([*chains.values(), *shapes.values()], key=lambda c: c.name)
+        why = {name: message for name, (_, message) in not_ready.items()}
         watches: list[Watch] = []
+        pending: list[tuple[FluxSource, dict[str, Any], float]] = []
         skipped: dict[tuple[str, str], str] = {}
-        for source in self.sources.values():
-            selection = select(source, ordered, self.namespace_labels.get(source.namespace))
+        for source in sources:
+            selection = select(source, ordered, namespace_labels.get(source.namespace), why)
             if selection.target is None or selection.chain is None:
                 skipped[source.key] = selection.skipped or "not selected"
                 if self._skipped.get(source.key) != skipped[source.key]:  # say it once, not every re-plan
                     logger.debug("not watching %s/%s: %s", *source.key, skipped[source.key])
                 continue
-            entry = await self._entry_hop(
-                source,
-                selection.chain,
-                selection.target.reference.registry,
-                selection.target.reference.repository,
-            )
+            entry = None
+            if selection.chain.name in chains:
+                entry = await self._entry_hop(
+                    source,
+                    selection.chain,
+                    selection.target.reference.registry,
+                    selection.target.reference.repository,
+                )
             watches.append(
-                Watch(selection.target, selection.chain, selection.pinned_digest, entry, selection.pending)
+                Watch(
+                    selection.target,
+                    selection.chain,
+                    selection.pinned_digest,
+                    entry,
+                    selection.pending,
+                    selection.pending_reason,
+                )
             )
             if selection.pending:
-                pending = desired_condition(None, source.generation, pending=selection.pending)
-                await self._write(source, pending, selection.chain.interval)
+                condition = desired_condition(
+                    None,
+                    source.generation,
+                    pending=selection.pending,
+                    pending_reason=selection.pending_reason,
+                )
+                pending.append((source, condition, selection.chain.interval))
         self._skipped = skipped
         self.scheduler.update(chains, watches)
+        self._show_unplanned(shapes, chains)
+        self.chains = {**shapes, **chains}
+        self.not_ready = not_ready
+        self.metrics.set_chains_not_ready(why)
+        self._start_pending_writes(pending)
         self._chain_status_dirty.set()
         logger.info(
-            "planned %d targets on %d chains; %d OCIRepositories not watched (reasons at debug level)",
+            "planned %d targets on %d chains (%d not ready); %d OCIRepositories not watched"
+            " (reasons at debug level)",
             len(watches),
             len(chains),
+            len(not_ready),
             len(skipped),
-            extra={"targets": len(watches), "chains": len(chains), "skipped": len(skipped)},
+            extra={
+                "targets": len(watches),
+                "chains": len(chains),
+                "not_ready": len(not_ready),
+                "skipped": len(skipped),
+            },
         )
+
+    def _show_unplanned(self, shapes: Mapping[str, Chain], ready: Mapping[str, Chain]) -> None:
+        """Chains that could not be planned keep their hops in the metrics (their targets' series)."""
+        for name in set(self.chains) & set(self.not_ready):
+            if name not in shapes and name not in ready:
+                self.metrics.forget_chain(name)
+        for name, shape in shapes.items():
+            self.metrics.set_chain(name, shape.interval, [hop.name for hop in shape.hops])
+
+    def _start_pending_writes(self, pending: Sequence[tuple[FluxSource, dict[str, Any], float]]) -> None:
+        """Write the pending conditions in the background, so a re-plan never waits on thousands."""
+        if self._pending_writes is not None:
+            self._pending_writes.cancel()
+        if not pending:
+            self._pending_writes = None
+            return
+
+        async def write_all() -> None:
+            for source, condition, interval in pending:
+                await self._write(source, condition, interval)
+
+        self._pending_writes = asyncio.create_task(write_all())
 
     async def _chain(self, name: str, body: Mapping[str, Any]) -> Chain:
         spec = body.get("spec") or {}
@@ -294,8 +383,10 @@ class OperatorService:
         """
 
         async def announce(before: Sequence[Mapping[str, Any]]) -> None:
-            event = transition(source.namespace, source.name, source.uid, before, desired)
+            warned = source.key in self._warned
+            event = transition(source.namespace, source.name, source.uid, before, desired, warned=warned)
             if event is not None:
+                (self._warned.add if event.type == "Warning" else self._warned.discard)(source.key)
                 posted = await self.api.post_event(
                     source.api_version,
                     source.namespace,
@@ -350,6 +441,12 @@ class OperatorService:
         health = [s.result.judgement.health if s.result else Health.UNKNOWN for s in statuses]
         generation = int(((self.chain_bodies.get(name) or {}).get("metadata") or {}).get("generation") or 0)
         unhealthy = sum(1 for h in health if h is Health.UNHEALTHY)
+        if name in self.not_ready:
+            ready, (reason, message) = "False", self.not_ready[name]
+        elif chain is not None:
+            ready, reason, message = "True", "Watching", f"{len(statuses)} artifacts, {unhealthy} unhealthy"
+        else:
+            ready, reason, message = "False", "NotActive", "not planned"
         return {
             "observedGeneration": generation,
             "artifacts": len(statuses),
@@ -360,11 +457,9 @@ class OperatorService:
             "conditions": [
                 {
                     "type": "Ready",
-                    "status": "True" if chain else "False",
-                    "reason": "Watching" if chain else "NotActive",
-                    "message": f"{len(statuses)} artifacts, {unhealthy} unhealthy"
-                    if chain
-                    else "not planned",
+                    "status": ready,
+                    "reason": reason,
+                    "message": message,
                     "observedGeneration": generation,
                     "lastTransitionTime": _rfc3339(time.time()),
                 }
@@ -373,14 +468,12 @@ class OperatorService:
 
     async def _chain_status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(30):
-                    await self._chain_status_dirty.wait()
-            await asyncio.sleep(2.0)  # batch a burst of results into one write per chain
+            await _wait(self._chain_status_dirty, stop, 30.0)
+            await _wait(stop, stop, 2.0)  # batch a burst of results into one write per chain
             self._chain_status_dirty.clear()
-            if self.options.shard_count > 1:
+            if self.options.shard_count > 1 or stop.is_set():
                 continue  # a shard sees only its share: its counts would overwrite the others'
-            for name in list(self.chains):
+            for name in sorted(set(self.chains) | set(self.not_ready)):
                 status = self.chain_status(name)
                 known = self._written_chain_status.get(name)
                 if known is not None:
@@ -390,6 +483,16 @@ class OperatorService:
                         self._written_chain_status[name] = status
                 except Exception:
                     logger.exception("could not write the status of ProxyChain %s", name)
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float | None) -> None:
+    """Until ``event`` or ``stop`` is set, or ``seconds`` pass: no wait outlasts a shutdown."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _rfc3339(timestamp: float) -> str:

@@ -12,8 +12,9 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from layerwatch.chain import Chain, ChainError, Target
+from layerwatch.chain import DEFAULT_INTERVAL, Chain, ChainError, Hop, Mode, Target, parse_duration
 from layerwatch.reference import Reference, ReferenceError, is_digest
 from layerwatch.signatures import Provider, parse_verify
 
@@ -21,18 +22,23 @@ __all__ = [
     "ANNOTATION_CHAIN",
     "ANNOTATION_IGNORE",
     "ANNOTATION_INCLUDE_SUSPENDED",
+    "CHAIN_NOT_READY",
     "FluxSource",
     "Selection",
     "in_shard",
+    "pod_ordinal",
     "select",
     "selector_matches",
+    "skeleton_chain",
 ]
 
 ANNOTATION_PREFIX = "layerwatch.io/"
 ANNOTATION_IGNORE = "layerwatch.io/ignore"
 ANNOTATION_CHAIN = "layerwatch.io/chain"
 ANNOTATION_INCLUDE_SUSPENDED = "layerwatch.io/include-suspended"
+CHAIN_NOT_READY = "ChainNotReady"
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
+_ORDINAL = re.compile(r"-(\d+)\Z")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -155,6 +161,7 @@ class Selection:
     chain: Chain | None
     pinned_digest: str | None = None
     pending: str | None = None
+    pending_reason: str = "Pending"
     skipped: str | None = None
 
 
@@ -164,6 +171,12 @@ def in_shard(namespace: str, name: str, index: int, count: int) -> bool:
         return True
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % count == index
+
+
+def pod_ordinal(pod_name: str) -> int | None:
+    """A StatefulSet pod's ordinal from its name (``layerwatch-2`` is 2), None for other names."""
+    match = _ORDINAL.search(pod_name)
+    return int(match.group(1)) if match else None
 
 
 def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
@@ -198,8 +211,13 @@ def select(
     source: FluxSource,
     chains: Sequence[Chain],
     namespace_labels: Mapping[str, str] | None,
+    not_ready: Mapping[str, str] | None = None,
 ) -> Selection:
-    """Decide whether and how to watch an OCIRepository (the selection rules, in order)."""
+    """Decide whether and how to watch an OCIRepository (the selection rules, in order).
+
+    ``not_ready`` maps chains that could not be planned to why: their OCIRepositories are still
+    selected, but pending with reason ``ChainNotReady``, so they stay visible as unknown.
+    """
     if source.annotations.get(ANNOTATION_IGNORE) == "true":
         return Selection(None, None, skipped="annotated layerwatch.io/ignore")
     if source.suspend and source.annotations.get(ANNOTATION_INCLUDE_SUSPENDED) != "true":
@@ -230,10 +248,6 @@ def select(
     )
     if pending:
         reference = dataclasses.replace(base, tag=source.semver)
-    try:
-        chain.pull_path(reference)
-    except ChainError as exc:
-        return Selection(None, chain, skipped=str(exc))
     target = Target(
         name=source.name,
         namespace=source.namespace,
@@ -242,4 +256,59 @@ def select(
         layer_media_type=source.layer_media_type,
         verify=source.verify,
     )
-    return Selection(target, chain, pinned_digest=pinned if tag else None, pending=pending)
+    pinned_digest = pinned if tag else None
+    why = (not_ready or {}).get(chain.name)
+    if why is not None:
+        # The same target as once the chain is ready, so it then keeps its place in the interval.
+        pending = f"ProxyChain {chain.name} is not ready: {why}"
+        return Selection(target, chain, pinned_digest, pending=pending, pending_reason=CHAIN_NOT_READY)
+    try:
+        chain.pull_path(reference)
+    except ChainError as exc:
+        return Selection(None, chain, skipped=str(exc))
+    return Selection(target, chain, pinned_digest=pinned_digest, pending=pending)
+
+
+def skeleton_chain(name: str, spec: Mapping[str, Any]) -> Chain | None:
+    """The shape of a chain that cannot be planned: its hops without credentials or CA.
+
+    Enough to match OCIRepositories to it and to show it (status page, metrics) as not ready; it is
+    never checked. A hop URL the parser refuses is kept as written (lower-cased host), so its
+    OCIRepositories still find the chain; None when not even that makes a chain.
+    """
+    hops = []
+    for raw in spec.get("hops") or ():
+        if (
+            not isinstance(raw, Mapping)
+            or not isinstance(raw.get("name"), str)
+            or not isinstance(raw.get("url"), str)
+        ):
+            continue
+        try:
+            hops.append(Hop.from_url(raw["name"], raw["url"]))
+        except ChainError:
+            parts = urlsplit(raw["url"].strip())
+            hops.append(
+                Hop(
+                    name=raw["name"],
+                    scheme=parts.scheme,
+                    host=parts.netloc.lower(),
+                    prefix=parts.path.strip("/"),
+                )
+            )
+    try:
+        interval = parse_duration(spec.get("interval", "5m"))
+    except ChainError:
+        interval = DEFAULT_INTERVAL
+    mode = spec.get("mode")
+    try:
+        return Chain(
+            name=name,
+            hops=tuple(hops),
+            interval=interval,
+            mode=Mode(mode) if mode in {m.value for m in Mode} else Mode.FULL,
+            namespace_selector=spec.get("namespaceSelector") or None,
+            suspend=bool(spec.get("suspend", False)),
+        )
+    except ChainError:
+        return None
