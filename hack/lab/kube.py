@@ -396,9 +396,14 @@ class ControlPlane:
     ``stop()`` terminates them and removes the temporary directory (PKI, etcd data, logs).
     """
 
-    def __init__(self, tools: Tools | None = None, *, keep_dir: bool = False) -> None:
+    def __init__(
+        self, tools: Tools | None = None, *, keep_dir: bool = False, audit_users: Iterable[str] = ()
+    ) -> None:
+        """``audit_users``: log every request these users make to ``audit_log`` (JSON lines, one per
+        finished request), e.g. to count what an operator's ServiceAccount costs the apiserver."""
         self.tools = tools or find_tools()
         self.keep_dir = keep_dir
+        self.audit_users = list(audit_users)
         self.dir = Path(tempfile.mkdtemp(prefix="layerwatch-kube-"))
         self.pki: Pki | None = None
         self.etcd: _Proc | None = None
@@ -406,6 +411,7 @@ class ControlPlane:
         self.etcd_url = ""
         self.port = 0
         self.kubeconfig = self.dir / "admin.kubeconfig"
+        self.audit_log = self.dir / "audit.log"
         self.timings: dict[str, float] = {}
         self._clients: list[Any] = []
         self._admin_client: Any = None
@@ -504,6 +510,7 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_flags(),
             ],
             self.dir / "kube-apiserver.log",
         )
@@ -526,6 +533,23 @@ class ControlPlane:
 
         wait_for("namespace default", default_namespace, timeout)
         self.timings["apiserver"] = time.monotonic() - started
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_users:
+            return []
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [{"level": "Metadata", "users": self.audit_users}, {"level": "None"}],
+        }
+        path = self.dir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        return [
+            f"--audit-policy-file={path}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+        ]
 
     def _check_alive(self, proc: _Proc | None) -> None:
         if proc is not None and not proc.alive():

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,18 +55,26 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0, in
 class Operator:
     """``layerwatch operator --standalone -A`` on free ports, logs in a file.
 
-    ``standalone=False`` leaves ``--standalone`` out, for peering (pass ``--peering NAME`` in ``extra``).
+    ``standalone=False`` leaves ``--standalone`` out, for peering (pass ``--peering NAME`` in ``extra``);
+    ``env`` adds environment variables (e.g. ``POD_NAME`` as a StatefulSet sets it).
     """
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, *extra: str, standalone: bool = True) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        *extra: str,
+        standalone: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig, self.log_path, self.extra = kubeconfig, log_dir / "operator.log", extra
-        self.standalone = standalone
+        self.standalone, self.env = standalone, dict(env or {})
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         command = [
             sys.executable,
             "-m",
@@ -116,12 +124,28 @@ class Operator:
             self.process.wait(10)
 
 
-def ocirepository(namespace: str, name: str, url: str, tag: str = "v1", **spec: Any) -> dict[str, Any]:
+def ocirepository(
+    namespace: str, name: str, url: str, tag: str = "v1", *, chain: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    """An OCIRepository as Flux users write it; ``chain`` pins it to a ProxyChain by annotation."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if chain:
+        metadata["annotations"] = {"layerwatch.io/chain": chain}
     return {
         "apiVersion": "source.toolkit.fluxcd.io/v1",
         "kind": "OCIRepository",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": metadata,
         "spec": {"url": url, "ref": {"tag": tag}, "interval": "10m", "insecure": True, **spec},
+    }
+
+
+def secret(namespace: str, name: str, data: Mapping[str, str], kind: str = "Opaque") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": dict(data),
     }
 
 
@@ -153,13 +177,29 @@ def metric_value(text: str, metric: str, /, **labels: str) -> float | None:
     return None
 
 
-def proxychain_document(lab: LocalChain, name: str, interval: str) -> dict[str, Any]:
-    """A ProxyChain for the lab chain; the edge's credentials come from Secret layerwatch/lab-edge."""
+def proxychain_document(
+    lab: LocalChain,
+    name: str,
+    interval: str,
+    *,
+    secret: str = "lab-edge",
+    edge: Mapping[str, Any] | None = None,
+    origin_url: str | None = None,
+) -> dict[str, Any]:
+    """A ProxyChain for the lab chain; the edge's credentials come from Secret layerwatch/``secret``.
+
+    ``edge`` adds fields to the edge hop (e.g. a ``caSecretRef``); ``origin_url`` replaces the
+    origin's URL (e.g. by one the CRD accepts and layerwatch cannot use).
+    """
     hops = []
     for hop in lab.hops:
         entry: dict[str, Any] = {"name": hop.name, "url": hop.url}
         if hop.credentials:
-            entry["secretRef"] = {"name": "lab-edge", "namespace": "layerwatch"}
+            entry["secretRef"] = {"name": secret, "namespace": "layerwatch"}
+        if hop.name == "edge":
+            entry.update(edge or {})
+        if hop.name == "origin" and origin_url:
+            entry["url"] = origin_url
         hops.append(entry)
     return {
         "apiVersion": "layerwatch.io/v1alpha1",

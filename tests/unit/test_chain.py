@@ -165,6 +165,30 @@ def test_docker_hub_is_reached_on_its_api_host() -> None:
 
 
 @pytest.mark.parametrize(
+    "written",
+    [
+        "https://harbor.example:443/p-core",
+        "https://Harbor.Example/p-core/",
+        "https://HARBOR.example:443/p-core//",
+    ],
+)
+def test_hop_urls_are_normalised_so_equal_places_match_and_print_alike(written: str) -> None:
+    chain = make_chain(("edge", written), ("origin", "https://ghcr.io"))
+    assert chain.hops[0].url == "https://harbor.example/p-core"
+    for url in ("oci://harbor.example/p-core/org/app", "oci://harbor.example:443/p-core/org/app"):
+        assert chain.matches(Reference.parse(url, default_tag=None)), url
+    assert mapping(chain, "harbor.example:443/p-core/org/app:v1")[0] == ("edge", "p-core/org/app")
+
+
+def test_a_port_that_is_not_the_schemes_default_still_tells_registries_apart() -> None:
+    plain = make_chain(("edge", "http://harbor.example/p"), ("origin", "https://ghcr.io"))
+    assert plain.hops[0].url == "http://harbor.example/p"
+    assert plain.matches(Reference.parse("harbor.example:80/p/app", default_tag=None))
+    assert not plain.matches(Reference.parse("harbor.example:443/p/app", default_tag=None))
+    assert not plain.matches(Reference.parse("harbor.example:8080/p/app", default_tag=None))
+
+
+@pytest.mark.parametrize(
     ("name", "url", "complaint"),
     [
         ("Edge", "https://a.example", "must be a DNS label"),

@@ -97,6 +97,14 @@ def test_an_unhealthy_message_names_hop_repository_layer_and_short_digest() -> N
     )
 
 
+def test_a_target_of_a_chain_that_is_not_ready_is_unknown_with_that_reason() -> None:
+    condition = desired_condition(
+        None, 3, pending="ProxyChain corp is not ready: x", pending_reason="ChainNotReady"
+    )
+    assert (condition["status"], condition["reason"]) == ("Unknown", "ChainNotReady")
+    assert condition["message"] == "ProxyChain corp is not ready: x"
+
+
 def test_a_target_not_checked_yet_says_so_or_says_why_it_is_pending() -> None:
     assert desired_condition(None, 1)["message"] == "not checked yet"
     pending = desired_condition(None, 1, pending="semver ref not resolved by Flux yet")
@@ -253,10 +261,21 @@ def test_merging_never_touches_foreign_conditions_and_a_second_merge_writes_noth
 Cond = tuple[str, str] | None
 
 
-def event_for(before: Cond, after: tuple[str, str], when: str = T0, uid: str = "uid-1") -> Any:
+def event_for(
+    before: Cond, after: tuple[str, str], when: str = T0, uid: str = "uid-1", *, warned: bool = False
+) -> Any:
     conditions = [*FLUX_CONDITIONS] + ([ours(*before, when=when)] if before else [])
     desired = {**ours(*after, message="hop core (b.example/p-ghcr/org/app): layer 0 missing (404)")}
-    return transition("team-a", "app", uid, conditions, desired)
+    return transition("team-a", "app", uid, conditions, desired, warned=warned)
+
+
+@pytest.mark.parametrize(
+    "spell", [("Unknown", "Unreachable"), ("Unknown", "ChainNotReady"), ("Unknown", "Pending")]
+)
+def test_healthy_after_an_unknown_spell_that_followed_a_warning_is_a_recovery(spell: tuple[str, str]) -> None:
+    event = event_for(spell, ("True", "Healthy"), warned=True)
+    assert event is not None and (event.type, event.reason) == ("Normal", "ProxyRecovered")
+    assert event_for(spell, ("True", "Healthy"), warned=False) is None
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerwatch.chain import Chain, Hop
+from layerwatch.chain import Chain, Hop, Mode
 from layerwatch.kube.targets import (
     ANNOTATION_CHAIN,
     ANNOTATION_IGNORE,
@@ -18,8 +18,10 @@ from layerwatch.kube.targets import (
     FluxSource,
     Selection,
     in_shard,
+    pod_ordinal,
     select,
     selector_matches,
+    skeleton_chain,
 )
 
 from .builders import CHAIN, TAG, digest_of, oci_repository
@@ -489,3 +491,52 @@ def test_namespace_and_name_are_not_confused_across_the_separator() -> None:
         for ns, nm in (("team-a", "app"), ("app", "team-a"))
     }
     assert placements[("team-a", "app")] != placements[("app", "team-a")]
+
+
+@pytest.mark.parametrize(
+    ("pod", "ordinal"),
+    [("layerwatch-0", 0), ("layerwatch-2", 2), ("lw-shards-11", 11), ("layerwatch", None), ("", None)],
+)
+def test_a_statefulset_pods_ordinal_comes_from_its_name(pod: str, ordinal: int | None) -> None:
+    assert pod_ordinal(pod) == ordinal
+
+
+def test_a_chain_whose_url_cannot_be_used_keeps_its_shape_for_matching_and_display() -> None:
+    spec = {
+        "interval": "1m",
+        "mode": "head",
+        "hops": [
+            {"name": "edge", "url": "https://A.example/p-core"},
+            {"name": "origin", "url": "https://ghcr.io:99999/"},
+        ],
+    }
+    shape = skeleton_chain("corp", spec)
+    assert shape is not None
+    assert [(h.name, h.host, h.prefix) for h in shape.hops] == [
+        ("edge", "a.example", "p-core"),
+        ("origin", "ghcr.io:99999", ""),
+    ]
+    assert (shape.interval, shape.mode) == (60.0, Mode.HEAD)
+    assert all(h.credentials is None for h in shape.hops)
+    assert skeleton_chain("corp", {"hops": []}) is None
+
+
+def test_an_ocirepository_of_a_chain_that_is_not_ready_is_pending_with_reason_chain_not_ready() -> None:
+    source = FluxSource.from_body(oci_repository())
+    why = {"corp": "Secret layerwatch/robot: HTTP 404"}
+    selection = select(source, [CHAIN], {}, why)
+    assert selection.target is not None and selection.chain == CHAIN
+    assert selection.pending == "ProxyChain corp is not ready: Secret layerwatch/robot: HTTP 404"
+    assert selection.pending_reason == "ChainNotReady"
+    ready = select(source, [CHAIN], {})
+    assert ready.target == selection.target, "the same target once ready: it keeps its phase"
+
+
+def test_an_annotated_ocirepository_belongs_to_a_broken_chain_even_when_its_hop_is_unusable() -> None:
+    broken = skeleton_chain("corp", {"hops": [{"name": "edge", "url": "https://a.example:99999/p-core"}]})
+    assert broken is not None
+    source = FluxSource.from_body(oci_repository(annotations={"layerwatch.io/chain": "corp"}))
+    selection = select(source, [broken], {}, {"corp": "hop edge: invalid port"})
+    assert selection.pending_reason == "ChainNotReady"
+    unannotated = FluxSource.from_body(oci_repository())
+    assert select(unannotated, [broken], {}, {"corp": "x"}).target is None

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerwatch.reference import DOCKER_HUB, Reference, ReferenceError, is_digest, short_digest
+from layerwatch.reference import (
+    DOCKER_HUB,
+    Reference,
+    ReferenceError,
+    is_digest,
+    short_digest,
+    without_default_port,
+)
 
 SHA256 = "sha256:" + "ab" * 32
 SHA512 = "sha512:" + "cd" * 64
@@ -178,3 +185,20 @@ def test_parsing_arbitrary_text_either_succeeds_or_says_what_is_wrong(text: str)
         assert str(exc)
     else:
         assert Reference.parse(str(ref)) == ref
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "normal"),
+    [
+        ("harbor.example:443", "https", "harbor.example"),
+        ("harbor.example:80", "http", "harbor.example"),
+        ("harbor.example:80", "https", "harbor.example:80"),
+        ("harbor.example:443", "http", "harbor.example:443"),
+        ("harbor.example:5000", "https", "harbor.example:5000"),
+        ("[::1]:443", "https", "[::1]"),
+        ("[::1]", "https", "[::1]"),
+        ("harbor.example", "https", "harbor.example"),
+    ],
+)
+def test_only_the_schemes_own_default_port_is_dropped(host: str, scheme: str, normal: str) -> None:
+    assert without_default_port(host, scheme) == normal

@@ -227,7 +227,14 @@ def select(
     except ReferenceError as exc:
         return Selection(None, None, skipped=f"spec.url: {exc}")
     wanted = source.annotations.get(ANNOTATION_CHAIN)
-    candidates = [c for c in chains if c.matches(base) and (c.name == wanted or not wanted)]
+    broken = not_ready or {}
+    # A chain that cannot be planned may have lost the very hop the URL names: the annotation alone
+    # then says the object is its, so it shows as ChainNotReady rather than as not watched.
+    candidates = [
+        c
+        for c in chains
+        if (c.matches(base) or (c.name == wanted and c.name in broken)) and (c.name == wanted or not wanted)
+    ]
     if not candidates:
         if wanted and all(c.name != wanted for c in chains):
             return Selection(None, None, skipped=f"no active ProxyChain named {wanted}")
@@ -257,7 +264,7 @@ def select(
         verify=source.verify,
     )
     pinned_digest = pinned if tag else None
-    why = (not_ready or {}).get(chain.name)
+    why = broken.get(chain.name)
     if why is not None:
         # The same target as once the chain is ready, so it then keeps its place in the interval.
         pending = f"ProxyChain {chain.name} is not ready: {why}"
