@@ -83,6 +83,26 @@ def _robot(chain: LocalChain, password: str | None = None) -> dict[str, str]:
     return {"username": user, "password": password or real}
 
 
+def _robot_secret(
+    control_plane: ControlPlane,
+    chain: LocalChain,
+    name: str,
+    password: str | None = None,
+    namespace: str = "",
+) -> None:
+    """A basic-auth Secret with the edge robot's user (and its real password unless given)."""
+    body = secret(namespace or OPERATOR_NAMESPACE, name, _robot(chain, password), "kubernetes.io/basic-auth")
+    control_plane.apply(body)
+
+
+def _create(
+    custom: client.CustomObjectsApi, namespace: str, names: list[str], url: str, **options: Any
+) -> None:
+    for item in names:
+        body = ocirepository(namespace, item, url, **options)
+        custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
+
+
 # -- Secrets -------------------------------------------------------------------------------------
 
 
@@ -95,19 +115,15 @@ def test_a_fixed_robot_password_turns_the_condition_true_within_90_seconds(
     namespace: str,
 ) -> None:
     robot = f"robot-{secrets.token_hex(3)}"
-    control_plane.apply(
-        secret(OPERATOR_NAMESPACE, robot, _robot(chain, "expired"), "kubernetes.io/basic-auth")
-    )
+    _robot_secret(control_plane, chain, robot, "expired")
     name = _chain(control_plane, chain, own_chain, secret=robot)
     _, url, _ = push_artifact(chain)
-    custom.create_namespaced_custom_object(
-        *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url, chain=name)
-    )
+    _create(custom, namespace, ["app"], url, chain=name)
     denied = wait_for("AuthFailed", _status_is(custom, namespace, "app", "Unknown"))
     assert denied["reason"] == "AuthFailed", denied
 
     fixed_at = time.monotonic()
-    control_plane.apply(secret(OPERATOR_NAMESPACE, robot, _robot(chain), "kubernetes.io/basic-auth"))
+    _robot_secret(control_plane, chain, robot)
     wait_for("ProxyHealthy=True after the fix", _status_is(custom, namespace, "app", "True"), timeout=90)
     print(f"\n[churn] the fixed password counted after {time.monotonic() - fixed_at:.0f} s")
     assert "expired" not in operator.text() and _robot(chain)["password"] not in operator.text()
@@ -122,15 +138,12 @@ def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re
     namespace: str,
 ) -> None:
     name = _chain(control_plane, chain, own_chain, interval="20s")
-    control_plane.apply(secret(namespace, "pull", _robot(chain), "kubernetes.io/basic-auth"))
+    _robot_secret(control_plane, chain, "pull", namespace=namespace)
     _, url, _ = push_artifact(chain)
     names = [f"app-{index:03d}" for index in range(240)]
 
-    def create(part: list[str]) -> None:
-        for item in part:
-            body = ocirepository(namespace, item, url, chain=name, secretRef={"name": "pull"})
-            custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
-            time.sleep(0.01)  # a steady stream, so events land while re-plans read Secrets
+    def create(part: list[str]) -> None:  # a steady stream, so events land while re-plans read Secrets
+        _create(custom, namespace, part, url, chain=name, secretRef={"name": "pull"})
 
     writers = [threading.Thread(target=create, args=(names[i::4],)) for i in range(4)]
     for writer in writers:
@@ -177,7 +190,7 @@ def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as
     robot = f"robot-{secrets.token_hex(3)}"
     options: dict[str, Any] = {"secret": robot}
     if setup != "missing":
-        control_plane.apply(secret(OPERATOR_NAMESPACE, robot, _robot(chain), "kubernetes.io/basic-auth"))
+        _robot_secret(control_plane, chain, robot)
     if setup == "bad-ca":
         control_plane.apply(secret(OPERATOR_NAMESPACE, f"{robot}-ca", {"ca.crt": "not a certificate"}))
         options["edge"] = {"caSecretRef": {"name": f"{robot}-ca", "namespace": OPERATOR_NAMESPACE}}
@@ -185,9 +198,7 @@ def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as
         options["origin_url"] = "http://127.0.0.1:99999"  # the CRD allows any 5 digits
     name = _chain(control_plane, chain, own_chain, **options)
     _, url, _ = push_artifact(chain)
-    custom.create_namespaced_custom_object(
-        *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url, chain=name)
-    )
+    _create(custom, namespace, ["app"], url, chain=name)
 
     ready = wait_for(
         "ProxyChain Ready=False", lambda: (c := _ready(custom, name)) and c["status"] == "False" and c
@@ -208,7 +219,7 @@ def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as
     assert shown and shown[0]["health"] == "unknown" and name in shown[0]["message"]
 
     if setup == "missing":  # the Secret appears: the chain and its target recover on their own
-        control_plane.apply(secret(OPERATOR_NAMESPACE, robot, _robot(chain), "kubernetes.io/basic-auth"))
+        _robot_secret(control_plane, chain, robot)
         wait_for("the target checked", _status_is(custom, namespace, "app", "True"), timeout=90)
         wait_for("Ready=True", lambda: (c := _ready(custom, name)) and c["status"] == "True", timeout=30)
 
@@ -229,9 +240,7 @@ def test_a_recovery_after_an_unknown_spell_that_followed_a_warning_is_announced(
     namespace: str,
 ) -> None:
     repository, url, _ = push_artifact(chain, drop_at="core")
-    custom.create_namespaced_custom_object(
-        *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
-    )
+    _create(custom, namespace, ["app"], url)
     wait_for("ProxyHealthy=False", _status_is(custom, namespace, "app", "False"))
     wait_for("Warning", lambda: [e for e in events(core, namespace, "app") if e.type == "Warning"])
     broken = {"kind": "error", "status": 503, "repository": chain.repository_at("core", repository)}
@@ -254,9 +263,7 @@ def test_the_operator_shuts_down_within_5_seconds(
     tmp_path: Path,
 ) -> None:
     _, url, _ = push_artifact(chain)
-    custom.create_namespaced_custom_object(
-        *FLUX, namespace, "ocirepositories", ocirepository(namespace, "app", url)
-    )
+    _create(custom, namespace, ["app"], url)
     process = Operator(operator_kubeconfig, tmp_path).start()
     try:
         wait_for("a verdict", _status_is(custom, namespace, "app", "True"))
@@ -283,17 +290,16 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
     name = _chain(control_plane, chain, own_chain, interval="30s")
     _, url, _ = push_artifact(chain)
     names = [f"app-{index:02d}" for index in range(30)]
-    for item in names:
-        custom.create_namespaced_custom_object(
-            *FLUX, namespace, "ocirepositories", ocirepository(namespace, item, url, chain=name)
-        )
+    _create(custom, namespace, names, url, chain=name)
     wait_for(
         "all checked", lambda: all(condition(custom, namespace, n) for n in names), timeout=120, interval=2
     )
     edited = proxychain_document(chain, name, "30s")
     edited["spec"]["mode"] = "head"
-    edited_at = time.time()
+    plans = _plans(operator)
     control_plane.apply(edited)
+    wait_for("the re-plan after the edit", lambda: _plans(operator) > plans, timeout=30, interval=0.2)
+    planned_at = time.time()
     time.sleep(6)
     text = operator.metrics()
     rechecked = [
@@ -308,8 +314,9 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
                 hop="origin",
             )
         )
-        and when > edited_at
+        and when > planned_at
     ]
+    print(f"\n[churn] {len(rechecked)} of {len(names)} re-checked in the 6 s after the edit's re-plan")
     # Spread over 30 s, about 6 s worth (a fifth) fall due in the 6 s after the edit; a herd is all.
     assert len(rechecked) < len(names) / 2, f"{len(rechecked)} of {len(names)} re-checked at once"
 
@@ -331,10 +338,7 @@ def test_shards_ignore_the_other_shards_events_and_take_their_index_from_the_pod
 ) -> None:
     _, url, _ = push_artifact(chain)
     names = [f"app-{index:02d}" for index in range(12)]
-    for item in names:
-        custom.create_namespaced_custom_object(
-            *FLUX, namespace, "ocirepositories", ocirepository(namespace, item, url)
-        )
+    _create(custom, namespace, names, url)
     mine = {n for n in names if in_shard(namespace, n, 1, 2)}
     theirs = sorted(set(names) - mine)
     assert mine and theirs

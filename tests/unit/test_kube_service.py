@@ -50,7 +50,6 @@ class Recording(KubeApi):
         self._secrets = {}
         self._secrets_used = set()
         self.conditions: dict[tuple[str, str], Mapping[str, Any]] = {}
-        self.chain_statuses: dict[str, Mapping[str, Any]] = {}
         self.events: list[Transition] = []
 
     async def write_condition(

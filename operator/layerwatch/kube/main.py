@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -21,6 +23,9 @@ from layerwatch.logs import configure_logging
 from layerwatch.settings import EngineSettings, SettingsError
 
 __all__ = ["run_operator"]
+
+_M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter for the number of malloc arenas."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +99,19 @@ def _shard_index(given: int | str | None, count: int) -> int:
     return ordinal if ordinal is not None else 0
 
 
+def _few_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts.
+
+    Apiserver calls run in worker threads, and glibc gives each thread its own arena (up to 8 per
+    core), which holds on to freed memory: at 10,000 OCIRepositories that is tens of MB of RSS
+    for nothing. Two arenas cost no measurable speed here. Elsewhere than glibc this does nothing.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+
+
 def run_operator(argv: Sequence[str]) -> int:
+    _few_malloc_arenas()
     args = _parser().parse_args(list(argv))
     shard_index = _shard_index(args.shard_index, args.shard_count)
     if not 0 <= shard_index < max(args.shard_count, 1):
