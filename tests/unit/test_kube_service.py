@@ -276,3 +276,13 @@ async def test_recovery_after_false_then_unknown_is_announced_once() -> None:
     await service._write(flux, desired, 300.0)
     await service._write(flux, {**desired, "status": "True", "reason": "Healthy"}, 300.0)
     assert len(api.events) == 2, "no Warning before this unknown spell: nothing to recover from"
+
+
+def test_an_edited_chain_re_plans_even_when_kopf_hands_the_same_live_body_again() -> None:
+    service, _ = operator()
+    live = chain_body()
+    service.chain_event("ADDED", live)
+    service._dirty.clear()
+    live["spec"]["mode"] = "head"  # kopf replaces a daemon-served object's body in place
+    service.chain_event("MODIFIED", live)
+    assert service._dirty.is_set()

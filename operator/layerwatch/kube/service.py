@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import collections
+import copy
 import dataclasses
 import logging
 import time
@@ -109,6 +110,9 @@ class OperatorService:
         )
 
     def chain_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        # A copy: kopf hands objects that have a daemon (ProxyChains do) as a live view, replaced in
+        # place by the next event; kept as is, an edited spec would always equal the "previous" one.
+        body = copy.deepcopy(dict(body))
         name = str((body.get("metadata") or {}).get("name", ""))
         if event_type == "DELETED":
             self.chain_bodies.pop(name, None)
