@@ -375,11 +375,15 @@ class WebServer:
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(self._document))
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=await asyncio.to_thread(self.metrics.exposition),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        """Streamed a piece at a time: the whole exposition is never in memory at once."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        await response.prepare(request)
+        chunks = self.metrics.exposition_chunks()
+        while (chunk := await asyncio.to_thread(next, chunks, b"")) != b"":
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def _health(self, _: web.Request) -> web.Response:
         ok = self.healthy()

@@ -321,6 +321,31 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
     assert len(rechecked) < len(names) / 2, f"{len(rechecked)} of {len(names)} re-checked at once"
 
 
+def test_a_hop_url_written_with_other_host_case_and_a_trailing_slash_still_matches(
+    chain: LocalChain,
+    control_plane: ControlPlane,
+    operator: Operator,
+    custom: client.CustomObjectsApi,
+    own_chain: list[str],
+    namespace: str,
+) -> None:
+    """``http://LocalHost:PORT/prefix/`` in a ProxyChain: where ``oci://localhost:PORT/prefix/..`` pulls."""
+    edge = chain.hop("edge")
+    port = edge.address.rpartition(":")[2]
+    written = f"http://LocalHost:{port}/{edge.prefix}/" if edge.prefix else f"http://LocalHost:{port}/"
+    name = _chain(control_plane, chain, own_chain, edge={"url": written})
+    _, url, _ = push_artifact(chain)
+    _create(
+        custom,
+        namespace,
+        ["app"],
+        url.replace(f"oci://{edge.address}", f"oci://localhost:{port}"),
+        chain=name,
+    )
+    checked = wait_for("the target checked", _status_is(custom, namespace, "app", "True"), timeout=90)
+    assert f"localhost:{port}/" in checked["message"] and "LocalHost" not in checked["message"], checked
+
+
 # -- shards ---------------------------------------------------------------------------------------
 
 

@@ -7,8 +7,11 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from layerwatch.chain import Chain, Hop, Mode
 from layerwatch.manifest import FLUX_CONFIG, FLUX_CONTENT, OCI_MANIFEST, Descriptor, Manifest
+from layerwatch.metrics import Metrics
 from layerwatch.observation import (
     BlobCheck,
     BlobFacts,
@@ -197,3 +200,12 @@ def oci_repository(
             }
         body["status"] = status
     return body
+
+
+def scraped(metrics: Metrics, metric: str, labels: Mapping[str, str]) -> float | None:
+    """The value of one sample as Prometheus would scrape it from ``metrics`` (None when absent)."""
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels == dict(labels):
+                return float(sample.value)
+    return None

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.builders import scraped
 from tests.unit.fake_registry import (
     FAST,
     REPOSITORY,
@@ -298,6 +299,27 @@ async def test_a_gzip_encoded_manifest_is_corrupt_and_never_decoded() -> None:
         result = await check(registry.url)
     verdict, message = hop_verdict(result)
     assert verdict is Verdict.MANIFEST_CORRUPT and "Content-Encoding gzip" in message
+
+
+async def test_checks_of_one_artifact_share_its_parse_but_each_still_verifies_the_bytes() -> None:
+    registry = FakeRegistry()
+    async with running(registry):
+        first = await check(registry.url, mode=Mode.HEAD)
+        second = await check(registry.url, mode=Mode.HEAD)
+        tampered = registry.manifest.replace(b'"schemaVersion": 2', b'"schemaVersion": 2 ')
+
+        async def other_bytes(request: web.Request) -> web.Response | None:
+            if "/manifests/sha256:" in request.path and request.method == "GET":
+                return web.Response(body=tampered, headers={"Content-Type": OCI_MANIFEST})
+            return None
+
+        registry.hooks.append(other_bytes)
+        third = await check(registry.url, mode=Mode.HEAD)
+    shared = [r.observations[0].manifests[0].manifest for r in (first, second)]
+    assert shared[0] is shared[1], "10,000 targets over 100 artifacts keep 100 parsed manifests"
+    assert registry.count("GET", "/manifests/sha256:") == 3, "every check fetches the manifest itself"
+    verdict, message = hop_verdict(third)
+    assert verdict is Verdict.MANIFEST_CORRUPT and "hash to" in message
 
 
 async def test_a_compression_bomb_manifest_costs_no_memory() -> None:
@@ -598,8 +620,8 @@ async def test_a_black_holed_chain_does_not_starve_a_healthy_one() -> None:
         await asyncio.sleep(6.5)
         stop.set()
         await asyncio.wait_for(task, 5)
-    good_checks = scheduler.metrics.registry.get_sample_value(
-        "layerwatch_checks_total", {"chain": "good", "hop": "good", "verdict": "Healthy"}
+    good_checks = scraped(
+        scheduler.metrics, "layerwatch_checks_total", {"chain": "good", "hop": "good", "verdict": "Healthy"}
     )
     assert good_checks is not None and good_checks >= 2  # about one per 2 s interval, dead hop or not
     assert scheduler.alive()

@@ -22,7 +22,7 @@ from layerwatch.kube.conditions import Transition
 from layerwatch.kube.service import OperatorOptions, OperatorService
 from layerwatch.kube.targets import FluxSource, in_shard
 
-from .builders import oci_repository
+from .builders import oci_repository, scraped
 
 EDGE_URL = "https://a.example/p-core"
 
@@ -197,7 +197,8 @@ async def test_a_chain_that_cannot_be_planned_is_not_ready_and_its_targets_are_u
     assert written["message"] == f"ProxyChain corp is not ready: {ready['message']}"
     status = service.store.get(("team-a", "app"))
     assert status is not None and status.pending_reason == "ChainNotReady"
-    sample = service.metrics.registry.get_sample_value(
+    sample = scraped(
+        service.metrics,
         "layerwatch_artifact_hop_verdict",
         {"namespace": "team-a", "name": "app", "chain": "corp", "hop": "core", "verdict": "ChainNotReady"},
     )

@@ -26,6 +26,7 @@ from .builders import (
     healthy_chain,
     observe,
     replace_at,
+    scraped,
 )
 
 EDGE, CORE, ORIGIN = 0, 1, 2
@@ -41,7 +42,7 @@ def metrics() -> Metrics:
 
 
 def value(metrics: Metrics, metric: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(metric, labels)
+    return scraped(metrics, metric, labels)
 
 
 def artifact(hop: str, name: str = "app", namespace: str = "team-a", chain: str = "corp") -> dict[str, str]:
@@ -331,3 +332,14 @@ def test_chains_being_checked_are_ready_and_those_that_cannot_be_are_not(metrics
     assert metrics.chains_not_ready() == {"broken": "Secret layerwatch/robot not found"}
     metrics.set_chains_not_ready({})
     assert value(metrics, "layerwatch_chain_ready", chain="broken") is None
+
+
+def test_a_large_exposition_is_served_in_pieces_that_add_up_to_every_series(metrics: Metrics) -> None:
+    for i in range(2_000):
+        checked(metrics, healthy_chain(), dataclasses.replace(TARGET, name=f"app-{i}"))
+    chunks = list(metrics.exposition_chunks())
+    assert len(chunks) > 10
+    assert max(len(chunk) for chunk in chunks) < 70_000
+    families = {f.name: f for f in text_string_to_metric_families(b"".join(chunks).decode())}
+    assert len(families["layerwatch_artifact_hop_verdict"].samples) == 2_000 * len(HOPS)
+    assert len(families["layerwatch_artifact_hop_healthy"].samples) == 2_000 * len(HOPS)

@@ -25,7 +25,7 @@ from layerwatch.scheduler import Scheduler, Watch, first_due_offset
 from layerwatch.store import ResultStore
 from layerwatch.verdict import CheckResult, Health
 
-from .builders import CHAIN, REFERENCE, check_result, digest_of, healthy_chain
+from .builders import CHAIN, REFERENCE, check_result, digest_of, healthy_chain, scraped
 
 INTERVAL = CHAIN.interval
 START = 10_000.0
@@ -69,7 +69,7 @@ def due(scheduler: Scheduler) -> dict[tuple[str, str], float]:
 
 
 def series(scheduler: Scheduler, metric: str, **labels: str) -> float | None:
-    return scheduler.metrics.registry.get_sample_value(metric, labels)
+    return scraped(scheduler.metrics, metric, labels)
 
 
 # -- spreading -------------------------------------------------------------------------------------
@@ -335,15 +335,14 @@ async def test_due_targets_are_checked_and_the_others_wait(checks: FakeChecks) -
     status = store.get(("team-a", names[0]))
     assert status is not None and status.result is not None
     assert (
-        scheduler.metrics.registry.get_sample_value(
-            "layerwatch_checks_total", {"chain": "corp", "hop": "edge", "verdict": "Healthy"}
+        scraped(
+            scheduler.metrics,
+            "layerwatch_checks_total",
+            {"chain": "corp", "hop": "edge", "verdict": "Healthy"},
         )
         == 1.0
     )
-    assert (
-        scheduler.metrics.registry.get_sample_value("layerwatch_hop_up", {"chain": "corp", "hop": "origin"})
-        == 1.0
-    )
+    assert scraped(scheduler.metrics, "layerwatch_hop_up", {"chain": "corp", "hop": "origin"}) == 1.0
     next_due = due(scheduler)[("team-a", names[0])]
     assert clock.now + 0.9 * INTERVAL <= next_due <= clock.now + 1.1 * INTERVAL
     stop.set()
