@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
+from tests.e2e.flux_harness import (
+    WAIT,
+    both_alive,
+    both_healthy,
+    create_ocirepository,
+    fresh_repository,
+    healthy_app,
+    holds,
+    repository_state,
+    wait_conditions,
+)
 from tests.e2e.source_controller import (
-    EDGE_PULL_SECRET,
     SourceController,
     conditions_of,
     get_repository,
@@ -30,102 +39,6 @@ from lab.artifacts import FLUX_CONTENT_MEDIA_TYPE, OCTET_STREAM, push_flux_artif
 from lab.chain import LocalChain
 
 pytestmark = pytest.mark.e2e
-
-WAIT = 180.0
-"""Upper bound of every wait for a controller to reach a state (both usually need seconds)."""
-FLUX_INTERVAL = "10s"
-
-
-def _repository(chain: LocalChain) -> tuple[str, str]:
-    """A fresh origin repository name and its ``oci://`` URL at the edge."""
-    repository = f"org/e2e-{secrets.token_hex(4)}"
-    return repository, f"oci://{chain.hop('edge').address}/{chain.repository_at('edge', repository)}"
-
-
-def _create(
-    custom: client.CustomObjectsApi, namespace: str, name: str, url: str, tag: str, **spec: Any
-) -> None:
-    body = {
-        "apiVersion": "source.toolkit.fluxcd.io/v1",
-        "kind": "OCIRepository",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "url": url,
-            "ref": {"tag": tag},
-            "interval": FLUX_INTERVAL,
-            "insecure": True,
-            "secretRef": {"name": EDGE_PULL_SECRET},
-            **spec,
-        },
-    }
-    custom.create_namespaced_custom_object(*FLUX, namespace, "ocirepositories", body)
-
-
-def _healthy_app(
-    chain: LocalChain,
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    controllers: tuple[SourceController, Operator],
-) -> tuple[str, str, str]:
-    """A fresh artifact behind OCIRepository ``app``, Ready and ProxyHealthy.
-
-    Returns its origin repository, its content layer's digest and Flux's revision.
-    """
-    repository, url = _repository(chain)
-    pushed = push_flux_artifact(chain.push_address, repository, "v1")
-    _create(custom, namespace, "app", url, "v1")
-    body, _ = _wait_conditions(custom, namespace, "app", "both healthy", _both_healthy, controllers)
-    return repository, pushed.content_layer.digest, body["status"]["artifact"]["revision"]
-
-
-def _state(
-    custom: client.CustomObjectsApi, namespace: str, name: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    body = get_repository(custom, namespace, name)
-    return body, conditions_of(body)
-
-
-def _wait_conditions(
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    name: str,
-    what: str,
-    accept: Any,
-    controllers: tuple[SourceController, Operator],
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Poll the object until ``accept(conditions)``; on timeout show both conditions and both logs."""
-    seen: dict[str, Any] = {}
-
-    def probe() -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
-        _alive(*controllers)
-        body, conditions = _state(custom, namespace, name)
-        seen["conditions"] = conditions
-        return (body, conditions) if accept(conditions) else None
-
-    try:
-        return poll(f"{namespace}/{name}: {what}", probe, WAIT)
-    except AssertionError as exc:
-        source_controller, operator = controllers
-        raise AssertionError(
-            f"{exc}\nconditions: {seen.get('conditions')}\n--- source-controller\n"
-            f"{source_controller.logs(3000)}\n--- layerwatch\n{operator.logs()}"
-        ) from None
-
-
-def _alive(source_controller: SourceController, operator: Operator) -> None:
-    assert source_controller.alive(), f"source-controller died:\n{source_controller.logs()}"
-    assert operator.process is not None and operator.process.poll() is None, (
-        f"layerwatch died:\n{operator.logs()}"
-    )
-
-
-def _is(conditions: dict[str, dict[str, Any]], kind: str, status: str, reason: str | None = None) -> bool:
-    entry = conditions.get(kind)
-    return entry is not None and entry["status"] == status and (reason is None or entry["reason"] == reason)
-
-
-def _both_healthy(conditions: dict[str, dict[str, Any]]) -> bool:
-    return _is(conditions, "Ready", "True", "Succeeded") and _is(conditions, CONDITION, "True", "Healthy")
 
 
 def _handled(
@@ -190,8 +103,8 @@ def _reconcile_and_sample(
         tick()
         if requested is None:
             requested, requested_at = request_reconcile(custom, namespace, name), time.monotonic()
-        _alive(*controllers)
-        body, conditions = _state(custom, namespace, name)
+        both_alive(*controllers)
+        body, conditions = repository_state(custom, namespace, name)
         seen.samples += 1
         assert invariant(conditions), f"after {seen}: {conditions}"
         proxy = conditions[CONDITION]["status"]
@@ -231,13 +144,13 @@ def test_ready_and_proxy_healthy_stay_present_through_many_reconciles_of_both_co
     custom: client.CustomObjectsApi,
     namespace: str,
 ) -> None:
-    repository, url = _repository(chain)
+    repository, url = fresh_repository(chain)
     pushed = push_flux_artifact(chain.push_address, repository, "v1")
-    _create(custom, namespace, "app", url, "v1")
+    create_ocirepository(custom, namespace, "app", url, "v1")
     controllers = (source_controller, layerwatch)
 
-    body, conditions = _wait_conditions(
-        custom, namespace, "app", "Ready=True and ProxyHealthy=True", _both_healthy, controllers
+    body, conditions = wait_conditions(
+        custom, namespace, "app", "Ready=True and ProxyHealthy=True", both_healthy, controllers
     )
     revision = f"v1@{pushed.manifest_digest}"
     layer = pushed.content_layer.digest
@@ -251,12 +164,10 @@ def test_ready_and_proxy_healthy_stay_present_through_many_reconciles_of_both_co
     # does, and on its 10 s interval; layerwatch every 3 s) and sample the object throughout.
     checks_before = _checks(layerwatch, proxychain, "edge")
     reconciles_before = _flux_reconciles(source_controller)
-    quiet = _reconcile_and_sample(
-        custom, namespace, "app", controllers, _both_healthy, seconds=30, requests=8
-    )
+    quiet = _reconcile_and_sample(custom, namespace, "app", controllers, both_healthy, seconds=30, requests=8)
     checks = _checks(layerwatch, proxychain, "edge") - checks_before
     assert checks >= 5, f"layerwatch checked the edge only {checks:.0f} times in {quiet}"
-    body, conditions = _state(custom, namespace, "app")
+    body, conditions = repository_state(custom, namespace, "app")
     assert body["status"]["artifact"]["revision"] == revision
     # Nothing changed, so neither controller flipped its condition.
     assert conditions["Ready"]["lastTransitionTime"] == ready_transition
@@ -276,15 +187,15 @@ def test_ready_and_proxy_healthy_stay_present_through_many_reconciles_of_both_co
             chain.faults("core").set(drop if flaps["on"] else [])
 
     def ready_and_present(c: dict[str, dict[str, Any]]) -> bool:
-        return _is(c, "Ready", "True", "Succeeded") and CONDITION in c
+        return holds(c, "Ready", "True", "Succeeded") and CONDITION in c
 
     busy = _reconcile_and_sample(
         custom, namespace, "app", controllers, ready_and_present, seconds=45, requests=8, tick=flap
     )
     assert busy.proxy_flips >= 2, f"layerwatch wrote too few transitions to exercise both writers: {busy}"
     chain.faults("core").clear()
-    body, conditions = _wait_conditions(
-        custom, namespace, "app", "both healthy again", _both_healthy, controllers
+    body, conditions = wait_conditions(
+        custom, namespace, "app", "both healthy again", both_healthy, controllers
     )
     assert body["status"]["artifact"]["revision"] == revision
     assert conditions["Ready"]["lastTransitionTime"] == ready_transition
@@ -301,7 +212,7 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
     namespace: str,
 ) -> None:
     controllers = (source_controller, layerwatch)
-    repository, layer, revision = _healthy_app(chain, custom, namespace, controllers)
+    repository, layer, revision = healthy_app(chain, custom, namespace, controllers)
 
     # Flux has pulled through the edge, so the edge registry caches every blob; now core (the
     # middle hop) loses the content layer: its gateway answers 404 for it, HEAD and GET.
@@ -309,12 +220,12 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
         [{"kind": "drop", "repository": chain.repository_at("core", repository), "digest": layer}]
     )
 
-    body, conditions = _wait_conditions(
+    body, conditions = wait_conditions(
         custom,
         namespace,
         "app",
         "ProxyHealthy=False",
-        lambda c: _is(c, CONDITION, "False"),
+        lambda c: holds(c, CONDITION, "False"),
         controllers,
     )
     proxy = conditions[CONDITION]
@@ -323,7 +234,7 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
     assert f"layer 0 {layer[:19]}" in proxy["message"], proxy
     assert "missing (404 BLOB_UNKNOWN)" in proxy["message"], proxy
     # Flux has the digest: it skips pulling an unchanged revision and stays Ready.
-    assert _is(conditions, "Ready", "True", "Succeeded"), conditions
+    assert holds(conditions, "Ready", "True", "Succeeded"), conditions
     assert body["status"]["artifact"]["revision"] == revision
 
     warnings = poll(
@@ -357,8 +268,8 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
             custom, namespace, "app", request_reconcile(custom, namespace, "app"), source_controller
         )
         conditions = conditions_of(body)
-        assert _is(conditions, "Ready", "True", "Succeeded"), conditions
-        assert _is(conditions, CONDITION, "False", "LayerMissing"), conditions
+        assert holds(conditions, "Ready", "True", "Succeeded"), conditions
+        assert holds(conditions, CONDITION, "False", "LayerMissing"), conditions
         assert body["status"]["artifact"]["revision"] == revision
     _untouched_by_layerwatch(body)
 
@@ -372,19 +283,21 @@ def test_layer_zero_not_flux_content_fails_both_until_layer_selector_is_set(
     namespace: str,
 ) -> None:
     """fluxcd/flux2#4955: layers [application/octet-stream, flux content] and no layerSelector."""
-    repository, url = _repository(chain)
+    repository, url = fresh_repository(chain)
     pushed = push_multilayer_artifact(chain.push_address, repository, "v2")
     assert [layer.media_type for layer in pushed.layers] == [OCTET_STREAM, FLUX_CONTENT_MEDIA_TYPE]
-    _create(custom, namespace, "layers", url, "v2")
+    create_ocirepository(custom, namespace, "layers", url, "v2")
     controllers = (source_controller, layerwatch)
 
-    body, conditions = _wait_conditions(
+    body, conditions = wait_conditions(
         custom,
         namespace,
         "layers",
         "ProxyHealthy=False and Ready=False",
         lambda c: (
-            _is(c, CONDITION, "False") and _is(c, "Ready", "False") and c["Ready"]["reason"] != "Progressing"
+            holds(c, CONDITION, "False")
+            and holds(c, "Ready", "False")
+            and c["Ready"]["reason"] != "Progressing"
         ),
         controllers,
     )
@@ -399,7 +312,7 @@ def test_layer_zero_not_flux_content_fails_both_until_layer_selector_is_set(
     # ... and source-controller fails on the same object, extracting that layer.
     assert ready["reason"] == "OCIArtifactLayerOperationFailed", ready
     assert re.search(r"(?i)extract|layer|gzip", ready["message"]), ready
-    assert _is(conditions, "FetchFailed", "True", "OCIArtifactLayerOperationFailed"), conditions
+    assert holds(conditions, "FetchFailed", "True", "OCIArtifactLayerOperationFailed"), conditions
     assert "artifact" not in (body.get("status") or {}), body["status"]
     warnings = poll(
         "layerwatch's Warning event",
@@ -426,8 +339,8 @@ def test_layer_zero_not_flux_content_fails_both_until_layer_selector_is_set(
     patch = {"spec": {"layerSelector": {"mediaType": FLUX_CONTENT_MEDIA_TYPE, "operation": "extract"}}}
     custom.patch_namespaced_custom_object(*FLUX, namespace, "ocirepositories", "layers", patch)
 
-    body, conditions = _wait_conditions(
-        custom, namespace, "layers", "both healthy with layerSelector", _both_healthy, controllers
+    body, conditions = wait_conditions(
+        custom, namespace, "layers", "both healthy with layerSelector", both_healthy, controllers
     )
     assert body["status"]["artifact"]["revision"] == f"v2@{pushed.manifest_digest}"
     assert body["status"]["observedLayerSelector"]["mediaType"] == FLUX_CONTENT_MEDIA_TYPE
@@ -452,10 +365,10 @@ def test_a_flux_reconcile_request_does_not_make_layerwatch_replan(
     No layerwatch input changed, so layerwatch must not re-plan: every re-plan re-reads every
     ProxyChain Secret and every OCIRepository's secretRef, O(sources) GETs per request.
     """
-    repository, url = _repository(chain)
+    repository, url = fresh_repository(chain)
     push_flux_artifact(chain.push_address, repository, "v1")
-    _create(custom, namespace, "app", url, "v1")
-    _wait_conditions(custom, namespace, "app", "both healthy", _both_healthy, (source_controller, layerwatch))
+    create_ocirepository(custom, namespace, "app", url, "v1")
+    wait_conditions(custom, namespace, "app", "both healthy", both_healthy, (source_controller, layerwatch))
 
     def plans() -> int:
         return layerwatch.log_path.read_text(errors="replace").count("planned ")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from tests.e2e.flux_harness import create_ocirepository, fresh_repository, holds, wait_conditions
 from tests.e2e.source_controller import SourceController, poll
-from tests.e2e.test_flux import _create, _is, _repository, _wait_conditions
 from tests.k8s.operator_harness import CONDITION, Operator, events
 
 from lab.artifacts import push_flux_artifact
@@ -30,9 +30,9 @@ def _push_signed(chain: LocalChain, signer: Signer, repository: str, tag: str, m
 
 def _verified(conditions: dict[str, dict[str, Any]]) -> bool:
     return (
-        _is(conditions, "Ready", "True", "Succeeded")
-        and _is(conditions, "SourceVerified", "True")
-        and _is(conditions, CONDITION, "True", "Healthy")
+        holds(conditions, "Ready", "True", "Succeeded")
+        and holds(conditions, "SourceVerified", "True")
+        and holds(conditions, CONDITION, "True", "Healthy")
     )
 
 
@@ -56,12 +56,12 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
             "stringData": {"cosign.pub": public_key.read_text()},
         }
     )
-    repository, url = _repository(chain)
+    repository, url = fresh_repository(chain)
     first = _push_signed(chain, signer, repository, "v1", "first")
     verify = {"provider": "cosign", "secretRef": {"name": "cosign-pub"}}
-    _create(custom, namespace, "signed", url, "v1", verify=verify)
+    create_ocirepository(custom, namespace, "signed", url, "v1", verify=verify)
     controllers = (source_controller, layerwatch)
-    body, conditions = _wait_conditions(
+    body, conditions = wait_conditions(
         custom, namespace, "signed", "Ready, SourceVerified and ProxyHealthy True", _verified, controllers
     )
     assert body["status"]["artifact"]["revision"] == f"v1@{first}"
@@ -71,18 +71,18 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
     core_repository = chain.repository_at("core", repository)
     lost = [{"kind": "drop", "repository": core_repository, "tag": sig_tag(first)}]
     chain.faults("core").set(lost)
-    body, conditions = _wait_conditions(
+    body, conditions = wait_conditions(
         custom,
         namespace,
         "signed",
         "ProxyHealthy=False SignatureMissing",
-        lambda c: _is(c, CONDITION, "False", "SignatureMissing"),
+        lambda c: holds(c, CONDITION, "False", "SignatureMissing"),
         controllers,
     )
     message = conditions[CONDITION]["message"]
     assert message.startswith(f"hop core ({chain.hop('core').address}/p-ghcr/{repository}): "), message
     assert sig_tag(first) in message, message
-    assert _is(conditions, "Ready", "True", "Succeeded") and _is(conditions, "SourceVerified", "True")
+    assert holds(conditions, "Ready", "True", "Succeeded") and holds(conditions, "SourceVerified", "True")
     warnings = poll(
         "layerwatch's Warning event",
         lambda: [e for e in events(core, namespace, "signed") if e.type == "Warning"],
@@ -96,12 +96,12 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
     second = _push_signed(chain, signer, repository, "v1", "second")
     lost.append({"kind": "drop", "repository": core_repository, "tag": sig_tag(second)})
     chain.faults("core").set(lost)
-    body, conditions = _wait_conditions(
+    body, conditions = wait_conditions(
         custom,
         namespace,
         "signed",
         "SourceVerified=False for the new revision",
-        lambda c: _is(c, "SourceVerified", "False"),
+        lambda c: holds(c, "SourceVerified", "False"),
         controllers,
     )
     verified = conditions["SourceVerified"]
@@ -109,5 +109,5 @@ def test_a_hop_that_lost_the_signature_is_signature_missing_and_the_next_revisio
     assert verified["reason"] == "VerificationError", verified
     assert "no matching signatures" in verified["message"] and second in verified["message"], verified
     assert body["status"]["artifact"]["revision"] == f"v1@{first}", "Flux keeps the last verified artifact"
-    assert _is(conditions, CONDITION, "False", "SignatureMissing"), conditions[CONDITION]
+    assert holds(conditions, CONDITION, "False", "SignatureMissing"), conditions[CONDITION]
     assert conditions[CONDITION]["message"].startswith("hop core ("), conditions[CONDITION]

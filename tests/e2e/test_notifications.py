@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from tests.e2e import source_controller as sc
+from tests.e2e.flux_harness import WAIT, healthy_app, holds, wait_conditions
 from tests.e2e.notification_controller import (
     CLUSTER_ROLE,
     SERVICE_ACCOUNT,
@@ -25,7 +26,6 @@ from tests.e2e.notification_controller import (
     provider_and_alert,
 )
 from tests.e2e.source_controller import SourceController, ensure_built, poll
-from tests.e2e.test_flux import WAIT, _healthy_app, _is, _wait_conditions
 from tests.k8s.operator_harness import CONDITION, Operator
 
 from lab.chain import LocalChain
@@ -111,7 +111,7 @@ def test_a_layer_lost_at_core_is_one_flux_notification_and_its_recovery_one_more
     webhook: Webhook,
 ) -> None:
     controllers = (source_controller, notifying_layerwatch)
-    repository, layer, revision = _healthy_app(chain, custom, namespace, controllers)
+    repository, layer, revision = healthy_app(chain, custom, namespace, controllers)
     assert webhook.about("app") == [], "a healthy artifact is not news"
 
     chain.faults("core").set(
@@ -132,8 +132,13 @@ def test_a_layer_lost_at_core_is_one_flux_notification_and_its_recovery_one_more
     assert webhook.headers[0].get("Gotk-Component") == "layerwatch"
 
     chain.faults("core").clear()
-    _wait_conditions(
-        custom, namespace, "app", "ProxyHealthy=True again", lambda c: _is(c, CONDITION, "True"), controllers
+    wait_conditions(
+        custom,
+        namespace,
+        "app",
+        "ProxyHealthy=True again",
+        lambda c: holds(c, CONDITION, "True"),
+        controllers,
     )
     first, recovered = _exactly(webhook, "app", 2, "the ProxyRecovered notification", everyone)
     assert first == lost

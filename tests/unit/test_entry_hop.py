@@ -22,7 +22,7 @@ CHAIN = Chain(
 
 
 class SecretsOnly:
-    """The two KubeApi calls ``_entry_hop`` makes, answered from a dict of Secrets."""
+    """The two KubeApi calls ``entry_hop`` makes, answered from a dict of Secrets."""
 
     def __init__(self, secrets: dict[tuple[str, str], Any]) -> None:
         self.secrets = secrets
@@ -55,7 +55,7 @@ def _entry(
     api = SecretsOnly(secrets)
     service = OperatorService(cast(KubeApi, api), OperatorOptions())
     source = FluxSource.from_body(oci_repository(spec=source_spec))
-    hop = asyncio.run(service._entry_hop(source, CHAIN, "a.example", "p-core/org/app"))
+    hop = asyncio.run(service.entry_hop(source, CHAIN, "a.example", "p-core/org/app"))
     return hop, api
 
 
@@ -143,7 +143,7 @@ def test_proxychain_hops_take_a_proxy_a_proxy_secret_and_a_client_certificate() 
             ]
         }
     }
-    chain = asyncio.run(service._chain("corp", body))
+    chain = asyncio.run(service.plan_chain("corp", body))
     edge, origin = chain.hops
     assert edge.proxy == Proxy("http://proxy.corp:3128", "me", "pw")
     assert (edge.client_cert_pem, edge.client_key_pem) == ("CERT", "KEY")

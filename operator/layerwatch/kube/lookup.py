@@ -98,7 +98,7 @@ async def _chains(service: OperatorService, api: KubeApi, warn: Warn) -> list[Ch
     for body in listed.get("items") or ():
         name = str((body.get("metadata") or {}).get("name", ""))
         try:
-            chains.append(await service._chain(name, body))
+            chains.append(await service.plan_chain(name, body))
         except ChainError as exc:
             warn(f"ProxyChain {name} skipped: {exc}")
     return sorted(chains, key=lambda c: c.name)
@@ -147,6 +147,6 @@ async def _watches(
         if selection.pending:
             raise ChainError(f"{where}: nothing to check yet: {selection.pending}")
         reference = selection.target.reference
-        entry = await service._entry_hop(source, selection.chain, reference.registry, reference.repository)
+        entry = await service.entry_hop(source, selection.chain, reference.registry, reference.repository)
         watches.append(Watch(selection.target, selection.chain, selection.pinned_digest, entry))
     return watches

@@ -193,7 +193,7 @@ class OperatorService:
         not_ready: dict[str, tuple[str, str]] = {}
         for name, body in bodies:
             try:
-                chains[name] = await self._chain(name, body)
+                chains[name] = await self.plan_chain(name, body)
                 continue
             except SecretError as exc:
                 not_ready[name] = (exc.reason, str(exc))
@@ -218,7 +218,7 @@ class OperatorService:
                 continue
             entry = None
             if selection.chain.name in chains:
-                entry = await self._entry_hop(
+                entry = await self.entry_hop(
                     source,
                     selection.chain,
                     selection.target.reference.registry,
@@ -287,7 +287,8 @@ class OperatorService:
 
         self._pending_writes = asyncio.create_task(write_all())
 
-    async def _chain(self, name: str, body: Mapping[str, Any]) -> Chain:
+    async def plan_chain(self, name: str, body: Mapping[str, Any]) -> Chain:
+        """A ProxyChain as a chain, its hops' Secrets, CAs and proxies read (or ChainError, SecretError)."""
         spec = body.get("spec") or {}
         options: dict[str, dict[str, Any]] = {}
         for raw in spec.get("hops") or ():
@@ -326,7 +327,7 @@ class OperatorService:
             )
         return options
 
-    async def _entry_hop(self, source: FluxSource, chain: Chain, host: str, repository: str) -> Hop | None:
+    async def entry_hop(self, source: FluxSource, chain: Chain, host: str, repository: str) -> Hop | None:
         """The hop the OCIRepository points at, with the OCIRepository's own credentials and TLS."""
         if not (
             source.secret_ref
