@@ -24,12 +24,21 @@ from typing import Any
 
 from layerwatch import manifest as manifests
 from layerwatch.chain import Credentials, HopTarget, Mode
-from layerwatch.observation import BlobCheck, BlobFacts, Fault, FaultKind, HopObservation, ManifestCheck
-from layerwatch.reference import Reference, short_digest
+from layerwatch.observation import (
+    BlobCheck,
+    BlobFacts,
+    Fault,
+    FaultKind,
+    HopObservation,
+    ManifestCheck,
+    ManifestFault,
+    ManifestProblem,
+)
+from layerwatch.reference import Reference
 from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
 from layerwatch.signature_lookup import observe_signatures
 from layerwatch.signatures import Verify
-from layerwatch.verdict import CheckResult, classify_blob, judge, not_found
+from layerwatch.verdict import CheckResult, classify_blob, judge
 
 __all__ = [
     "MAX_BLOB_BYTES",
@@ -166,26 +175,29 @@ class _HopCheck:
         return ManifestCheck(digest, parsed, tuple(blobs), platform)
 
 
-def _verify_manifest_bytes(fetched: FetchedManifest, digest: str) -> str | None:
+def _verify_manifest_bytes(fetched: FetchedManifest, digest: str) -> ManifestProblem | None:
     """Why the bytes are not the manifest ``digest`` names, or None when they are."""
     if fetched.encoding is not None:
-        return f"served with Content-Encoding {fetched.encoding}: not the bytes {short_digest(digest)} names"
+        return ManifestProblem(ManifestFault.ENCODED, digest, detail=fetched.encoding)
     if fetched.oversize:
-        return f"manifest larger than {manifests.MAX_MANIFEST_BYTES} bytes"
-    algorithm = digest.partition(":")[0]
-    actual = fetched.digest(algorithm)
+        return ManifestProblem(ManifestFault.OVERSIZE, digest, limit=manifests.MAX_MANIFEST_BYTES)
+    actual = fetched.digest(digest.partition(":")[0])
     if actual != digest:
-        return f"manifest bytes hash to {short_digest(actual)}, not {short_digest(digest)}"
+        return ManifestProblem(ManifestFault.OTHER_BYTES, digest, actual=actual)
     return None
 
 
-def _over_caps(parsed: manifests.Manifest, where: str) -> str | None:
+def _over_caps(parsed: manifests.Manifest, digest: str) -> ManifestProblem | None:
     """Why a manifest asks for more work than a check does, or None."""
     if len(parsed.layers) > MAX_LAYERS:
-        return f"{where}lists {len(parsed.layers)} layers, more than the {MAX_LAYERS} checked"
+        return ManifestProblem(
+            ManifestFault.TOO_MANY_LAYERS, digest, count=len(parsed.layers), limit=MAX_LAYERS
+        )
     for blob in parsed.blobs:
         if blob.size > MAX_BLOB_BYTES:
-            return f"{where}declares a blob of {blob.size} bytes, over the {MAX_BLOB_BYTES} byte limit"
+            return ManifestProblem(
+                ManifestFault.BLOB_TOO_LARGE, digest, count=blob.size, limit=MAX_BLOB_BYTES
+            )
     return None
 
 
@@ -224,17 +236,17 @@ class _SharedParses:
 _SHARED_PARSES = _SharedParses()
 
 
-def _parse(fetched: FetchedManifest, digest: str, where: str) -> manifests.Manifest | manifests.Index | str:
-    """The verified, parsed manifest, or why it is corrupt."""
+def _parse(fetched: FetchedManifest, digest: str) -> manifests.Manifest | manifests.Index | ManifestProblem:
+    """The verified, parsed manifest, or what is wrong with it."""
     problem = _verify_manifest_bytes(fetched, digest)
     if problem is not None:
-        return f"{where}{problem}"
+        return problem
     try:
         parsed = _SHARED_PARSES.parse(fetched, digest)
     except manifests.ManifestError as exc:
-        return f"{where}manifest {short_digest(digest)}: {exc}"
+        return ManifestProblem(ManifestFault.UNPARSABLE, digest, detail=str(exc))
     if isinstance(parsed, manifests.Manifest):
-        return _over_caps(parsed, where) or parsed
+        return _over_caps(parsed, digest) or parsed
     return parsed
 
 
@@ -285,64 +297,54 @@ async def observe_hop(
 async def _observe(
     work: _HopCheck, seen: dict[str, Any], observed: Callable[..., HopObservation], verify: Verify | None
 ) -> HopObservation:
-    reference = work.reference
     try:
         seen["tag_digest"], digest, fetched = await work.manifest_bytes()
     except RegistryNotFound as exc:
-        what = (
-            f"tag {reference.tag}"
-            if reference.digest is None
-            else f"manifest {short_digest(reference.digest)}"
-        )
-        return observed(manifest_missing=f"{what} unknown ({not_found(exc.fault)})")
+        asked = work.reference.digest
+        return observed(manifest_problem=ManifestProblem(ManifestFault.NOT_FOUND, asked, fault=exc.fault))
     seen["digest"] = digest
-    parsed = _parse(fetched, digest, "")
-    if isinstance(parsed, str):
-        return observed(manifest_corrupt=parsed)
+    parsed = _parse(fetched, digest)
+    if isinstance(parsed, ManifestProblem):
+        return observed(manifest_problem=parsed)
     if verify is not None:
         repository = work.target.repository
         seen["signatures"] = await observe_signatures(work.client, repository, digest, verify, work.budget)
     if isinstance(parsed, manifests.Index):
         children = await _index_children(work, parsed)
-        if isinstance(children, _ChildProblem):
-            return observed(index=parsed, **{children.field: children.why})
+        if isinstance(children, ManifestProblem):
+            return observed(index=parsed, manifest_problem=children)
         return observed(index=parsed, manifests=children)
     return observed(manifests=(await work.manifest_check(digest, parsed, None),))
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChildProblem:
-    """Why an index's child could not be checked: ``field`` names the observation field to set."""
-
-    field: str
-    why: str
-
-
 async def _index_children(
     work: _HopCheck, index: manifests.Index
-) -> tuple[ManifestCheck, ...] | _ChildProblem:
-    """Check every image manifest an index lists, or say why the first bad child is missing or corrupt."""
+) -> tuple[ManifestCheck, ...] | ManifestProblem:
+    """Check every image manifest an index lists, or say what is wrong with the first bad child."""
     children = [c for c in index.manifests if c.media_type in manifests.MANIFEST_TYPES or not c.media_type]
     if len(children) > MAX_INDEX_CHILDREN:
-        why = f"index lists {len(children)} manifests, more than the {MAX_INDEX_CHILDREN} checked"
-        return _ChildProblem("manifest_corrupt", why)
+        return ManifestProblem(ManifestFault.TOO_MANY_CHILDREN, count=len(children), limit=MAX_INDEX_CHILDREN)
 
-    async def child(descriptor: manifests.Descriptor) -> ManifestCheck | _ChildProblem:
-        name = f"child manifest {short_digest(descriptor.digest)} ({descriptor.platform or 'no platform'})"
+    async def child(descriptor: manifests.Descriptor) -> ManifestCheck | ManifestProblem:
+        def of_child(problem: ManifestProblem) -> ManifestProblem:
+            return dataclasses.replace(
+                problem, digest=descriptor.digest, child=True, platform=descriptor.platform
+            )
+
         try:
             fetched = await work.client.fetch_manifest(work.target.repository, descriptor.digest, work.budget)
         except RegistryNotFound as exc:
-            return _ChildProblem("manifest_missing", f"{name} missing ({not_found(exc.fault)})")
-        parsed = _parse(fetched, descriptor.digest, f"{name}: ")
-        if isinstance(parsed, str):
-            return _ChildProblem("manifest_corrupt", parsed)
+            return of_child(ManifestProblem(ManifestFault.NOT_FOUND, fault=exc.fault))
+        parsed = _parse(fetched, descriptor.digest)
+        if isinstance(parsed, ManifestProblem):
+            return of_child(parsed)
         if not isinstance(parsed, manifests.Manifest):
-            return _ChildProblem("manifest_corrupt", f"{name} is itself an index")
+            return of_child(ManifestProblem(ManifestFault.NESTED_INDEX))
         return await work.manifest_check(descriptor.digest, parsed, descriptor.platform)
 
     results = await asyncio.gather(*(child(c) for c in children))
     for result in results:
-        if isinstance(result, _ChildProblem):
+        if isinstance(result, ManifestProblem):
             return result
     return tuple(r for r in results if isinstance(r, ManifestCheck))
 

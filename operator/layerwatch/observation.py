@@ -15,7 +15,17 @@ from layerwatch.manifest import Descriptor, Index, Manifest
 if TYPE_CHECKING:
     from layerwatch.signatures import SignatureObservation
 
-__all__ = ["BlobCheck", "BlobFacts", "BlobStatus", "Fault", "FaultKind", "HopObservation", "ManifestCheck"]
+__all__ = [
+    "BlobCheck",
+    "BlobFacts",
+    "BlobStatus",
+    "Fault",
+    "FaultKind",
+    "HopObservation",
+    "ManifestCheck",
+    "ManifestFault",
+    "ManifestProblem",
+]
 
 
 class BlobStatus(enum.StrEnum):
@@ -69,6 +79,44 @@ class Fault:
     registry_message: str | None = None
     attempts: int = 1
     subject: str = ""
+
+
+class ManifestFault(enum.StrEnum):
+    """What was wrong with a manifest a hop was asked for, as a fact; ``verdict`` says what it means."""
+
+    NOT_FOUND = "not-found"
+    ENCODED = "encoded"
+    """Served with a Content-Encoding: not the bytes its digest names."""
+    OVERSIZE = "oversize"
+    OTHER_BYTES = "other-bytes"
+    """The bytes hash to another digest."""
+    UNPARSABLE = "unparsable"
+    TOO_MANY_LAYERS = "too-many-layers"
+    BLOB_TOO_LARGE = "blob-too-large"
+    TOO_MANY_CHILDREN = "too-many-children"
+    NESTED_INDEX = "nested-index"
+    """A child of an index is itself an index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestProblem:
+    """Why a hop's manifest (or a child of its index) could not be checked.
+
+    ``digest`` is the manifest asked for (None: the tag did not resolve); ``child`` and ``platform``
+    say it is an index's child; ``detail`` is the parser's reason or the Content-Encoding;
+    ``actual`` what the bytes hash to; ``count`` what was found against ``limit``; ``fault`` the
+    registry's answer when it was not found.
+    """
+
+    kind: ManifestFault
+    digest: str | None = None
+    child: bool = False
+    platform: str | None = None
+    detail: str = ""
+    actual: str | None = None
+    count: int = 0
+    limit: int = 0
+    fault: Fault | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +188,7 @@ class HopObservation:
     tag: str | None = None
     tag_digest: str | None = None
     """What the tag resolved to here (None for digest references or when resolution failed)."""
-    manifest_missing: str | None = None
-    manifest_corrupt: str | None = None
+    manifest_problem: ManifestProblem | None = None
     digest: str | None = None
     """Digest of the manifest checked here."""
     index: Index | None = None

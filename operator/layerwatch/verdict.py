@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from layerwatch.chain import Mode
 from layerwatch.manifest import FLUX_CONTENT, Descriptor, flux_layer
-from layerwatch.observation import BlobCheck, BlobFacts, BlobStatus, Fault, FaultKind, HopObservation
+from layerwatch.observation import (
+    BlobCheck,
+    BlobFacts,
+    BlobStatus,
+    Fault,
+    FaultKind,
+    HopObservation,
+    ManifestFault,
+    ManifestProblem,
+)
 from layerwatch.reference import Reference, short_digest
 from layerwatch.signatures import judge_signatures, referrers_notes
 
@@ -25,6 +34,7 @@ __all__ = [
     "Verdict",
     "classify_blob",
     "describe_fault",
+    "describe_manifest_problem",
     "judge",
     "not_found",
     "verdict_of",
@@ -129,6 +139,35 @@ def not_found(fault: Fault) -> str:
     return f"{fault.status or 404} {fault.code}" if fault.code else f"{fault.status or 404}"
 
 
+def describe_manifest_problem(problem: ManifestProblem, tag: str | None) -> str:
+    """One line saying what is wrong with a manifest a hop served (``tag``: what the hop was asked)."""
+    digest = short_digest(problem.digest) if problem.digest else ""
+    name = f"child manifest {digest} ({problem.platform or 'no platform'})" if problem.child else ""
+    where = f"{name}: " if name else ""
+    fault = problem.fault or Fault(FaultKind.HTTP_STATUS, status=404)
+    match problem.kind:
+        case ManifestFault.NOT_FOUND if problem.child:
+            return f"{name} missing ({not_found(fault)})"
+        case ManifestFault.NOT_FOUND:
+            return f"{f'manifest {digest}' if digest else f'tag {tag}'} unknown ({not_found(fault)})"
+        case ManifestFault.ENCODED:
+            return f"{where}served with Content-Encoding {problem.detail}: not the bytes {digest} names"
+        case ManifestFault.OVERSIZE:
+            return f"{where}manifest larger than {problem.limit} bytes"
+        case ManifestFault.OTHER_BYTES:
+            return f"{where}manifest bytes hash to {short_digest(problem.actual or '')}, not {digest}"
+        case ManifestFault.UNPARSABLE:
+            return f"{where}manifest {digest}: {problem.detail}"
+        case ManifestFault.TOO_MANY_LAYERS:
+            return f"{where}lists {problem.count} layers, more than the {problem.limit} checked"
+        case ManifestFault.BLOB_TOO_LARGE:
+            return f"{where}declares a blob of {problem.count} bytes, over the {problem.limit} byte limit"
+        case ManifestFault.TOO_MANY_CHILDREN:
+            return f"index lists {problem.count} manifests, more than the {problem.limit} checked"
+        case ManifestFault.NESTED_INDEX:
+            return f"{name} is itself an index"
+
+
 def describe_fault(fault: Fault) -> str:
     """One line saying what stopped an exchange, as a person debugging the hop needs it."""
     attempts = f" after {fault.attempts} attempts" if fault.attempts > 1 else ""
@@ -228,10 +267,12 @@ def _judge_hop(
     obs = observations[position]
     if obs.failure is not None:
         return verdict_of(obs.failure), describe_fault(obs.failure)
-    if obs.manifest_missing is not None:
-        return Verdict.MANIFEST_MISSING, obs.manifest_missing
-    if obs.manifest_corrupt is not None or not obs.manifests:
-        return Verdict.MANIFEST_CORRUPT, obs.manifest_corrupt or "manifest has no image manifests"
+    if obs.manifest_problem is not None:
+        not_there = obs.manifest_problem.kind is ManifestFault.NOT_FOUND
+        verdict = Verdict.MANIFEST_MISSING if not_there else Verdict.MANIFEST_CORRUPT
+        return verdict, describe_manifest_problem(obs.manifest_problem, obs.tag)
+    if not obs.manifests:
+        return Verdict.MANIFEST_CORRUPT, "manifest has no image manifests"
     reordered = subset = False
     upstream = _reference_digest(observations, position)
     if obs.tag_digest and upstream is not None and upstream.tag_digest and obs.digest != upstream.digest:

@@ -7,6 +7,7 @@ process, so shutdown is measured as a user sees it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -51,22 +52,48 @@ def operator(operator_kubeconfig: Path, proxychain: str, tmp_path: Path) -> Iter
         process.stop()
 
 
+@dataclasses.dataclass
+class Churn:
+    """What most tests here use: the lab chain, the apiserver, a running operator, a namespace.
+
+    ProxyChains made with ``new_chain`` are deleted after the test.
+    """
+
+    chain: LocalChain
+    control_plane: ControlPlane
+    operator: Operator
+    custom: client.CustomObjectsApi
+    namespace: str
+    chains: list[str] = dataclasses.field(default_factory=list)
+
+    def new_chain(self, interval: str = "3s", **options: Any) -> str:
+        name = f"c-{secrets.token_hex(3)}"
+        self.chains.append(name)
+        self.control_plane.apply(proxychain_document(self.chain, name, interval, **options))
+        return name
+
+    def robot_secret(self, name: str, password: str | None = None, namespace: str = "") -> None:
+        _robot_secret(self.control_plane, self.chain, name, password, namespace)
+
+    def create(self, names: list[str], url: str, **options: Any) -> None:
+        _create(self.custom, self.namespace, names, url, **options)
+
+    def status_is(self, name: str, status: str) -> Any:
+        return _status_is(self.custom, self.namespace, name, status)
+
+
 @pytest.fixture
-def own_chain(control_plane: ControlPlane, custom: client.CustomObjectsApi) -> Iterator[list[str]]:
-    """Names of ProxyChains a test creates; deleted afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
+def lab(
+    chain: LocalChain,
+    control_plane: ControlPlane,
+    operator: Operator,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+) -> Iterator[Churn]:
+    churn = Churn(chain, control_plane, operator, custom, namespace)
+    yield churn
+    for name in churn.chains:
         custom.delete_cluster_custom_object(*LW, "proxychains", name)
-
-
-def _chain(
-    control_plane: ControlPlane, chain: LocalChain, names: list[str], interval: str = "3s", **options: Any
-) -> str:
-    name = f"c-{secrets.token_hex(3)}"
-    names.append(name)
-    control_plane.apply(proxychain_document(chain, name, interval, **options))
-    return name
 
 
 def _ready(custom: client.CustomObjectsApi, name: str) -> dict[str, Any] | None:
@@ -107,43 +134,33 @@ def _create(
 
 
 def test_a_fixed_robot_password_turns_the_condition_true_within_90_seconds(
-    chain: LocalChain,
-    control_plane: ControlPlane,
-    operator: Operator,
-    custom: client.CustomObjectsApi,
-    own_chain: list[str],
-    namespace: str,
+    lab: Churn,
 ) -> None:
     robot = f"robot-{secrets.token_hex(3)}"
-    _robot_secret(control_plane, chain, robot, "expired")
-    name = _chain(control_plane, chain, own_chain, secret=robot)
-    _, url, _ = push_artifact(chain)
-    _create(custom, namespace, ["app"], url, chain=name)
-    denied = wait_for("AuthFailed", _status_is(custom, namespace, "app", "Unknown"))
+    lab.robot_secret(robot, "expired")
+    name = lab.new_chain(secret=robot)
+    _, url, _ = push_artifact(lab.chain)
+    lab.create(["app"], url, chain=name)
+    denied = wait_for("AuthFailed", lab.status_is("app", "Unknown"))
     assert denied["reason"] == "AuthFailed", denied
 
     fixed_at = time.monotonic()
-    _robot_secret(control_plane, chain, robot)
-    wait_for("ProxyHealthy=True after the fix", _status_is(custom, namespace, "app", "True"), timeout=90)
+    lab.robot_secret(robot)
+    wait_for("ProxyHealthy=True after the fix", lab.status_is("app", "True"), timeout=90)
     print(f"\n[churn] the fixed password counted after {time.monotonic() - fixed_at:.0f} s")
-    assert "expired" not in operator.text() and _robot(chain)["password"] not in operator.text()
+    assert "expired" not in lab.operator.text() and _robot(lab.chain)["password"] not in lab.operator.text()
 
 
 def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re_plan_is_lost(
-    chain: LocalChain,
-    control_plane: ControlPlane,
-    operator: Operator,
-    custom: client.CustomObjectsApi,
-    own_chain: list[str],
-    namespace: str,
+    lab: Churn,
 ) -> None:
-    name = _chain(control_plane, chain, own_chain, interval="20s")
-    _robot_secret(control_plane, chain, "pull", namespace=namespace)
-    _, url, _ = push_artifact(chain)
+    name = lab.new_chain(interval="20s")
+    lab.robot_secret("pull", namespace=lab.namespace)
+    _, url, _ = push_artifact(lab.chain)
     names = [f"app-{index:03d}" for index in range(240)]
 
     def create(part: list[str]) -> None:  # a steady stream, so events land while re-plans read Secrets
-        _create(custom, namespace, part, url, chain=name, secretRef={"name": "pull"})
+        lab.create(part, url, chain=name, secretRef={"name": "pull"})
 
     writers = [threading.Thread(target=create, args=(names[i::4],)) for i in range(4)]
     for writer in writers:
@@ -152,7 +169,7 @@ def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re
         writer.join()
 
     def all_have_a_condition() -> bool:
-        items = custom.list_namespaced_custom_object(*FLUX, namespace, "ocirepositories")["items"]
+        items = lab.custom.list_namespaced_custom_object(*FLUX, lab.namespace, "ocirepositories")["items"]
         done = [
             i
             for i in items
@@ -161,7 +178,7 @@ def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re
         return len(done) == len(names)
 
     wait_for("every OCIRepository checked", all_have_a_condition, timeout=120, interval=2)
-    log = operator.text()
+    log = lab.operator.text()
     assert "re-planning failed" not in log, log[-4000:]
     assert "changed size during iteration" not in log
 
@@ -180,48 +197,43 @@ def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re
 def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as_unknown(
     setup: str,
     reason: str,
-    chain: LocalChain,
-    control_plane: ControlPlane,
-    operator: Operator,
-    custom: client.CustomObjectsApi,
-    own_chain: list[str],
-    namespace: str,
+    lab: Churn,
 ) -> None:
     robot = f"robot-{secrets.token_hex(3)}"
     options: dict[str, Any] = {"secret": robot}
     if setup != "missing":
-        _robot_secret(control_plane, chain, robot)
+        lab.robot_secret(robot)
     if setup == "bad-ca":
-        control_plane.apply(secret(OPERATOR_NAMESPACE, f"{robot}-ca", {"ca.crt": "not a certificate"}))
+        lab.control_plane.apply(secret(OPERATOR_NAMESPACE, f"{robot}-ca", {"ca.crt": "not a certificate"}))
         options["edge"] = {"caSecretRef": {"name": f"{robot}-ca", "namespace": OPERATOR_NAMESPACE}}
     if setup == "bad-url":
         options["origin_url"] = "http://127.0.0.1:99999"  # the CRD allows any 5 digits
-    name = _chain(control_plane, chain, own_chain, **options)
-    _, url, _ = push_artifact(chain)
-    _create(custom, namespace, ["app"], url, chain=name)
+    name = lab.new_chain(**options)
+    _, url, _ = push_artifact(lab.chain)
+    lab.create(["app"], url, chain=name)
 
     ready = wait_for(
-        "ProxyChain Ready=False", lambda: (c := _ready(custom, name)) and c["status"] == "False" and c
+        "ProxyChain Ready=False", lambda: (c := _ready(lab.custom, name)) and c["status"] == "False" and c
     )
     assert ready["reason"] == reason, ready
     assert ready["message"]
-    unknown = wait_for("ChainNotReady", _status_is(custom, namespace, "app", "Unknown"))
+    unknown = wait_for("ChainNotReady", lab.status_is("app", "Unknown"))
     assert unknown["reason"] == "ChainNotReady", unknown
     assert f"ProxyChain {name} is not ready" in unknown["message"]
     assert ready["message"] in unknown["message"]
-    series = {"namespace": namespace, "name": "app", "chain": name, "verdict": "ChainNotReady"}
+    series = {"namespace": lab.namespace, "name": "app", "chain": name, "verdict": "ChainNotReady"}
     assert wait_for(
         "an unknown series",
-        lambda: metric_value(operator.metrics(), "layerwatch_artifact_hop_verdict", **series),
+        lambda: metric_value(lab.operator.metrics(), "layerwatch_artifact_hop_verdict", **series),
     )
     page = json.loads(_get(f"http://127.0.0.1:{operator.metrics_port}/api/v1/status"))
-    shown = [a for a in page["artifacts"] if a["namespace"] == namespace and a["name"] == "app"]
+    shown = [a for a in page["artifacts"] if a["namespace"] == lab.namespace and a["name"] == "app"]
     assert shown and shown[0]["health"] == "unknown" and name in shown[0]["message"]
 
     if setup == "missing":  # the Secret appears: the chain and its target recover on their own
-        _robot_secret(control_plane, chain, robot)
-        wait_for("the target checked", _status_is(custom, namespace, "app", "True"), timeout=90)
-        wait_for("Ready=True", lambda: (c := _ready(custom, name)) and c["status"] == "True", timeout=30)
+        lab.robot_secret(robot)
+        wait_for("the target checked", lab.status_is("app", "True"), timeout=90)
+        wait_for("Ready=True", lambda: (c := _ready(lab.custom, name)) and c["status"] == "True", timeout=30)
 
 
 def _get(url: str) -> str:
@@ -280,28 +292,26 @@ def test_the_operator_shuts_down_within_5_seconds(
 
 
 def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
-    chain: LocalChain,
-    control_plane: ControlPlane,
-    operator: Operator,
-    custom: client.CustomObjectsApi,
-    own_chain: list[str],
-    namespace: str,
+    lab: Churn,
 ) -> None:
-    name = _chain(control_plane, chain, own_chain, interval="30s")
-    _, url, _ = push_artifact(chain)
+    name = lab.new_chain(interval="30s")
+    _, url, _ = push_artifact(lab.chain)
     names = [f"app-{index:02d}" for index in range(30)]
-    _create(custom, namespace, names, url, chain=name)
+    lab.create(names, url, chain=name)
     wait_for(
-        "all checked", lambda: all(condition(custom, namespace, n) for n in names), timeout=120, interval=2
+        "all checked",
+        lambda: all(condition(lab.custom, lab.namespace, n) for n in names),
+        timeout=120,
+        interval=2,
     )
-    edited = proxychain_document(chain, name, "30s")
+    edited = proxychain_document(lab.chain, name, "30s")
     edited["spec"]["mode"] = "head"
-    plans = _plans(operator)
-    control_plane.apply(edited)
-    wait_for("the re-plan after the edit", lambda: _plans(operator) > plans, timeout=30, interval=0.2)
+    plans = _plans(lab.operator)
+    lab.control_plane.apply(edited)
+    wait_for("the re-plan after the edit", lambda: _plans(lab.operator) > plans, timeout=30, interval=0.2)
     planned_at = time.time()
     time.sleep(6)
-    text = operator.metrics()
+    text = lab.operator.metrics()
     rechecked = [
         n
         for n in names
@@ -309,7 +319,7 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
             when := metric_value(
                 text,
                 "layerwatch_artifact_hop_last_check_timestamp_seconds",
-                namespace=namespace,
+                namespace=lab.namespace,
                 name=n,
                 hop="origin",
             )
@@ -322,27 +332,22 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
 
 
 def test_a_hop_url_written_with_other_host_case_and_a_trailing_slash_still_matches(
-    chain: LocalChain,
-    control_plane: ControlPlane,
-    operator: Operator,
-    custom: client.CustomObjectsApi,
-    own_chain: list[str],
-    namespace: str,
+    lab: Churn,
 ) -> None:
     """``http://LocalHost:PORT/prefix/`` in a ProxyChain: where ``oci://localhost:PORT/prefix/..`` pulls."""
-    edge = chain.hop("edge")
+    edge = lab.chain.hop("edge")
     port = edge.address.rpartition(":")[2]
     written = f"http://LocalHost:{port}/{edge.prefix}/" if edge.prefix else f"http://LocalHost:{port}/"
-    name = _chain(control_plane, chain, own_chain, edge={"url": written})
-    _, url, _ = push_artifact(chain)
+    name = lab.new_chain(edge={"url": written})
+    _, url, _ = push_artifact(lab.chain)
     _create(
-        custom,
-        namespace,
+        lab.custom,
+        lab.namespace,
         ["app"],
         url.replace(f"oci://{edge.address}", f"oci://localhost:{port}"),
         chain=name,
     )
-    checked = wait_for("the target checked", _status_is(custom, namespace, "app", "True"), timeout=90)
+    checked = wait_for("the target checked", lab.status_is("app", "True"), timeout=90)
     assert f"localhost:{port}/" in checked["message"] and "LocalHost" not in checked["message"], checked
 
 

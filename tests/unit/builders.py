@@ -20,6 +20,8 @@ from layerwatch.observation import (
     FaultKind,
     HopObservation,
     ManifestCheck,
+    ManifestFault,
+    ManifestProblem,
 )
 from layerwatch.reference import Reference
 from layerwatch.verdict import CheckResult, judge
@@ -78,10 +80,12 @@ def observe(
     blobs: Mapping[int | None, tuple[BlobStatus, str]] | None = None,
     tag: str | None = TAG,
     failure: Fault | None = None,
-    manifest_missing: str | None = None,
-    manifest_corrupt: str | None = None,
+    manifest_problem: ManifestProblem | None = None,
 ) -> HopObservation:
-    """What hop ``position`` of ``PATH`` served; blob statuses default to ok (``None`` = config)."""
+    """What hop ``position`` of ``PATH`` served; blob statuses default to ok (``None`` = config).
+
+    A ``manifest_problem`` replaces the manifest (a tag not found resolves to no digest).
+    """
     target = PATH[position]
     base = HopObservation(
         hop=target.hop.name,
@@ -92,13 +96,13 @@ def observe(
     )
     if failure is not None:
         return dataclasses.replace(base, failure=failure)
-    if manifest_missing is not None:
-        return dataclasses.replace(base, manifest_missing=manifest_missing)
     digest = manifest_digest(served)
     tag_digest = digest if tag else None
-    if manifest_corrupt is not None:
+    if manifest_problem is not None and manifest_problem.kind is ManifestFault.NOT_FOUND:
+        return dataclasses.replace(base, manifest_problem=manifest_problem)
+    if manifest_problem is not None:
         return dataclasses.replace(
-            base, tag_digest=tag_digest, digest=digest, manifest_corrupt=manifest_corrupt
+            base, tag_digest=tag_digest, digest=digest, manifest_problem=manifest_problem
         )
     statuses = dict(blobs or {})
     checks = []
@@ -209,3 +213,7 @@ def scraped(metrics: Metrics, metric: str, labels: Mapping[str, str]) -> float |
             if sample.name == metric and sample.labels == dict(labels):
                 return float(sample.value)
     return None
+
+
+TAG_UNKNOWN = ManifestProblem(ManifestFault.NOT_FOUND, fault=Fault(FaultKind.HTTP_STATUS, status=404))
+"""The hop answered 404 for the tag."""

@@ -26,7 +26,17 @@ from layerwatch.report import (
 )
 from layerwatch.verdict import CheckResult, judge
 
-from .builders import ARTIFACT, REFERENCE, descriptor, failure, healthy_chain, manifest, observe, replace_at
+from .builders import (
+    ARTIFACT,
+    REFERENCE,
+    TAG_UNKNOWN,
+    descriptor,
+    failure,
+    healthy_chain,
+    manifest,
+    observe,
+    replace_at,
+)
 
 EDGE, CORE, ORIGIN = 0, 1, 2
 PASSWORD = "hunter2-Sup3rSecret"
@@ -111,7 +121,7 @@ def test_blob_statuses_are_ok_missing_corrupt_or_unchecked(status: BlobStatus) -
 
 
 def test_a_hop_that_served_no_manifest_has_no_config_and_no_layers() -> None:
-    observations = replace_at(healthy_chain(), CORE, observe(CORE, manifest_missing="tag v1 unknown (404)"))
+    observations = replace_at(healthy_chain(), CORE, observe(CORE, manifest_problem=TAG_UNKNOWN))
     hop = to_json(result(observations))["hops"][CORE]
     assert hop["config"] is None and hop["layers"] == [] and hop["manifestDigest"] is None
     assert hop["verdict"] == "ManifestMissing"

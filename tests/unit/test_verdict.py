@@ -10,9 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerwatch.manifest import FLUX_CONTENT
-from layerwatch.observation import BlobCheck, BlobStatus, FaultKind, HopObservation, ManifestCheck
+from layerwatch.observation import (
+    BlobCheck,
+    BlobStatus,
+    Fault,
+    FaultKind,
+    HopObservation,
+    ManifestCheck,
+    ManifestFault,
+    ManifestProblem,
+)
 from layerwatch.reference import short_digest
-from layerwatch.verdict import Health, Verdict, judge, verdict_of
+from layerwatch.verdict import Health, Verdict, describe_manifest_problem, judge, verdict_of
 
 from .builders import (
     ARTIFACT,
@@ -20,6 +29,7 @@ from .builders import (
     EXTRA,
     HOP_NAMES,
     PATH,
+    TAG_UNKNOWN,
     descriptor,
     failure,
     healthy_chain,
@@ -39,17 +49,19 @@ REORDERED = manifest(EXTRA, CONTENT)
 REANNOTATED = manifest(CONTENT, EXTRA, annotations={"org.opencontainers.image.revision": "other"})
 README_FIRST = manifest(descriptor("readme", "text/markdown"), CONTENT)
 
+OTHER_BYTES = ManifestProblem(ManifestFault.OTHER_BYTES, "sha256:" + "1" * 64, actual="sha256:" + "0" * 64)
+
 HopFault = Callable[[int], HopObservation]
 FAULTS: dict[str, tuple[HopFault, Verdict]] = {
     "unreachable": (lambda p: observe(p, failure=failure(FaultKind.REFUSED)), Verdict.UNREACHABLE),
     "auth-failed": (lambda p: observe(p, failure=failure(FaultKind.AUTH_REJECTED)), Verdict.AUTH_FAILED),
     "rate-limited": (lambda p: observe(p, failure=failure(FaultKind.RATE_LIMITED)), Verdict.RATE_LIMITED),
     "manifest-missing": (
-        lambda p: observe(p, manifest_missing="tag v1 unknown (404)"),
+        lambda p: observe(p, manifest_problem=TAG_UNKNOWN),
         Verdict.MANIFEST_MISSING,
     ),
     "manifest-corrupt": (
-        lambda p: observe(p, manifest_corrupt="manifest bytes hash to sha256:000000000000"),
+        lambda p: observe(p, manifest_problem=OTHER_BYTES),
         Verdict.MANIFEST_CORRUPT,
     ),
     "stale-tag": (lambda p: observe(p, STALE), Verdict.DIGEST_MISMATCH),
@@ -446,3 +458,77 @@ def test_a_missing_blob_without_detail_still_reads_cleanly() -> None:
     edge = dataclasses.replace(edge, manifests=(dataclasses.replace(edge.manifests[0], blobs=blobs),))
     message = judge([edge]).message
     assert message.endswith(f"layer 0 {short_digest(CONTENT.digest)} missing")
+
+
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+BLOB_UNKNOWN = Fault(FaultKind.HTTP_STATUS, status=404, code="MANIFEST_UNKNOWN")
+CHILD = {"digest": D1, "child": True, "platform": "linux/arm64"}
+
+
+@pytest.mark.parametrize(
+    ("problem", "verdict", "message"),
+    [
+        (TAG_UNKNOWN, Verdict.MANIFEST_MISSING, "tag v1 unknown (404)"),
+        (
+            ManifestProblem(ManifestFault.NOT_FOUND, D1, fault=BLOB_UNKNOWN),
+            Verdict.MANIFEST_MISSING,
+            "manifest sha256:111111111111 unknown (404 MANIFEST_UNKNOWN)",
+        ),
+        (
+            ManifestProblem(ManifestFault.NOT_FOUND, fault=BLOB_UNKNOWN, **CHILD),
+            Verdict.MANIFEST_MISSING,
+            "child manifest sha256:111111111111 (linux/arm64) missing (404 MANIFEST_UNKNOWN)",
+        ),
+        (
+            ManifestProblem(ManifestFault.ENCODED, D1, detail="gzip"),
+            Verdict.MANIFEST_CORRUPT,
+            "served with Content-Encoding gzip: not the bytes sha256:111111111111 names",
+        ),
+        (
+            ManifestProblem(ManifestFault.OVERSIZE, D1, limit=4194304),
+            Verdict.MANIFEST_CORRUPT,
+            "manifest larger than 4194304 bytes",
+        ),
+        (
+            ManifestProblem(ManifestFault.OTHER_BYTES, D1, actual=D2),
+            Verdict.MANIFEST_CORRUPT,
+            "manifest bytes hash to sha256:222222222222, not sha256:111111111111",
+        ),
+        (
+            ManifestProblem(ManifestFault.UNPARSABLE, detail="unsupported schemaVersion 1", **CHILD),
+            Verdict.MANIFEST_CORRUPT,
+            "child manifest sha256:111111111111 (linux/arm64): manifest sha256:111111111111: "
+            "unsupported schemaVersion 1",
+        ),
+        (
+            ManifestProblem(ManifestFault.TOO_MANY_LAYERS, D1, count=40000, limit=1024),
+            Verdict.MANIFEST_CORRUPT,
+            "lists 40000 layers, more than the 1024 checked",
+        ),
+        (
+            ManifestProblem(ManifestFault.BLOB_TOO_LARGE, D1, count=2**40, limit=2**36),
+            Verdict.MANIFEST_CORRUPT,
+            f"declares a blob of {2**40} bytes, over the {2**36} byte limit",
+        ),
+        (
+            ManifestProblem(ManifestFault.TOO_MANY_CHILDREN, count=65, limit=64),
+            Verdict.MANIFEST_CORRUPT,
+            "index lists 65 manifests, more than the 64 checked",
+        ),
+        (
+            ManifestProblem(ManifestFault.NESTED_INDEX, digest=D1, child=True),
+            Verdict.MANIFEST_CORRUPT,
+            "child manifest sha256:111111111111 (no platform) is itself an index",
+        ),
+    ],
+    ids=lambda value: value.kind.value if isinstance(value, ManifestProblem) else "",
+)
+def test_each_manifest_problem_has_its_verdict_and_one_line_saying_what_the_hop_served(
+    problem: ManifestProblem, verdict: Verdict, message: str
+) -> None:
+    judged = judge(replace_at(healthy_chain(), 1, observe(1, manifest_problem=problem)))
+    assert (judged.hops[1].verdict, judged.hops[1].message) == (
+        verdict,
+        f"hop core ({PATH[1].location}): {message}",
+    )
+    assert describe_manifest_problem(problem, "v1") == message
