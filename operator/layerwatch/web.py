@@ -191,7 +191,7 @@ td.unknown .verdict{color:#7d4e00}
 td.unknown .badge{background:#9a6700}
 .msg{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;margin:.3rem 0;
  overflow-wrap:anywhere}
-.when{color:#57606a;font-size:12px}
+.when,.sigs{color:#57606a;font-size:12px}
 .up{color:#1a7f37}
 .down{color:#cf222e}
 .pill{display:inline-block;padding:0 .55rem;border-radius:1rem;background:#eaeef2;margin-right:.4rem}
@@ -235,6 +235,17 @@ def _runbook(url: str | None) -> str:
     return f' · <a class="runbook" href="{html.escape(url)}">runbook</a>' if url else ""
 
 
+def _signatures_line(signatures: Mapping[str, Any] | None) -> str:
+    """How many of the signatures a hop listed are intact (nothing when none were asked for)."""
+    if signatures is None:
+        return ""
+    found = signatures["signatures"]
+    intact = sum(1 for s in found if s["status"] == "ok")
+    provider = html.escape(signatures["provider"])
+    text = f"{intact} of {len(found)} {provider} signatures intact" if found else f"no {provider} signature"
+    return f'<div class="sigs">{text}</div>'
+
+
 def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) -> str:
     if hop is None:
         return '<td class="none">not on pull path</td>'
@@ -251,6 +262,7 @@ def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) 
         body += f'<div class="when">passes on the fault of hop {html.escape(blame)}</div>'
     if health != "healthy":
         body += f'<div class="msg">{html.escape(hop["message"])}</div>'
+    body += _signatures_line(hop.get("signatures"))
     body += f'<div class="when">{html.escape(_for(hop.get("since"), now))}</div>'
     body += (
         f'<div class="when">checked {html.escape(artifact["checkedAt"] or "-")}'

@@ -15,11 +15,22 @@ from layerwatch import __version__
 from layerwatch.chain import Chain, Mode, Target
 from layerwatch.metrics import Metrics
 from layerwatch.observation import BlobStatus, FaultKind
+from layerwatch.signatures import Provider, ReferrersApi, SignatureCheck, SignatureObservation
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import HopVerdict
 from layerwatch.web import RUNBOOKS, WebServer, runbook_url, status_document, status_page
 
-from .builders import CHAIN, FINISHED, REFERENCE, check_result, failure, healthy_chain, observe, replace_at
+from .builders import (
+    CHAIN,
+    FINISHED,
+    REFERENCE,
+    check_result,
+    digest_of,
+    failure,
+    healthy_chain,
+    observe,
+    replace_at,
+)
 
 EDGE, CORE, ORIGIN = 0, 1, 2
 MISSING = {0: (BlobStatus.MISSING, "missing (404)")}
@@ -276,3 +287,20 @@ async def test_the_status_page_is_served_as_html(serve: Callable[..., Any]) -> N
     assert response.status == 200
     assert response.content_type == "text/html"
     assert 'data-artifact="team-a/broken"' in await response.text()
+
+
+def test_a_hop_asked_for_signatures_shows_how_many_of_them_are_intact() -> None:
+    intact = SignatureCheck("cosign .sig", digest_of("s1"), digest_of("s1"), "tag", BlobStatus.OK)
+    lost = dataclasses.replace(intact, key=digest_of("s2"), status=BlobStatus.MISSING)
+    signed = SignatureObservation(Provider.COSIGN, digest_of("subject"), ReferrersApi.ABSENT, (intact, lost))
+    observations = healthy_chain()
+    observations[EDGE] = dataclasses.replace(observations[EDGE], signatures=signed)
+    observations[CORE] = dataclasses.replace(
+        observations[CORE], signatures=dataclasses.replace(signed, signatures=())
+    )
+    store = ResultStore()
+    store.put(TargetStatus(target("signed"), "corp", check_result(observations)))
+    page = status_page(status_document(store, {"corp": CHAIN}, UP))
+    assert '<div class="sigs">1 of 2 cosign signatures intact</div>' in page
+    assert '<div class="sigs">no cosign signature</div>' in page
+    assert page.count('class="sigs"') == 2, "a hop asked for no signatures says nothing about them"
