@@ -331,24 +331,30 @@ def test_a_chain_edit_keeps_the_checks_spread_over_the_interval(
     assert len(rechecked) < len(names) / 2, f"{len(rechecked)} of {len(names)} re-checked at once"
 
 
-def test_a_hop_url_written_with_other_host_case_and_a_trailing_slash_still_matches(
-    lab: Churn,
-) -> None:
+def test_a_hop_url_written_with_other_host_case_and_a_trailing_slash_still_matches(lab: Churn) -> None:
     """``http://LocalHost:PORT/prefix/`` in a ProxyChain: where ``oci://localhost:PORT/prefix/..`` pulls."""
     edge = lab.chain.hop("edge")
     port = edge.address.rpartition(":")[2]
-    written = f"http://LocalHost:{port}/{edge.prefix}/" if edge.prefix else f"http://LocalHost:{port}/"
-    name = lab.new_chain(edge={"url": written})
+    name = lab.new_chain(edge={"url": f"http://LocalHost:{port}/{edge.prefix}/"})
     _, url, _ = push_artifact(lab.chain)
-    _create(
-        lab.custom,
-        lab.namespace,
-        ["app"],
-        url.replace(f"oci://{edge.address}", f"oci://localhost:{port}"),
-        chain=name,
-    )
+    lab.create(["app"], url.replace(f"oci://{edge.address}", f"oci://localhost:{port}"), chain=name)
     checked = wait_for("the target checked", lab.status_is("app", "True"), timeout=90)
     assert f"localhost:{port}/" in checked["message"] and "LocalHost" not in checked["message"], checked
+
+
+def test_a_hop_url_with_its_schemes_default_port_is_the_place_a_url_without_a_port_names(lab: Churn) -> None:
+    """``http://127.0.0.1:80/prefix`` is where ``oci://127.0.0.1/prefix/..`` pulls, shown without the port.
+
+    Nothing listens on port 80 here: the check ends Unreachable, which says the target was matched
+    to the hop and checked there (unmatched, it would get no condition at all).
+    """
+    edge = lab.chain.hop("edge")
+    name = lab.new_chain(edge={"url": f"http://127.0.0.1:80/{edge.prefix}"})
+    _, url, _ = push_artifact(lab.chain)
+    lab.create(["app"], url.replace(f"oci://{edge.address}", "oci://127.0.0.1"), chain=name)
+    checked = wait_for("the target checked", lambda: condition(lab.custom, lab.namespace, "app"), timeout=90)
+    assert checked["reason"] == "Unreachable", checked
+    assert f"hop edge (127.0.0.1/{edge.prefix}/" in checked["message"], checked
 
 
 # -- shards ---------------------------------------------------------------------------------------
