@@ -226,7 +226,7 @@ def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as
         "an unknown series",
         lambda: metric_value(lab.operator.metrics(), "layerwatch_artifact_hop_verdict", **series),
     )
-    page = json.loads(_get(f"http://127.0.0.1:{operator.metrics_port}/api/v1/status"))
+    page = json.loads(_get(f"http://127.0.0.1:{lab.operator.metrics_port}/api/v1/status"))
     shown = [a for a in page["artifacts"] if a["namespace"] == lab.namespace and a["name"] == "app"]
     assert shown and shown[0]["health"] == "unknown" and name in shown[0]["message"]
 
