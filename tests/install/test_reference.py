@@ -58,7 +58,9 @@ def _exported_metric_names() -> set[str]:
     from layerwatch.store import ResultStore
 
     names = set()
-    for family in Metrics(ResultStore()).collect():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(Metrics(ResultStore()).exposition().decode()):
         names.add(family.name + "_total" if family.type == "counter" else family.name)
     return names
 
