@@ -44,7 +44,7 @@ from typing import Any
 from benchlib import REPO, host_info, rounded
 from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
-from lab.kube import ControlPlane, load_docs, load_flux_crds
+from lab.kube import ControlPlane, basic_auth_secret, load_docs, load_flux_crds
 from lab.process import free_port
 from serve_scale import parse_checks, proc_cpu_s, proc_memory_mb, warm
 
@@ -280,16 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cp.apply(load_flux_crds(cp.tools))
             cp.apply(REPO / "crds" / "proxychain.yaml")
             cp.apply(REPO / "manifests" / "namespace.yaml")
-            user, password = local.hop("edge").credentials or ("", "")
-            cp.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": "kubernetes.io/basic-auth",
-                    "metadata": {"name": "bench-edge", "namespace": NAMESPACE},
-                    "stringData": {"username": user, "password": password},
-                }
-            )
+            cp.apply(basic_auth_secret(NAMESPACE, "bench-edge", local.hop("edge").credentials))
             cp.apply(proxychain(local, args.interval, args.mode))
             created = time.perf_counter()
             create_objects(cp, local, args, repositories)

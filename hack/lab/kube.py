@@ -152,6 +152,25 @@ def load_flux_crds(tools: Tools | None = None, kinds: Iterable[str] = ("ocirepos
     return [doc for kind in kinds for doc in load_docs(crds / f"source.toolkit.fluxcd.io_{kind}.yaml")]
 
 
+def secret_document(namespace: str, name: str, data: Mapping[str, str], kind: str = "Opaque") -> Doc:
+    """A Secret of ``kind`` holding ``data`` as ``stringData``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": dict(data),
+    }
+
+
+def basic_auth_secret(namespace: str, name: str, credentials: tuple[str, str] | None) -> Doc:
+    """A ``kubernetes.io/basic-auth`` Secret, e.g. of the lab edge's robot account."""
+    user, password = credentials or ("", "")
+    return secret_document(
+        namespace, name, {"username": user, "password": password}, "kubernetes.io/basic-auth"
+    )
+
+
 def load_docs(source: Path | str | Doc | Iterable[Doc]) -> list[Doc]:
     """Normalise a path (file or directory of YAML), a YAML string, a doc or docs into a list of docs."""
     if isinstance(source, Mapping):

@@ -289,8 +289,8 @@ def _since_rows(status: TargetStatus, _: ChainHops) -> Iterator[Row]:
 def _blame_rows(status: TargetStatus, _: ChainHops) -> Iterator[Row]:
     if status.result is not None:
         judgement = status.result.judgement
-        if any(hop.hop == judgement.blame for hop in judgement.hops):
-            yield str(judgement.blame), judgement.verdict.value, 1.0
+        if judgement.blame is not None:
+            yield judgement.blame, judgement.verdict.value, 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,15 @@ from tests.e2e.source_controller import SourceController, ensure_built
 from tests.k8s.operator_harness import LW, Operator
 
 from lab.chain import EDGE_USER, LocalChain
-from lab.kube import BUILD_TOOLS, REPO, ControlPlane, ControlPlaneError, find_tools, load_docs
+from lab.kube import (
+    BUILD_TOOLS,
+    REPO,
+    ControlPlane,
+    ControlPlaneError,
+    basic_auth_secret,
+    find_tools,
+    load_docs,
+)
 from lab.registry import DOCKER_REGISTRY
 
 MANIFESTS = REPO / "manifests"
@@ -149,16 +157,7 @@ def source_controller(control_plane: ControlPlane, work_dir: Path) -> Iterator[S
 def proxychain(control_plane: ControlPlane, chain: LocalChain) -> Iterator[str]:
     """The lab chain as a ProxyChain; the edge's robot account is a basic-auth Secret in ``layerwatch``."""
     control_plane.apply(MANIFESTS / "namespace.yaml")
-    user, password = EDGE_USER
-    control_plane.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/basic-auth",
-            "metadata": {"name": "lab-edge", "namespace": "layerwatch"},
-            "stringData": {"username": user, "password": password},
-        }
-    )
+    control_plane.apply(basic_auth_secret("layerwatch", "lab-edge", EDGE_USER))
     hops = []
     for hop in chain.hops:
         entry: dict[str, Any] = {"name": hop.name, "url": hop.url}

@@ -34,7 +34,7 @@ from tests.k8s.operator_harness import (
 )
 
 from lab.chain import LocalChain
-from lab.kube import ControlPlane, control_plane, find_tools, load_docs, load_flux_crds
+from lab.kube import ControlPlane, basic_auth_secret, control_plane, find_tools, load_docs, load_flux_crds
 
 pytestmark = pytest.mark.k8s
 
@@ -85,16 +85,7 @@ def _get(cluster: ControlPlane, kind: str, name: str, namespace: str | None = No
 
 def _lab_proxychain(cluster: ControlPlane, chain: LocalChain) -> None:
     """A ProxyChain for the lab chain, the edge's robot account in the release's namespace."""
-    user, password = chain.hop("edge").credentials or ("", "")
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/basic-auth",
-            "metadata": {"name": "lab-edge", "namespace": NAMESPACE},
-            "stringData": {"username": user, "password": password},
-        }
-    )
+    cluster.apply(basic_auth_secret(NAMESPACE, "lab-edge", chain.hop("edge").credentials))
     cluster.apply(proxychain_document(chain, f"helm-{secrets.token_hex(3)}", "3s"))
 
 

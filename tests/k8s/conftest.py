@@ -27,7 +27,16 @@ from kubernetes import client
 from tests.k8s.operator_harness import LAB_INTERVAL, LW, proxychain_document
 
 from lab.chain import LocalChain
-from lab.kube import REPO, ControlPlane, ControlPlaneError, Tools, find_tools, load_docs, load_flux_crds
+from lab.kube import (
+    REPO,
+    ControlPlane,
+    ControlPlaneError,
+    Tools,
+    basic_auth_secret,
+    find_tools,
+    load_docs,
+    load_flux_crds,
+)
 
 MANIFESTS = REPO / "manifests"
 PROXYCHAIN_CRD = REPO / "crds" / "proxychain.yaml"
@@ -129,16 +138,7 @@ def chain() -> Iterator[LocalChain]:
 @pytest.fixture(scope="module")
 def proxychain(control_plane: ControlPlane, operator_kubeconfig: Path, chain: LocalChain) -> Iterator[str]:
     """A ProxyChain for the lab chain; the edge's robot account is a basic-auth Secret."""
-    user, password = chain.hop("edge").credentials or ("", "")
-    control_plane.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/basic-auth",
-            "metadata": {"name": "lab-edge", "namespace": "layerwatch"},
-            "stringData": {"username": user, "password": password},
-        }
-    )
+    control_plane.apply(basic_auth_secret("layerwatch", "lab-edge", chain.hop("edge").credentials))
     name = f"lab-{secrets.token_hex(3)}"
     control_plane.apply(proxychain_document(chain, name, LAB_INTERVAL))
     yield name

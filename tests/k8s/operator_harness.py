@@ -139,16 +139,6 @@ def ocirepository(
     }
 
 
-def secret(namespace: str, name: str, data: Mapping[str, str], kind: str = "Opaque") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": kind,
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": dict(data),
-    }
-
-
 def condition(
     api: client.CustomObjectsApi, namespace: str, name: str, kind: str = CONDITION
 ) -> dict[str, Any] | None:

@@ -32,12 +32,11 @@ from tests.k8s.operator_harness import (
     ocirepository,
     proxychain_document,
     push_artifact,
-    secret,
     wait_for,
 )
 
 from lab.chain import LocalChain
-from lab.kube import ControlPlane
+from lab.kube import ControlPlane, basic_auth_secret, secret_document
 from layerwatch.kube.targets import in_shard
 
 OPERATOR_NAMESPACE = "layerwatch"
@@ -105,9 +104,10 @@ def _status_is(custom: client.CustomObjectsApi, namespace: str, name: str, statu
     return lambda: (c := condition(custom, namespace, name)) and c["status"] == status and c
 
 
-def _robot(chain: LocalChain, password: str | None = None) -> dict[str, str]:
+def _robot(chain: LocalChain, password: str | None = None) -> tuple[str, str]:
+    """The edge robot's user, and its real password unless given."""
     user, real = chain.hop("edge").credentials or ("", "")
-    return {"username": user, "password": password or real}
+    return user, password or real
 
 
 def _robot_secret(
@@ -118,8 +118,7 @@ def _robot_secret(
     namespace: str = "",
 ) -> None:
     """A basic-auth Secret with the edge robot's user (and its real password unless given)."""
-    body = secret(namespace or OPERATOR_NAMESPACE, name, _robot(chain, password), "kubernetes.io/basic-auth")
-    control_plane.apply(body)
+    control_plane.apply(basic_auth_secret(namespace or OPERATOR_NAMESPACE, name, _robot(chain, password)))
 
 
 def _create(
@@ -148,7 +147,7 @@ def test_a_fixed_robot_password_turns_the_condition_true_within_90_seconds(
     lab.robot_secret(robot)
     wait_for("ProxyHealthy=True after the fix", lab.status_is("app", "True"), timeout=90)
     print(f"\n[churn] the fixed password counted after {time.monotonic() - fixed_at:.0f} s")
-    assert "expired" not in lab.operator.text() and _robot(lab.chain)["password"] not in lab.operator.text()
+    assert "expired" not in lab.operator.text() and _robot(lab.chain)[1] not in lab.operator.text()
 
 
 def test_many_ocirepositories_arriving_during_re_plans_are_all_planned_and_no_re_plan_is_lost(
@@ -204,7 +203,9 @@ def test_a_chain_that_cannot_be_planned_says_why_and_its_targets_stay_visible_as
     if setup != "missing":
         lab.robot_secret(robot)
     if setup == "bad-ca":
-        lab.control_plane.apply(secret(OPERATOR_NAMESPACE, f"{robot}-ca", {"ca.crt": "not a certificate"}))
+        lab.control_plane.apply(
+            secret_document(OPERATOR_NAMESPACE, f"{robot}-ca", {"ca.crt": "not a certificate"})
+        )
         options["edge"] = {"caSecretRef": {"name": f"{robot}-ca", "namespace": OPERATOR_NAMESPACE}}
     if setup == "bad-url":
         options["origin_url"] = "http://127.0.0.1:99999"  # the CRD allows any 5 digits
