@@ -41,8 +41,10 @@ __all__ = [
     "Proxy",
     "Target",
     "check_keys",
+    "check_provider_host",
     "mask_userinfo",
     "parse_duration",
+    "provider_host",
     "provider_of",
     "strict_boolean",
 ]
@@ -76,6 +78,8 @@ class Credentials:
     password: str = dataclasses.field(repr=False)
     identity_token: str | None = dataclasses.field(default=None, repr=False)
     """A docker ``identitytoken``: an OAuth2 refresh token traded at the token endpoint."""
+    helper: tuple[str, str] | None = None
+    """(helper, registry host) when a ``docker-credential-<helper>`` gave them: they can be asked again."""
 
     def __str__(self) -> str:
         return f"Credentials({self.username}, ***)"
@@ -83,6 +87,26 @@ class Credentials:
 
 PROVIDERS = ("generic", "aws", "azure", "gcp")
 """Values of a hop's ``provider`` (Flux's ``spec.provider``); ``generic`` means the hop's own credentials."""
+
+_ECR_DOMAINS = r"amazonaws\.com(?:\.cn)?|sc2s\.sgov\.gov|c2s\.ic\.gov|cloud\.adc-e\.uk|csp\.hci\.ic\.gov"
+_PROVIDER_HOSTS = {
+    "aws": re.compile(
+        r"public\.ecr\.aws|(?P<account>[0-9]+)\.dkr[.-]ecr(?:-fips)?\.(?P<region>[^./:]+)"
+        rf"\.(?:{_ECR_DOMAINS})(?::[0-9]+)?"
+    ),
+    "azure": re.compile(r".+\.azurecr\.(?:io|cn|de|us)"),
+    "gcp": re.compile(r"(?:.+\.)?gcr\.io|.+-docker\.pkg\.dev"),
+}
+"""The registry hosts Flux (2.6 and later) lets each cloud provider log in to, matched whole: the
+ECR credential helper's partitions (public, China, FIPS, the isolated ones) and Public ECR; ACR's
+four clouds; Container Registry and Artifact Registry. Flux finds its ECR pattern anywhere in the
+host; here it must be the whole host (an optional port aside), so ``….amazonaws.com.evil.example``
+gets no token."""
+_PROVIDER_EXAMPLES = {
+    "aws": "ACCOUNT.dkr.ecr.REGION.amazonaws.com[.cn] and the other ECR partitions, or public.ecr.aws",
+    "azure": "NAME.azurecr.io, .azurecr.cn, .azurecr.de or .azurecr.us",
+    "gcp": "gcr.io, NAME.gcr.io or REGION-docker.pkg.dev",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,6 +376,30 @@ def provider_of(value: Any, where: str) -> str | None:
     return value
 
 
+def provider_host(provider: str, host: str) -> re.Match[str]:
+    """How ``host`` matches ``provider``'s registry pattern (ECR's names its account and region).
+
+    Raises ChainError when the cloud would never issue a login for that host: its token must not
+    go there (a tenant could otherwise name its own server and receive the platform's identity).
+    """
+    pattern = _PROVIDER_HOSTS.get(provider)
+    if pattern is None:
+        raise ChainError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    match = pattern.fullmatch(host.lower())
+    if match is None:
+        raise ChainError(
+            f"provider {provider} logs in only to its cloud's registries ({_PROVIDER_EXAMPLES[provider]}),"
+            f" not {host}"
+        )
+    return match
+
+
+def check_provider_host(provider: str | None, host: str) -> None:
+    """ChainError when ``provider`` (None: the hop's own credentials) cannot log in to ``host``."""
+    if provider is not None:
+        provider_host(provider, host)
+
+
 def chain_from_spec(
     name: str,
     spec: Mapping[str, Any],
@@ -378,7 +426,12 @@ def chain_from_spec(
         insecure = strict_boolean(raw, "insecureSkipTLSVerify", f"chain {name}: spec.hops[{position}]")
         options.setdefault("insecure", insecure)
         options.setdefault("provider", provider_of(raw.get("provider"), f"chain {name}: hop {raw['name']}"))
-        hops.append(Hop.from_url(raw["name"], raw["url"], **options))
+        hop = Hop.from_url(raw["name"], raw["url"], **options)
+        try:
+            check_provider_host(hop.provider, hop.host)
+        except ChainError as exc:
+            raise ChainError(f"chain {name}: hop {hop.name}: {exc}") from None
+        hops.append(hop)
     mode = spec.get("mode", Mode.FULL.value)
     if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
         raise ChainError(f"chain {name}: spec.mode must be full or head, not {mode!r}")

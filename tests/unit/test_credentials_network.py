@@ -153,27 +153,6 @@ def test_a_hops_provider_is_read_and_generic_means_none() -> None:
 # -- cloud providers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("host", "account", "region"),
-    [
-        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "123456789012", "eu-west-1"),
-        ("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com", "123456789012", "us-gov-west-1"),
-        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "123456789012", "cn-north-1"),
-        ("123456789012.dkr-ecr.eu-west-1.amazonaws.com:443", "123456789012", "eu-west-1"),
-    ],
-)
-def test_ecr_hosts_name_their_account_and_region(host: str, account: str, region: str) -> None:
-    match = providers._ECR_HOST.match(host)
-    assert match is not None and (match.group("account"), match.group("region")) == (account, region)
-
-
-@pytest.mark.parametrize(
-    "host", ["ghcr.io", "12345.dkr.ecr.eu-west-1.amazonaws.com", "x.dkr.ecr.eu.evil.com"]
-)
-def test_other_hosts_are_not_ecr(host: str) -> None:
-    assert providers._ECR_HOST.match(host) is None
-
-
 def test_cloud_credentials_are_refreshed_shortly_before_they_expire() -> None:
     now = 1_000_000.0
     assert providers._refresh_at(now, now + 12 * 3600) == now + 12 * 3600 - 300  # ECR: 12 h
@@ -192,9 +171,8 @@ def test_jwt_expiry_is_read_without_verification() -> None:
 
 async def test_a_hop_without_a_provider_uses_its_own_credentials() -> None:
     hop = Hop.from_url("edge", "https://harbor.example", credentials=Credentials("robot", "pw"))
-    assert await providers.credentials_for(hop.provider, hop.base_url, hop.credentials) == Credentials(
-        "robot", "pw"
-    )
+    source = providers.credential_source(hop.provider, hop.base_url, hop.credentials)
+    assert await source.get() == Credentials("robot", "pw")
 
 
 # -- docker credential lookup ------------------------------------------------------------------------

@@ -158,6 +158,11 @@ def _redirect_target(current: str, location: str) -> str:
     return target
 
 
+def _refused(response: httpx.Response) -> bool:
+    """401, or 403 as ECR answers an expired login: credentials a source may have renewed since."""
+    return response.status_code in (401, 403)
+
+
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
@@ -195,6 +200,7 @@ class RegistryClient:
         self.credentials = credentials
         self.provider = provider
         """``aws``/``azure``/``gcp``: the credentials come from the cloud (`providers`)."""
+        self._source = providers.credential_source(provider, state.endpoint.base_url, credentials)
         self._on_request = on_request
         self._on_exchange = on_exchange
         self._owns_state = owns_state
@@ -477,10 +483,12 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send, answering one auth challenge and following redirects (Authorization stays home)."""
         headers = dict(_HEADERS)
+        seen = self._source.generation
         authorization = await self._authorization(repository) if repository else None
         if authorization:
             headers["Authorization"] = authorization
         challenged = not answer_challenge  # a ping only asks whether the registry answers
+        renewed = False
         for _ in range(_MAX_REDIRECTS + 1):
             response = await self._send(method, url, headers)
             if response.status_code in _REDIRECTS and "location" in response.headers:
@@ -510,8 +518,26 @@ class RegistryClient:
                         401,
                     )
                 )
+            if _refused(response) and "Authorization" in headers and not renewed:
+                renewed = True  # once: expired helper or cloud credentials are asked for anew
+                if await self._renewed(response, seen):
+                    authorization = await self._authorization(repository, fresh=True)
+                    headers["Authorization"] = authorization or headers["Authorization"]
+                    continue
             return response
         raise RegistryError(Fault(FaultKind.BAD_REDIRECT, f"more than {_MAX_REDIRECTS} redirects"))
+
+    async def _renewed(self, response: httpx.Response, seen: int) -> bool:
+        """Whether the source now has other credentials than the refused ones (then, or when asking
+        fails, ``response`` is closed; otherwise it stands as the answer)."""
+        try:
+            renewed = await self._source.renew(seen)
+        except BaseException:
+            await response.aclose()
+            raise
+        if renewed:
+            await response.aclose()
+        return renewed
 
     async def _send(
         self,
@@ -579,7 +605,7 @@ class RegistryClient:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
+            credentials = await self._source.get()
             return auth.basic_header(credentials) if credentials else None
         scope = f"repository:{repository}:pull" if repository else challenge.scope
         key = (challenge.realm, challenge.service, scope)
@@ -589,14 +615,20 @@ class RegistryClient:
         async with lock:
             token = self._tokens.get(key)
             if token is None:
-                token, lifetime = await self._fetch_token(challenge, scope)
+                seen = self._source.generation
+                try:
+                    token, lifetime = await self._fetch_token(challenge, scope)
+                except RegistryError as exc:  # once more when the source renewed what was refused
+                    if exc.fault.status not in (401, 403) or not await self._source.renew(seen):
+                        raise
+                    token, lifetime = await self._fetch_token(challenge, scope)
                 self._tokens.put(key, token, lifetime)
         return f"Bearer {token}"
 
     async def _fetch_token(self, challenge: auth.Challenge, scope: str) -> tuple[str, float]:
         params = {key: value for key, value in (("service", challenge.service), ("scope", scope)) if value}
         headers = {"User-Agent": "layerwatch", "Accept-Encoding": "identity"}
-        credentials = await providers.credentials_for(self.provider, self.base_url, self.credentials)
+        credentials = await self._source.get()
         form = None
         if credentials and credentials.identity_token:  # docker identity token: OAuth2 refresh grant
             form = credhelpers.refresh_token_form(challenge, scope, credentials)

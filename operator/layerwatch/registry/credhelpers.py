@@ -6,25 +6,50 @@ server URL to its stdin and reads ``{"ServerURL", "Username", "Secret"}`` from i
 ``Username`` of ``<token>`` means ``Secret`` is an identity token. An identity token (from a
 helper or an ``auths`` entry's ``identitytoken``) is an OAuth2 refresh token: the registry's token
 endpoint trades it for an access token with ``POST grant_type=refresh_token``.
+
+A helper's answer expires (gcloud's after about an hour, ecr-login's after 12) without saying
+when, so a hop's credentials are a `CredentialSource`: when a registry refuses what a helper gave,
+the helper is asked once more (`HelperCache.renew`), at most once a minute per helper and registry,
+one run shared by every check waiting for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import shutil
 import subprocess
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from layerwatch.chain import ChainError, Credentials
 from layerwatch.documents import json_object
+from layerwatch.observation import Fault, FaultKind
 from layerwatch.reference import DOCKER_HUB
 from layerwatch.registry.auth import Challenge, credentials_from_docker_config
+from layerwatch.registry.errors import RegistryError
 
-__all__ = ["HELPER_TIMEOUT", "docker_credentials", "refresh_token_form", "run_helper"]
+__all__ = [
+    "HELPERS",
+    "HELPER_TIMEOUT",
+    "MIN_RENEW",
+    "CredentialSource",
+    "HelperCache",
+    "StaticSource",
+    "docker_credentials",
+    "loop_lock",
+    "refresh_token_form",
+    "run_helper",
+    "source_of",
+]
 
 HELPER_TIMEOUT = 30.0
 """Seconds a credential helper may take (some prompt a keychain; none should hang a check)."""
+MIN_RENEW = 60.0
+"""Seconds before refused credentials are asked for again: a registry that refuses every answer
+costs one helper run (or one cloud exchange) a minute per registry, not one per request."""
 IDENTITY_TOKEN_USER = "<token>"
 CLIENT_ID = "layerwatch"
 
@@ -93,8 +118,144 @@ def docker_credentials(config: Mapping[str, Any], host: str) -> Credentials | No
     """
     helper = _helper_for(config, host)
     if helper is not None:
-        return run_helper(helper, host)
+        return HELPERS.ask(helper, host)
     return credentials_from_docker_config(config, host)
+
+
+def loop_lock(locks: dict[tuple[Hashable, int], asyncio.Lock], key: Hashable) -> asyncio.Lock:
+    """The lock for ``key`` on the running loop (the CLI and tests run several loops in one process)."""
+    return locks.setdefault((key, id(asyncio.get_running_loop())), asyncio.Lock())
+
+
+class CredentialSource(Protocol):
+    """Where a hop's credentials come from, asked at each login; ``renew`` once they are refused."""
+
+    @property
+    def generation(self) -> int:
+        """Grows whenever the source gets new credentials; read it before using them."""
+        ...
+
+    async def get(self) -> Credentials | None: ...
+
+    async def renew(self, seen: int) -> bool:
+        """Credentials of generation ``seen`` were refused: True when others are to be had now."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSource:
+    """Credentials from a Secret or a file: the same every time, nothing to renew."""
+
+    credentials: Credentials | None
+    generation: int = 0
+
+    async def get(self) -> Credentials | None:
+        return self.credentials
+
+    async def renew(self, seen: int) -> bool:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    credentials: Credentials | None
+    asked_at: float
+    generation: int
+
+
+def _tagged(answer: Credentials | None, key: tuple[str, str]) -> Credentials | None:
+    """A helper's answer, marked with the (helper, host) that can be asked for it again."""
+    return dataclasses.replace(answer, helper=key) if answer is not None else None
+
+
+class HelperCache:
+    """The newest answer of each (helper, registry host), shared by every hop that uses it."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        run: Callable[[str, str], Credentials | None] = run_helper,
+    ) -> None:
+        self._clock = clock
+        self._run = run
+        self._answers: dict[tuple[str, str], _Answer] = {}
+        self._locks: dict[tuple[Hashable, int], asyncio.Lock] = {}
+
+    def ask(self, name: str, host: str) -> Credentials | None:
+        """Run the helper now (loading a config) and keep its answer for the hops that use it."""
+        asked_at = self._clock()
+        answer = _tagged(self._run(name, host), (name, host))
+        self._keep((name, host), answer, asked_at)
+        return answer
+
+    def _keep(self, key: tuple[str, str], answer: Credentials | None, asked_at: float) -> _Answer:
+        """Note when the helper was asked; credentials it had not given before start a new generation.
+
+        No answer (it failed, or has nothing for the host) keeps the previous one.
+        """
+        before = self._answers.get(key, _Answer(None, asked_at, 0))
+        credentials = answer or before.credentials
+        generation = before.generation + (credentials != before.credentials)
+        kept = self._answers[key] = _Answer(credentials, asked_at, generation)
+        return kept
+
+    def generation(self, key: tuple[str, str]) -> int:
+        answer = self._answers.get(key)
+        return answer.generation if answer is not None else 0
+
+    def current(self, key: tuple[str, str]) -> Credentials | None:
+        answer = self._answers.get(key)
+        return answer.credentials if answer is not None else None
+
+    async def renew(self, key: tuple[str, str], seen: int) -> bool:
+        """Ask the helper again unless another check just did; True when its answer is new.
+
+        A helper that fails is reported as the hop's AuthFailed reason (its own one-line error).
+        """
+        async with loop_lock(self._locks, key):
+            before = self._answers.get(key)
+            if before is not None and before.generation != seen:
+                return True  # renewed while this check waited for the lock
+            if before is not None and self._clock() - before.asked_at < MIN_RENEW:
+                return False
+            asked_at = self._clock()
+            try:
+                answer = _tagged(await asyncio.to_thread(self._run, *key), key)
+            except ChainError as exc:
+                self._keep(key, None, asked_at)
+                raise RegistryError(
+                    Fault(FaultKind.AUTH_REJECTED, str(exc), subject="credential helper")
+                ) from None
+            return self._keep(key, answer, asked_at).generation != seen
+
+
+HELPERS = HelperCache()
+
+
+@dataclasses.dataclass(frozen=True)
+class _HelperSource:
+    """Credentials a helper gave: its newest answer for the host, renewed when they are refused."""
+
+    initial: Credentials
+    key: tuple[str, str]
+    cache: HelperCache
+
+    @property
+    def generation(self) -> int:
+        return self.cache.generation(self.key)
+
+    async def get(self) -> Credentials | None:
+        return self.cache.current(self.key) or self.initial
+
+    async def renew(self, seen: int) -> bool:
+        return await self.cache.renew(self.key, seen)
+
+
+def source_of(credentials: Credentials | None, cache: HelperCache | None = None) -> CredentialSource:
+    """The source of a hop's own credentials: renewable when a helper gave them, else static."""
+    if credentials is None or credentials.helper is None:
+        return StaticSource(credentials)
+    return _HelperSource(credentials, credentials.helper, cache or HELPERS)
 
 
 def refresh_token_form(challenge: Challenge, scope: str, credentials: Credentials) -> bytes:

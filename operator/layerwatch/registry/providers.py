@@ -11,10 +11,15 @@ What Flux's ``spec.provider`` does, done the same way from layerwatch's own pod 
 - ``gcp``: the metadata server's access token for the pod's service account; user
   ``oauth2accesstoken``.
 
-Credentials are cached per (provider, registry host) until a little before they expire. Every
-endpoint can be moved (sovereign clouds, tests): ``AWS_ENDPOINT_URL[_STS|_ECR]``,
-``AZURE_AUTHORITY_HOST``, ``LAYERWATCH_AZURE_SCOPE``, ``GCE_METADATA_HOST``. Failures are
-``AUTH_REJECTED`` faults (AuthFailed) naming the provider and the step, never a token.
+A provider logs in only to its own cloud's registries, matched as Flux 2.6+ matches them
+(`layerwatch.chain.provider_host`): planning refuses any other host, and the cache refuses it
+again before asking the cloud, so no token is ever requested for (or sent to) another host.
+
+Credentials are cached per (provider, registry host) until a little before they expire, and
+fetched again when a registry refuses them (at most once a minute, `renew`). Every cloud endpoint
+can be moved (sovereign clouds, tests): ``AWS_ENDPOINT_URL[_STS|_ECR]``, ``AZURE_AUTHORITY_HOST``,
+``LAYERWATCH_AZURE_SCOPE``, ``GCE_METADATA_HOST``; the registry host cannot. Failures are
+AuthFailed faults naming the provider and the step, never a token.
 """
 
 from __future__ import annotations
@@ -26,20 +31,20 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from layerwatch.chain import Credentials
+from layerwatch.chain import ChainError, Credentials, provider_host
 from layerwatch.documents import json_object
 from layerwatch.observation import Fault, FaultKind
+from layerwatch.registry.credhelpers import MIN_RENEW, CredentialSource, loop_lock, source_of
 from layerwatch.registry.errors import RegistryError
 
-__all__ = ["ACR_USERNAME", "GCP_USERNAME", "ProviderCache", "credentials_for"]
+__all__ = ["ACR_USERNAME", "GCP_USERNAME", "ProviderCache", "credential_source"]
 
 ACR_USERNAME = "00000000-0000-0000-0000-000000000000"
 GCP_USERNAME = "oauth2accesstoken"
@@ -49,18 +54,12 @@ GCP_DEFAULT_METADATA_HOST = "metadata.google.internal"
 REQUEST_TIMEOUT = 30.0
 _MAX_ANSWER = 256 * 1024
 
-# The ECR credential helper's host pattern: account, optional FIPS, region, partition domain.
-_ECR_HOST = re.compile(
-    r"^(?P<account>\d{12})\.dkr[.-]ecr(?:-fips)?\.(?P<region>[a-z0-9][a-z0-9-_]*)\."
-    r"(?:amazonaws\.com(?:\.cn)?|sc2s\.sgov\.gov|c2s\.ic\.gov|cloud\.adc-e\.uk|csp\.hci\.ic\.gov)(?::\d+)?$"
-)
-_ECR_PUBLIC = "public.ecr.aws"
-
 
 @dataclasses.dataclass(frozen=True)
 class _Cached:
     credentials: Credentials
     refresh_at: float
+    fetched_at: float
 
 
 def _refresh_at(now: float, expires_at: float | None) -> float:
@@ -77,40 +76,83 @@ class ProviderCache:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._entries: dict[tuple[str, str], _Cached] = {}
-        self._locks: dict[tuple[str, str, int], asyncio.Lock] = {}
+        self._generations: dict[tuple[str, str], int] = {}
+        self._locks: dict[tuple[Hashable, int], asyncio.Lock] = {}
         self.fetches = 0
         """How many times a cloud was asked (the rest were answered from the cache)."""
 
     async def get(
         self, provider: str, base_url: str, environ: Mapping[str, str] | None = None
     ) -> Credentials:
+        """The cached credentials, or the cloud's new ones; never asks for a host not the cloud's."""
+        registry = _Registry(base_url)
+        try:
+            provider_host(provider, registry.host)
+        except ChainError as exc:
+            raise _failed(
+                provider, "configuration", f"{exc}; no token requested", unanswerable=True
+            ) from None
         key = (provider, base_url)
-        # One lock per event loop: the CLI and tests run several loops over a process's life.
-        lock = self._locks.setdefault((*key, id(asyncio.get_running_loop())), asyncio.Lock())
-        async with lock:
+        async with loop_lock(self._locks, key):
             cached = self._entries.get(key)
             if cached is not None and cached.refresh_at > self._clock():
                 return cached.credentials
             env = os.environ if environ is None else environ
-            fetch = _FETCHERS.get(provider)
-            if fetch is None:
-                raise _failed(provider, "configuration", "unknown provider")
-            credentials, expires_at = await fetch(_Registry(base_url), env)
+            credentials, expires_at = await _FETCHERS[provider](registry, env)
             self.fetches += 1
-            self._entries[key] = _Cached(credentials, _refresh_at(self._clock(), expires_at))
+            self._generations[key] = self.generation(provider, base_url) + 1
+            now = self._clock()
+            self._entries[key] = _Cached(credentials, _refresh_at(now, expires_at), now)
             return credentials
+
+    def generation(self, provider: str, base_url: str) -> int:
+        """How many times credentials for the registry were fetched."""
+        return self._generations.get((provider, base_url), 0)
+
+    async def renew(self, provider: str, base_url: str, seen: int) -> bool:
+        """Credentials of generation ``seen`` were refused: fetch anew at the next `get`, unless
+        they are under a minute old (then the cloud would only repeat them) or already replaced."""
+        key = (provider, base_url)
+        async with loop_lock(self._locks, key):
+            if self.generation(provider, base_url) != seen:
+                return True
+            cached = self._entries.get(key)
+            now = self._clock()
+            if cached is None or now - cached.fetched_at < MIN_RENEW:
+                return False
+            self._entries[key] = dataclasses.replace(cached, refresh_at=now)
+            return True
 
 
 _CACHE = ProviderCache()
 
 
-async def credentials_for(
+@dataclasses.dataclass(frozen=True)
+class _ProviderSource:
+    """A hop's cloud credentials: from the cache, renewed when a registry refuses them."""
+
+    provider: str
+    base_url: str
+    cache: ProviderCache
+
+    @property
+    def generation(self) -> int:
+        return self.cache.generation(self.provider, self.base_url)
+
+    async def get(self) -> Credentials | None:
+        return await self.cache.get(self.provider, self.base_url)
+
+    async def renew(self, seen: int) -> bool:
+        return await self.cache.renew(self.provider, self.base_url, seen)
+
+
+def credential_source(
     provider: str | None, base_url: str, static: Credentials | None, cache: ProviderCache | None = None
-) -> Credentials | None:
-    """The credentials a registry is logged in to with: the static ones, or the cloud's (cached)."""
+) -> CredentialSource:
+    """Where a hop logs in from: the cloud's credentials (cached) or its own (a helper's renewable)."""
     if provider is None:
-        return static
-    return await (cache or _CACHE).get(provider, base_url)
+        return source_of(static)
+    return _ProviderSource(provider, base_url, cache or _CACHE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,38 +166,33 @@ class _Registry:
         return self.base_url.partition("://")[2]
 
 
-def _failed(provider: str, step: str, detail: str) -> RegistryError:
-    """AuthFailed, naming provider and step; ``detail`` is the cloud's error, never a token."""
-    return RegistryError(
-        Fault(FaultKind.AUTH_REJECTED, f"{step}: {detail[:200]}", subject=f"{provider} provider")
-    )
+def _failed(provider: str, step: str, detail: str, *, unanswerable: bool = False) -> RegistryError:
+    """AuthFailed, naming provider and step; ``detail`` is the cloud's error, never a token.
+
+    ``unanswerable``: layerwatch would not ask (a configuration error), rather than the cloud refused.
+    """
+    kind = FaultKind.AUTH_UNANSWERABLE if unanswerable else FaultKind.AUTH_REJECTED
+    return RegistryError(Fault(kind, f"{step}: {detail[:300]}", subject=f"{provider} provider"))
 
 
 # -- aws ---------------------------------------------------------------------------------------------
 
 
-def _aws_token(host: str, env: Mapping[str, str]) -> tuple[Credentials, float | None]:
+def _aws_token(host: str) -> tuple[Credentials, float | None]:
     """ECR GetAuthorizationToken with botocore's default credential chain (blocking: a thread)."""
     import botocore.exceptions  # type: ignore[import-untyped]
     import botocore.session  # type: ignore[import-untyped]
 
-    match = _ECR_HOST.match(host)
-    public = host == _ECR_PUBLIC
-    region = (
-        "us-east-1"
-        if public
-        else (match.group("region") if match else env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))
-    )
-    if not region:
-        raise _failed("aws", "region", f"{host} is not an ECR host and AWS_REGION is not set")
+    # The cache checked the host: ECR's region and account come from it, Public ECR's are fixed.
+    account, region = provider_host("aws", host).group("account", "region")
+    public = account is None
     try:
         session = botocore.session.get_session()
-        client = session.create_client("ecr-public" if public else "ecr", region_name=region)
+        client = session.create_client("ecr-public" if public else "ecr", region_name=region or "us-east-1")
         if public:
             data = client.get_authorization_token()["authorizationData"]
         else:
-            kwargs = {"registryIds": [match.group("account")]} if match else {}
-            data = client.get_authorization_token(**kwargs)["authorizationData"][0]
+            data = client.get_authorization_token(registryIds=[account])["authorizationData"][0]
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         raise _failed(
@@ -175,8 +212,8 @@ def _aws_token(host: str, env: Mapping[str, str]) -> tuple[Credentials, float | 
     return Credentials(username, password), expires.timestamp() if expires is not None else None
 
 
-async def _aws(registry: _Registry, env: Mapping[str, str]) -> tuple[Credentials, float | None]:
-    return await asyncio.to_thread(_aws_token, registry.host, env)
+async def _aws(registry: _Registry, _env: Mapping[str, str]) -> tuple[Credentials, float | None]:
+    return await asyncio.to_thread(_aws_token, registry.host)
 
 
 # -- azure and gcp: plain HTTPS exchanges ------------------------------------------------------------
