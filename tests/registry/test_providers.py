@@ -5,6 +5,14 @@ an EKS Pod Identity agent, then ECR GetAuthorizationToken) through the real CLI;
 against the wire-format fakes in `cloud_fakes`. Each registry is a real one that accepts only
 the credentials the cloud issued, and no token ever shows in a report, a log line or the CLI's
 output.
+
+A provider logs in only to its cloud's registry hosts, so each hop is named as the cloud names
+it (``<account>.dkr.ecr.<region>.amazonaws.com``, ``<name>.azurecr.io``,
+``<region>-docker.pkg.dev``) and reached over plain HTTP through ``HTTP_PROXY`` pointing at the
+loopback front: an HTTP server takes absolute-URI requests, so the front serves the cloud's name
+itself, with no resolver or override in layerwatch. The cloud endpoints stay on loopback
+(``NO_PROXY``), where their own settings (``AWS_ENDPOINT_URL``, ``AZURE_AUTHORITY_HOST``,
+``GCE_METADATA_HOST``) point.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from lab.control import GatewayProcess
 from lab.process import free_port, wait_http
 from lab.registry import RegistryProcess
 from layerwatch.reference import Reference
+from layerwatch.registry import providers
 from layerwatch.registry.providers import ACR_USERNAME, GCP_USERNAME
 from layerwatch.report import to_json, to_text
 from layerwatch.verdict import CheckResult
@@ -41,6 +50,20 @@ FEDERATED = "eyJhbGciOiJSUzI1NiJ9.federated-service-account-token.sig"
 AWS_ACCOUNT = "123456789012"
 AWS_PASSWORD = f"{AWS_ACCOUNT}-auth-token"
 """What moto's ECR GetAuthorizationToken hands out for the account."""
+ECR_HOST = f"{AWS_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com"
+ACR_HOST = "lwtest.azurecr.io"
+GAR_HOST = "europe-docker.pkg.dev"
+
+
+@pytest.fixture(autouse=True)
+def cloud_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud-credential cache per test: every test's fake cloud issues its own tokens for one host."""
+    monkeypatch.setattr(providers, "_CACHE", providers.ProviderCache())
+
+
+def _through(front: str) -> dict[str, str]:
+    """Reach every registry host through ``front`` (``host:port``), the cloud endpoints directly."""
+    return {"HTTP_PROXY": f"http://{front}", "NO_PROXY": "127.0.0.1,localhost"}
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +159,15 @@ def _aws_check(
     """``layerwatch check`` of a hop with ``provider: aws`` that accepts only moto's ECR login."""
     gateway = _gateway(origin, ("AWS", AWS_PASSWORD))
     try:
-        chain = _chain(directory, gateway.url, "aws")
+        chain = _chain(directory, f"http://{ECR_HOST}", "aws")
         return run_cli(
             "check",
             "--output",
             "json",
             "--chain",
             str(chain),
-            f"{gateway.address}/org/app:v1",
-            env=env or _aws_env(directory, moto, web_identity=web_identity),
+            f"{ECR_HOST}/org/app:v1",
+            env=(env or _aws_env(directory, moto, web_identity=web_identity)) | _through(gateway.address),
         )
     finally:
         gateway.stop()
@@ -225,6 +248,8 @@ def test_aws_without_an_identity_is_auth_failed_saying_so(
 
 
 def _azure_env(monkeypatch: pytest.MonkeyPatch, address: str, token_file: Path) -> None:
+    for name, value in _through(address).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", f"http://{address}/")
     monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
     monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT_ID)
@@ -240,8 +265,8 @@ async def test_azure_workload_identity_is_exchanged_for_an_acr_refresh_token_onc
     cloud = FakeCloud(tenant=TENANT, client_id=CLIENT_ID, federated_token=FEDERATED, origin=origin.url)
     async with serve(cloud) as address:
         _azure_env(monkeypatch, address, token_file)
-        chain = _chain(tmp_path, f"http://{address}", "azure")
-        reference = Reference.parse(f"{address}/org/app:v1")
+        chain = _chain(tmp_path, f"http://{ACR_HOST}", "azure")
+        reference = Reference.parse(f"{ACR_HOST}/org/app:v1")
         results = [await engine_check_async(chain, reference) for _ in range(2)]
     assert [hop_verdicts(r) for r in results] == [{"registry": "Healthy"}] * 2
     assert cloud.calls["entra"] == 1 and cloud.calls["exchange"] == 1  # cached for the second check
@@ -259,7 +284,7 @@ async def test_a_federated_token_entra_refuses_is_auth_failed_with_entras_error(
     async with serve(cloud) as address:
         _azure_env(monkeypatch, address, token_file)
         result = await engine_check_async(
-            _chain(tmp_path, f"http://{address}", "azure"), Reference.parse(f"{address}/org/app:v1")
+            _chain(tmp_path, f"http://{ACR_HOST}", "azure"), Reference.parse(f"{ACR_HOST}/org/app:v1")
         )
     (hop,) = result.judgement.hops
     assert hop.verdict.value == "AuthFailed"
@@ -268,6 +293,11 @@ async def test_a_federated_token_entra_refuses_is_auth_failed_with_entras_error(
 
 
 # -- Google: metadata server -------------------------------------------------------------------------
+
+
+def _gar_env(monkeypatch: pytest.MonkeyPatch, gateway: GatewayProcess) -> None:
+    for name, value in _through(gateway.address).items():
+        monkeypatch.setenv(name, value)
 
 
 async def test_gcp_metadata_token_logs_in_as_oauth2accesstoken_and_is_cached(
@@ -279,8 +309,9 @@ async def test_gcp_metadata_token_logs_in_as_oauth2accesstoken_and_is_cached(
     try:
         async with serve(cloud) as address:
             monkeypatch.setenv("GCE_METADATA_HOST", address)
-            chain = _chain(tmp_path, gateway.url, "gcp")
-            reference = Reference.parse(f"{gateway.address}/org/app:v1")
+            _gar_env(monkeypatch, gateway)
+            chain = _chain(tmp_path, f"http://{GAR_HOST}", "gcp")
+            reference = Reference.parse(f"{GAR_HOST}/org/app:v1")
             results = [await engine_check_async(chain, reference) for _ in range(2)]
     finally:
         gateway.stop()
@@ -294,9 +325,10 @@ async def test_gcp_without_a_metadata_server_is_auth_failed(
 ) -> None:
     monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
     gateway = _gateway(origin, (GCP_USERNAME, "unused"))
+    _gar_env(monkeypatch, gateway)
     try:
         result = await engine_check_async(
-            _chain(tmp_path, gateway.url, "gcp"), Reference.parse(f"{gateway.address}/org/app:v1")
+            _chain(tmp_path, f"http://{GAR_HOST}", "gcp"), Reference.parse(f"{GAR_HOST}/org/app:v1")
         )
     finally:
         gateway.stop()
