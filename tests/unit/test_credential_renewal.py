@@ -207,3 +207,21 @@ async def test_a_cloud_token_the_registry_refuses_before_its_expiry_is_fetched_a
     assert cloud.calls["metadata"] == 2
     assert sent[-1] == "ya29.rotated"
     assert GCP_USERNAME not in "".join(h.message for h in after.judgement.hops)
+
+
+async def test_a_registry_refusing_every_cloud_token_costs_one_fetch_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(time.time())
+    monkeypatch.setattr(providers, "_CACHE", providers.ProviderCache(clock=clock))
+    cloud = FakeCloud(tenant="t", client_id="c", federated_token="f", origin="http://unused", lifetime=3600)
+    async with serve(cloud) as metadata, running(FakeRegistry()) as registry:
+        monkeypatch.setenv("GCE_METADATA_HOST", metadata)
+        sent = _basic_only(registry, "nothing-the-cloud-issues")
+        options = {"provider": "gcp", "proxy": Proxy(registry.url)}
+        results = [await check("http://gcr.io", **options) for _ in range(5)]
+        clock.now += 120
+        results.append(await check("http://gcr.io", **options))
+    assert {h.verdict.value for r in results for h in r.judgement.hops} == {"AuthFailed"}
+    assert cloud.calls["metadata"] == 2, "at load of the first check, then once after the minute"
+    assert len(sent) <= 2 * len(results), "a refused login is retried at most once, never in a loop"

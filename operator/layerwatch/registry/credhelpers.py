@@ -219,10 +219,10 @@ class HelperCache:
             if before is not None and self._clock() - before.asked_at < MIN_RENEW:
                 return False
             asked_at = self._clock()
+            self._keep(key, None, asked_at)  # a run cut short (the check's deadline) counts too
             try:
                 answer = _tagged(await asyncio.to_thread(self._run, *key), key)
             except ChainError as exc:
-                self._keep(key, None, asked_at)
                 raise RegistryError(
                     Fault(FaultKind.AUTH_REJECTED, str(exc), subject="credential helper")
                 ) from None
