@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -184,44 +185,56 @@ async def test_static_credentials_are_not_asked_for_again() -> None:
 # -- cloud tokens ------------------------------------------------------------------------------------
 
 
+class Google:
+    """The metadata fake, a cache on a clock the test moves, and a registry serving Google's names.
+
+    The hop is named like Artifact Registry and reached through a proxy that is the in-process
+    registry itself (an HTTP server answers absolute-URI requests), so no name is resolved.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.clock = Clock(time.time())
+        monkeypatch.setattr(providers, "_CACHE", providers.ProviderCache(clock=self.clock))
+        self.cloud = FakeCloud(tenant="t", client_id="c", federated_token="f", origin="http://unused")
+        self.monkeypatch = monkeypatch
+        self.registry = FakeRegistry()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Google]:
+        async with serve(self.cloud) as metadata, running(self.registry):
+            self.monkeypatch.setenv("GCE_METADATA_HOST", metadata)
+            yield self
+
+    async def check(self) -> list[str]:
+        result = await check("http://europe-docker.pkg.dev", provider="gcp", proxy=Proxy(self.registry.url))
+        assert GCP_USERNAME not in "".join(h.message for h in result.judgement.hops)
+        return [h.verdict.value for h in result.judgement.hops]
+
+
 async def test_a_cloud_token_the_registry_refuses_before_its_expiry_is_fetched_anew(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The hop is a Google host reached through a proxy that is the in-process registry itself."""
-    clock = Clock(time.time())
-    monkeypatch.setattr(providers, "_CACHE", providers.ProviderCache(clock=clock))
-    cloud = FakeCloud(tenant="t", client_id="c", federated_token="f", origin="http://unused", lifetime=3600)
-    first_token = cloud.gcp_token
-    async with serve(cloud) as metadata, running(FakeRegistry()) as registry:
-        monkeypatch.setenv("GCE_METADATA_HOST", metadata)
-        sent = _basic_only(registry, first_token)
-        options = {"provider": "gcp", "proxy": Proxy(registry.url)}
-        before = await check("http://europe-docker.pkg.dev", **options)
-        cloud.gcp_token = "ya29.rotated"  # the cloud revoked the first token well before its expiry
-        registry.hooks.clear()
-        sent = _basic_only(registry, "ya29.rotated")
-        clock.now += 120
-        after = await check("http://europe-docker.pkg.dev", **options)
-    assert [h.verdict.value for h in before.judgement.hops] == ["Healthy"]
-    assert [h.verdict.value for h in after.judgement.hops] == ["Healthy"]
-    assert cloud.calls["metadata"] == 2
+    async with Google(monkeypatch).running() as google:
+        _basic_only(google.registry, google.cloud.gcp_token)
+        before = await google.check()
+        google.cloud.gcp_token = "ya29.rotated"  # revoked and replaced well before its expiry
+        google.registry.hooks.clear()
+        sent = _basic_only(google.registry, "ya29.rotated")
+        google.clock.now += 120
+        after = await google.check()
+    assert before == after == ["Healthy"]
+    assert google.cloud.calls["metadata"] == 2
     assert sent[-1] == "ya29.rotated"
-    assert GCP_USERNAME not in "".join(h.message for h in after.judgement.hops)
 
 
 async def test_a_registry_refusing_every_cloud_token_costs_one_fetch_a_minute(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Clock(time.time())
-    monkeypatch.setattr(providers, "_CACHE", providers.ProviderCache(clock=clock))
-    cloud = FakeCloud(tenant="t", client_id="c", federated_token="f", origin="http://unused", lifetime=3600)
-    async with serve(cloud) as metadata, running(FakeRegistry()) as registry:
-        monkeypatch.setenv("GCE_METADATA_HOST", metadata)
-        sent = _basic_only(registry, "nothing-the-cloud-issues")
-        options = {"provider": "gcp", "proxy": Proxy(registry.url)}
-        results = [await check("http://gcr.io", **options) for _ in range(5)]
-        clock.now += 120
-        results.append(await check("http://gcr.io", **options))
-    assert {h.verdict.value for r in results for h in r.judgement.hops} == {"AuthFailed"}
-    assert cloud.calls["metadata"] == 2, "at load of the first check, then once after the minute"
-    assert len(sent) <= 2 * len(results), "a refused login is retried at most once, never in a loop"
+    async with Google(monkeypatch).running() as google:
+        sent = _basic_only(google.registry, "nothing-the-cloud-issues")
+        verdicts = [await google.check() for _ in range(5)]
+        google.clock.now += 120
+        verdicts.append(await google.check())
+    assert verdicts == [["AuthFailed"]] * 6
+    assert google.cloud.calls["metadata"] == 2, "at the first check, then once after the minute"
+    assert len(sent) <= 2 * len(verdicts), "a refused login is retried at most once, never in a loop"
