@@ -87,6 +87,19 @@ def test_ecr_hosts_name_their_account_and_region_and_public_ecr_neither() -> Non
     assert provider_host("aws", "public.ecr.aws").group("account", "region") == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("host", "scope"),
+    [
+        ("myacr.azurecr.io", "https://management.azure.com/.default"),
+        ("myacr.azurecr.de", "https://management.azure.com/.default"),
+        ("myacr.azurecr.cn", "https://management.chinacloudapi.cn/.default"),
+        ("myacr.azurecr.us", "https://management.usgovcloudapi.net/.default"),
+    ],
+)
+def test_an_acr_host_asks_entra_for_its_own_clouds_scope(host: str, scope: str) -> None:
+    assert providers.azure_scope(host) == scope
+
+
 def test_a_hop_without_a_provider_may_be_any_host() -> None:
     check_provider_host(None, "127.0.0.1:5000")
 

@@ -44,11 +44,16 @@ from layerwatch.observation import Fault, FaultKind
 from layerwatch.registry.credhelpers import MIN_RENEW, CredentialSource, loop_lock, source_of
 from layerwatch.registry.errors import RegistryError
 
-__all__ = ["ACR_USERNAME", "GCP_USERNAME", "ProviderCache", "credential_source"]
+__all__ = ["ACR_USERNAME", "GCP_USERNAME", "ProviderCache", "azure_scope", "credential_source"]
 
 ACR_USERNAME = "00000000-0000-0000-0000-000000000000"
 GCP_USERNAME = "oauth2accesstoken"
 AZURE_DEFAULT_AUTHORITY = "https://login.microsoftonline.com/"
+AZURE_SCOPES = {
+    ".azurecr.cn": "https://management.chinacloudapi.cn/.default",
+    ".azurecr.us": "https://management.usgovcloudapi.net/.default",
+}
+"""The Entra ID scope by the registry's cloud, as Flux picks it (Azure China, US Government)."""
 AZURE_DEFAULT_SCOPE = "https://management.azure.com/.default"
 GCP_DEFAULT_METADATA_HOST = "metadata.google.internal"
 REQUEST_TIMEOUT = 30.0
@@ -260,6 +265,13 @@ def _lifetime(document: Mapping[str, Any]) -> float | None:
         return None
 
 
+def azure_scope(host: str) -> str:
+    """The Entra ID scope whose token an ACR host exchanges: its cloud's resource manager."""
+    return next(
+        (scope for suffix, scope in AZURE_SCOPES.items() if host.endswith(suffix)), AZURE_DEFAULT_SCOPE
+    )
+
+
 async def _azure(registry: _Registry, env: Mapping[str, str]) -> tuple[Credentials, float | None]:
     missing = [
         k for k in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE") if not env.get(k)
@@ -282,7 +294,7 @@ async def _azure(registry: _Registry, env: Mapping[str, str]) -> tuple[Credentia
             data={
                 "grant_type": "client_credentials",
                 "client_id": env["AZURE_CLIENT_ID"],
-                "scope": env.get("LAYERWATCH_AZURE_SCOPE") or AZURE_DEFAULT_SCOPE,
+                "scope": env.get("LAYERWATCH_AZURE_SCOPE") or azure_scope(registry.host),
                 "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 "client_assertion": assertion,
             },
