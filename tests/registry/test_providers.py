@@ -9,10 +9,10 @@ output.
 A provider logs in only to its cloud's registry hosts, so each hop is named as the cloud names
 it (``<account>.dkr.ecr.<region>.amazonaws.com``, ``<name>.azurecr.io``,
 ``<region>-docker.pkg.dev``) and reached over plain HTTP through ``HTTP_PROXY`` pointing at the
-loopback front: an HTTP server takes absolute-URI requests, so the front serves the cloud's name
-itself, with no resolver or override in layerwatch. The cloud endpoints stay on loopback
-(``NO_PROXY``), where their own settings (``AWS_ENDPOINT_URL``, ``AZURE_AUTHORITY_HOST``,
-``GCE_METADATA_HOST``) point.
+loopback front (Azure's through the hop's own ``proxy``): an HTTP server takes absolute-URI
+requests, so the front serves the cloud's name itself, with no resolver or override in layerwatch.
+The cloud endpoints stay on loopback (``NO_PROXY``), where their own settings
+(``AWS_ENDPOINT_URL``, ``AZURE_AUTHORITY_HOST``, ``GCE_METADATA_HOST``) point.
 """
 
 from __future__ import annotations
@@ -78,12 +78,15 @@ def _gateway(origin: RegistryProcess, user: tuple[str, str]) -> GatewayProcess:
     return GatewayProcess("cloud", origin.url, auth="required", user=user).start()
 
 
-def _chain(directory: Path, url: str, provider: str) -> Path:
+def _chain(directory: Path, url: str, provider: str, proxy: str | None = None) -> Path:
+    hop: dict[str, object] = {"name": "registry", "url": url, "provider": provider}
+    if proxy is not None:
+        hop["proxy"] = {"address": proxy}
     document = {
         "apiVersion": "layerwatch.io/v1alpha1",
         "kind": "ProxyChain",
         "metadata": {"name": "cloud"},
-        "spec": {"hops": [{"name": "registry", "url": url, "provider": provider}]},
+        "spec": {"hops": [hop]},
     }
     path = directory / "chain.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -248,8 +251,8 @@ def test_aws_without_an_identity_is_auth_failed_saying_so(
 
 
 def _azure_env(monkeypatch: pytest.MonkeyPatch, address: str, token_file: Path) -> None:
-    for name, value in _through(address).items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", f"http://{address}/")
     monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
     monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT_ID)
@@ -265,7 +268,8 @@ async def test_azure_workload_identity_is_exchanged_for_an_acr_refresh_token_onc
     cloud = FakeCloud(tenant=TENANT, client_id=CLIENT_ID, federated_token=FEDERATED, origin=origin.url)
     async with serve(cloud) as address:
         _azure_env(monkeypatch, address, token_file)
-        chain = _chain(tmp_path, f"http://{ACR_HOST}", "azure")
+        # The hop's own proxy carries the registry's traffic, ACR's /oauth2/exchange included.
+        chain = _chain(tmp_path, f"http://{ACR_HOST}", "azure", proxy=f"http://{address}")
         reference = Reference.parse(f"{ACR_HOST}/org/app:v1")
         results = [await engine_check_async(chain, reference) for _ in range(2)]
     assert [hop_verdicts(r) for r in results] == [{"registry": "Healthy"}] * 2
@@ -284,7 +288,8 @@ async def test_a_federated_token_entra_refuses_is_auth_failed_with_entras_error(
     async with serve(cloud) as address:
         _azure_env(monkeypatch, address, token_file)
         result = await engine_check_async(
-            _chain(tmp_path, f"http://{ACR_HOST}", "azure"), Reference.parse(f"{ACR_HOST}/org/app:v1")
+            _chain(tmp_path, f"http://{ACR_HOST}", "azure", proxy=f"http://{address}"),
+            Reference.parse(f"{ACR_HOST}/org/app:v1"),
         )
     (hop,) = result.judgement.hops
     assert hop.verdict.value == "AuthFailed"

@@ -15,8 +15,10 @@ from layerwatch.chain import ChainError, Credentials, Hop, Proxy, chain_from_spe
 from layerwatch.registry import credhelpers, providers
 from layerwatch.registry.auth import Challenge
 from layerwatch.registry.client import endpoint_of
+from layerwatch.registry.network import EndpointState
 from layerwatch.registry.proxies import bypassed, environment_proxy, hop_proxy, parse_proxy, transport_proxy
 from layerwatch.registry.tls import check_client_certificate, insecure_context
+from layerwatch.settings import EngineSettings
 
 HTTPS_HOP = Hop.from_url("edge", "https://harbor.corp.example:8443/p-core")
 HTTP_HOP = Hop.from_url("lab", "http://127.0.0.1:5000")
@@ -171,7 +173,8 @@ def test_jwt_expiry_is_read_without_verification() -> None:
 
 async def test_a_hop_without_a_provider_uses_its_own_credentials() -> None:
     hop = Hop.from_url("edge", "https://harbor.example", credentials=Credentials("robot", "pw"))
-    source = providers.credential_source(hop.provider, hop.base_url, hop.credentials)
+    state = EndpointState(endpoint_of(hop), EngineSettings())
+    source = providers.credential_source(hop.provider, hop.base_url, hop.credentials, state.transport)
     assert await source.get() == Credentials("robot", "pw")
 
 

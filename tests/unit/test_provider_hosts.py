@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 import yaml
 from aiohttp import web
@@ -259,9 +260,12 @@ async def test_a_non_ecr_host_never_falls_back_to_the_default_ecr_token(
     assert set(seen) == {""}
 
 
-async def test_the_cache_refuses_before_any_cloud_is_asked() -> None:
+async def test_the_cache_refuses_before_any_cloud_or_the_registry_is_asked() -> None:
+    async def unreachable() -> httpx.AsyncBaseTransport:
+        raise AssertionError("the registry was contacted")
+
     cache = providers.ProviderCache()
     with pytest.raises(RegistryError) as caught:
-        await cache.get("gcp", "https://registry.example.com")
+        await cache.get("azure", "https://registry.example.com", unreachable)
     assert caught.value.fault.kind is FaultKind.AUTH_UNANSWERABLE
     assert cache.fetches == 0

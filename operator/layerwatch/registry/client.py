@@ -200,7 +200,9 @@ class RegistryClient:
         self.credentials = credentials
         self.provider = provider
         """``aws``/``azure``/``gcp``: the credentials come from the cloud (`providers`)."""
-        self._source = providers.credential_source(provider, state.endpoint.base_url, credentials)
+        self._source = providers.credential_source(
+            provider, state.endpoint.base_url, credentials, state.transport
+        )
         self._on_request = on_request
         self._on_exchange = on_exchange
         self._owns_state = owns_state

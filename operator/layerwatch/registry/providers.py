@@ -59,6 +59,9 @@ GCP_DEFAULT_METADATA_HOST = "metadata.google.internal"
 REQUEST_TIMEOUT = 30.0
 _MAX_ANSWER = 256 * 1024
 
+Transport = Callable[[], Awaitable[httpx.AsyncBaseTransport]]
+"""The hop endpoint's transport, built on first use."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _Cached:
@@ -87,10 +90,13 @@ class ProviderCache:
         """How many times a cloud was asked (the rest were answered from the cache)."""
 
     async def get(
-        self, provider: str, base_url: str, environ: Mapping[str, str] | None = None
+        self, provider: str, base_url: str, transport: Transport, environ: Mapping[str, str] | None = None
     ) -> Credentials:
-        """The cached credentials, or the cloud's new ones; never asks for a host not the cloud's."""
-        registry = _Registry(base_url)
+        """The cached credentials, or the cloud's new ones; never asks for a host not the cloud's.
+
+        ``transport`` is the hop's own way to the registry, for what is asked there (ACR's exchange).
+        """
+        registry = _Registry(base_url, transport)
         try:
             provider_host(provider, registry.host)
         except ChainError as exc:
@@ -138,6 +144,7 @@ class _ProviderSource:
 
     provider: str
     base_url: str
+    transport: Transport
     cache: ProviderCache
 
     @property
@@ -145,26 +152,31 @@ class _ProviderSource:
         return self.cache.generation(self.provider, self.base_url)
 
     async def get(self) -> Credentials | None:
-        return await self.cache.get(self.provider, self.base_url)
+        return await self.cache.get(self.provider, self.base_url, self.transport)
 
     async def renew(self, seen: int) -> bool:
         return await self.cache.renew(self.provider, self.base_url, seen)
 
 
 def credential_source(
-    provider: str | None, base_url: str, static: Credentials | None, cache: ProviderCache | None = None
+    provider: str | None,
+    base_url: str,
+    static: Credentials | None,
+    transport: Transport,
+    cache: ProviderCache | None = None,
 ) -> CredentialSource:
     """Where a hop logs in from: the cloud's credentials (cached) or its own (a helper's renewable)."""
     if provider is None:
         return source_of(static)
-    return _ProviderSource(provider, base_url, cache or _CACHE)
+    return _ProviderSource(provider, base_url, transport, cache or _CACHE)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Registry:
-    """The registry a cloud token is for: ``scheme://host[:port]``."""
+    """The registry a cloud token is for: ``scheme://host[:port]``, and the hop's way there."""
 
     base_url: str
+    transport: Transport
 
     @property
     def host(self) -> str:
@@ -299,22 +311,26 @@ async def _azure(registry: _Registry, env: Mapping[str, str]) -> tuple[Credentia
                 "client_assertion": assertion,
             },
         )
-        access = entra.get("access_token")
-        if not isinstance(access, str) or not access:
-            raise _failed("azure", "Entra ID token", "answer without an access_token")
-        exchange = await _json(
-            client,
-            "azure",
-            "ACR /oauth2/exchange",
-            "POST",
-            f"{registry.base_url}/oauth2/exchange",
-            data={
-                "grant_type": "access_token",
-                "service": registry.host,
-                "tenant": tenant,
-                "access_token": access,
-            },
-        )
+    access = entra.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise _failed("azure", "Entra ID token", "answer without an access_token")
+    # The exchange is the registry's own endpoint: reached as the hop is (its proxy, CA, client
+    # certificate). The transport belongs to the hop's endpoint, so this client is never closed.
+    at_registry = httpx.AsyncClient(transport=await registry.transport(), trust_env=False)
+    exchange = await _json(
+        at_registry,
+        "azure",
+        "ACR /oauth2/exchange",
+        "POST",
+        f"{registry.base_url}/oauth2/exchange",
+        timeout=REQUEST_TIMEOUT,
+        data={
+            "grant_type": "access_token",
+            "service": registry.host,
+            "tenant": tenant,
+            "access_token": access,
+        },
+    )
     refresh = exchange.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
         raise _failed("azure", "ACR /oauth2/exchange", "answer without a refresh_token")
