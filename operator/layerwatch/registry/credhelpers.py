@@ -30,6 +30,7 @@ from layerwatch.observation import Fault, FaultKind
 from layerwatch.reference import DOCKER_HUB
 from layerwatch.registry.auth import Challenge, credentials_from_docker_config
 from layerwatch.registry.errors import RegistryError
+from layerwatch.registry.network import clean_text
 
 __all__ = [
     "HELPERS",
@@ -224,7 +225,7 @@ class HelperCache:
                 answer = _tagged(await asyncio.to_thread(self._run, *key), key)
             except ChainError as exc:
                 raise RegistryError(
-                    Fault(FaultKind.AUTH_REJECTED, str(exc), subject="credential helper")
+                    Fault(FaultKind.AUTH_REJECTED, clean_text(str(exc), 300), subject="credential helper")
                 ) from None
             return self._keep(key, answer, asked_at).generation != seen
 
@@ -251,11 +252,11 @@ class _HelperSource:
         return await self.cache.renew(self.key, seen)
 
 
-def source_of(credentials: Credentials | None, cache: HelperCache | None = None) -> CredentialSource:
+def source_of(credentials: Credentials | None) -> CredentialSource:
     """The source of a hop's own credentials: renewable when a helper gave them, else static."""
     if credentials is None or credentials.helper is None:
         return StaticSource(credentials)
-    return _HelperSource(credentials, credentials.helper, cache or HELPERS)
+    return _HelperSource(credentials, credentials.helper, HELPERS)
 
 
 def refresh_token_form(challenge: Challenge, scope: str, credentials: Credentials) -> bytes:
