@@ -255,9 +255,7 @@ def test_credentials_are_found_in_a_docker_config_by_registry_host(
         ("bot:pw", "must be an object with auth or username and password"),
     ],
 )
-def test_an_unusable_entry_for_the_host_is_an_error_not_an_anonymous_check(
-    entry: Any, fragment: str
-) -> None:
+def test_an_unusable_entry_for_the_host_is_an_error_not_an_anonymous_check(entry: Any, fragment: str) -> None:
     """Docker refuses such a config, so Flux cannot pull with it: checking anonymously would be a lie."""
     with pytest.raises(ChainError) as info:
         credentials_from_docker_config({"auths": {"https://ghcr.io": entry}}, "ghcr.io", "Secret a/b")

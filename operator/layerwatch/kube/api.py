@@ -402,10 +402,13 @@ def _object_name(kind: str, namespace: object, name: object) -> str:
     """``Kind namespace/name`` for messages, or a SecretError when either is not a valid name.
 
     Names come from tenants' specs; one that no object can have is refused before any request,
-    so it never reaches a URL or a message unescaped.
+    so it never reaches a URL, and a message shows it quoted, bounded, on one line.
     """
-    for what, value in (("namespace", namespace), ("name", name)):
-        if not isinstance(value, str) or len(value) > 253 or not _OBJECT_NAME.match(value):
-            shown = repr(value)[:80]
-            raise SecretError(f"{kind} {what} {shown} is not a valid object name", reason=INVALID_SECRET)
-    return f"{kind} {namespace}/{name}"
+
+    def valid(value: object) -> bool:
+        return isinstance(value, str) and len(value) <= 253 and bool(_OBJECT_NAME.match(value))
+
+    if valid(namespace) and valid(name):
+        return f"{kind} {namespace}/{name}"
+    shown = "/".join(str(v) if valid(v) else repr(v)[:80] for v in (namespace, name))
+    raise SecretError(f"{kind} {shown}: not a valid object name", reason=INVALID_SECRET)

@@ -34,22 +34,21 @@ MAX_PROXY_ADDRESS = 2048
 
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _PROXY_HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?\Z")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _shown(address: str) -> str:
-    """The address as messages show it: anything before an ``@`` masked, quoted, bounded.
+    """The address as messages show it: everything before the last ``@`` masked, quoted, bounded.
 
     Pure string work, so it cannot fail on the very addresses a message is about; masking up to
     the last ``@`` also hides a password with a ``/`` or ``?`` in it.
     """
-    scheme, sep, rest = address.partition("://")
-    if not sep:
-        scheme, rest = "", address
-    userinfo, at, host = rest.rpartition("@")
+    scheme = _SCHEME.match(address)
+    prefix = scheme.group() if scheme else ""
+    _, at, host = address.rpartition("@")
     if at:
-        user, colon, _ = userinfo.partition(":")
-        rest = f"{user}:***@{host}" if colon and "/" not in user else f"***@{host}"
-    shown = repr(f"{scheme}{sep}{rest}")
+        address = f"{prefix}***@{host}"  # a user name alone may be the token
+    shown = repr(address)
     return shown if len(shown) <= 120 else shown[:100] + "...'"
 
 
