@@ -286,7 +286,7 @@ def raw_api(
 # -- parsers, one by one -------------------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(addresses(), st.one_of(st.none(), st.text(max_size=8)), st.one_of(st.none(), secrets, st.integers()))
 @example("http://robot:S3CR3T@127.0.0.1:3l28", None, None)
 @example("http://[::1:3128", None, None)
@@ -363,7 +363,7 @@ def test_a_docker_config_gives_credentials_or_one_chain_error(text: str) -> None
     assert found is None or isinstance(found, Credentials)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.none(), pems()), st.one_of(st.none(), pems()))
 def test_a_client_certificate_pair_loads_or_is_one_chain_error(cert: str | None, key: str | None) -> None:
     try:
