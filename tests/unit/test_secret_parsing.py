@@ -13,7 +13,7 @@ import base64
 import functools
 import json
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -534,67 +534,40 @@ def clean_chain() -> dict[str, Any]:
     }
 
 
-def tenant_chain(proxy_address: str) -> dict[str, Any]:
-    """A chain whose edge hop reads every kind of Secret the platform admin can reference."""
-    ref = {"namespace": "layerwatch"}
-    edge = {
-        "name": "edge",
-        "url": "https://a.example/p-core",
-        "secretRef": {**ref, "name": "chain-pull"},
-        "caSecretRef": {**ref, "name": "chain-ca"},
-        "certSecretRef": {**ref, "name": "chain-tls"},
-        "proxy": {"address": proxy_address, "secretRef": {**ref, "name": "chain-proxy"}},
-    }
+def tenant_chain(refs: Collection[str], proxy_address: str | None) -> dict[str, Any]:
+    """A chain whose edge hop reads the kinds of Secret in ``refs`` (a platform admin's references)."""
+    edge: dict[str, Any] = {"name": "edge", "url": "https://a.example/p-core"}
+    for field, name in (
+        ("secretRef", "chain-pull"),
+        ("caSecretRef", "chain-ca"),
+        ("certSecretRef", "chain-tls"),
+    ):
+        if name in refs:
+            edge[field] = {"namespace": "layerwatch", "name": name}
+    if proxy_address is not None or "chain-proxy" in refs:
+        edge["proxy"] = {"address": proxy_address or "http://chain-proxy.example:3128"}
+        if "chain-proxy" in refs:
+            edge["proxy"]["secretRef"] = {"namespace": "layerwatch", "name": "chain-proxy"}
     return {
         "metadata": {"name": "corp", "generation": 1},
         "spec": {"interval": "5m", "hops": [edge, {"name": "origin", "url": "https://ghcr.io"}]},
     }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.fixed_dictionaries(
-        {
-            name: secret_data()
-            for name in ("pull", "proxy", "tls", "chain-pull", "chain-ca", "chain-tls", "chain-proxy")
-        }
-    ),
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "secretRef": st.fixed_dictionaries(
-                {"name": st.sampled_from(["pull", "gone", "Bad Name"]) | st.none()}
-            ),
-            "proxySecretRef": st.fixed_dictionaries({"name": st.just("proxy")}),
-            "certSecretRef": st.fixed_dictionaries({"name": st.just("tls")}),
-            "serviceAccountName": st.sampled_from(["puller", "nobody", "a\nb"]),
-            "insecure": st.booleans(),
-        },
-    ),
-    st.lists(st.sampled_from(["pull", "proxy", "gone", "", None]), max_size=3),
-    st.one_of(st.none(), addresses()),
-)
-@example(
-    {"pull": {}, "proxy": {"address": b64("http://robot:S3CR3T@127.0.0.1:3l28")}, "tls": {}}
-    | {name: {} for name in ("chain-pull", "chain-ca", "chain-tls", "chain-proxy")},
-    {"proxySecretRef": {"name": "proxy"}},
-    [],
-    None,
-)
-def test_no_tenant_secret_stops_re_planning_for_another_namespace(
-    contents: dict[str, dict[str, Any]],
-    spec: dict[str, Any],
+def replanned(
+    contents: Mapping[str, Mapping[str, Any]],
+    spec: Mapping[str, Any],
     pull_secrets: list[Any],
-    proxy_address: str | None,
-) -> None:
-    """Whatever the tenant's and the chain's Secrets hold, re-planning completes and the target in
-    another namespace on another chain is planned to be checked, not left pending."""
+    chain: dict[str, Any],
+) -> OperatorService:
+    """One re-plan of the tenant's target on ``chain`` and another namespace's on a clean chain,
+    checked for what must hold whatever the Secrets (``contents``; chain-* ones in layerwatch) hold."""
     stored = {
         ("layerwatch" if name.startswith("chain-") else "team-a", name): data
         for name, data in contents.items()
     }
     service = OperatorService(raw_api(stored, pull_secrets), OperatorOptions())
-    for body in (tenant_chain(proxy_address or ""), clean_chain()):
+    for body in (chain, clean_chain()):
         service.chain_event("ADDED", body)
         service.set_active(body["metadata"]["name"], True)
     service.source_event("ADDED", oci_repository(*reversed(TENANT), spec=spec))
@@ -614,5 +587,101 @@ def test_no_tenant_secret_stops_re_planning_for_another_namespace(
     watches = service.scheduler._watches
     assert OTHER in watches and watches[OTHER].chain.name == "clean" and not watches[OTHER].pending
     assert TENANT in watches, "the tenant's own target is planned too (checked or shown unknown)"
+    for watch in watches.values():
+        for hop in (*watch.chain.hops, *([watch.entry_hop] if watch.entry_hop else [])):
+            assert hop.ca_pem is None or is_pem_bundle(hop.ca_pem), (
+                "no check may start with a CA it cannot load"
+            )
     for name, (_, message) in service.not_ready.items():
         assert name == "corp" and "\n" not in message and MARK not in message
+    return service
+
+
+def robot_login() -> dict[str, str]:
+    return {"username": b64("robot"), "password": b64(f"{MARK}-pw")}
+
+
+SECRET_NAMES = ("pull", "proxy", "tls", "chain-pull", "chain-ca", "chain-tls", "chain-proxy")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.fixed_dictionaries({name: secret_data() for name in SECRET_NAMES}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "secretRef": st.fixed_dictionaries(
+                {"name": st.sampled_from(["pull", "gone", "Bad Name"]) | st.none()}
+            ),
+            "proxySecretRef": st.fixed_dictionaries({"name": st.just("proxy")}),
+            "certSecretRef": st.fixed_dictionaries({"name": st.just("tls")}),
+            "serviceAccountName": st.sampled_from(["puller", "nobody", "a\nb"]),
+            "insecure": st.booleans(),
+        },
+    ),
+    st.lists(st.sampled_from(["pull", "proxy", "gone", "", None]), max_size=3),
+    st.sets(st.sampled_from(["chain-pull", "chain-ca", "chain-tls", "chain-proxy"])),
+    st.one_of(st.none(), addresses()),
+)
+def test_no_secret_stops_re_planning_for_another_namespace(
+    contents: dict[str, dict[str, Any]],
+    spec: dict[str, Any],
+    pull_secrets: list[Any],
+    chain_refs: set[str],
+    proxy_address: str | None,
+) -> None:
+    """Whatever the tenant's and the chain's Secrets hold, re-planning completes and the target in
+    another namespace on another chain is planned to be checked, not left pending."""
+    replanned(contents, spec, pull_secrets, tenant_chain(chain_refs, proxy_address))
+
+
+@pytest.mark.parametrize(
+    ("contents", "spec", "chain_refs", "proxy_address"),
+    [
+        pytest.param(
+            {"proxy": {"address": b64("http://robot:S3CR3T@127.0.0.1:3l28")}},
+            {"proxySecretRef": {"name": "proxy"}},
+            (),
+            None,
+            id="tenant-proxy-password-and-bad-port",
+        ),
+        pytest.param(
+            {"proxy": {"address": b64("http://[::1:3128")}},
+            {"proxySecretRef": {"name": "proxy"}},
+            (),
+            None,
+            id="tenant-proxy-bad-ipv6",
+        ),
+        pytest.param(
+            {"tls": {"ca.crt": b64("-----BEGIN CERTIFICATE-----é")}},
+            {"certSecretRef": {"name": "tls"}},
+            (),
+            None,
+            id="tenant-ca-not-ascii",
+        ),
+        pytest.param(
+            {"chain-ca": {"ca.crt": b64("-----BEGIN CERTIFICATE-----é")}},
+            {},
+            ("chain-ca",),
+            None,
+            id="chain-ca-not-ascii",
+        ),
+        pytest.param(
+            {"chain-proxy": robot_login()},
+            {},
+            ("chain-proxy",),
+            "http://[::1:3128",  # passes the CRD's pattern ^https?://[^/@?#]+/?$
+            id="chain-proxy-address-bad-ipv6",
+        ),
+    ],
+)
+def test_secrets_that_stopped_re_planning_for_everyone(
+    contents: dict[str, dict[str, Any]],
+    spec: dict[str, Any],
+    chain_refs: tuple[str, ...],
+    proxy_address: str | None,
+) -> None:
+    """Each of these raised a bare ValueError or TypeError out of the re-plan, which kept the old
+    plan everywhere (the other namespace's new target was never checked), or, for a certSecretRef's
+    ca.crt, handed the check a CA that the TLS stack refuses with a TypeError."""
+    replanned(contents, spec, [], tenant_chain(chain_refs, proxy_address))
