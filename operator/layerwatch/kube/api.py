@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -316,10 +317,10 @@ class KubeApi:
         if ".dockerconfigjson" in data:
             try:
                 config = json_object(data[".dockerconfigjson"])
+            except ValueError as exc:
+                raise SecretError(f"{where}: .dockerconfigjson is {exc}", reason=INVALID_SECRET) from None
+            with _invalid_secret():
                 return credentials_from_docker_config(config, host, f"{where}: .dockerconfigjson")
-            except ValueError as exc:  # ChainError is one
-                message = str(exc) if isinstance(exc, ChainError) else f"{where}: .dockerconfigjson is {exc}"
-                raise SecretError(message, reason=INVALID_SECRET) from None
         if "username" in data and "password" in data:
             return Credentials(data["username"], data["password"])
         raise SecretError(f"{where}: neither .dockerconfigjson nor username/password", reason=INVALID_SECRET)
@@ -356,15 +357,13 @@ class KubeApi:
     async def proxy(self, namespace: str, name: str, address: str | None = None) -> Proxy:
         """A proxy from a Secret: ``address`` (unless the chain gives it), ``username``, ``password``."""
         data = await self._secret_texts(namespace, name, ("address", "username", "password"))
-        try:
+        with _invalid_secret():
             return parse_proxy(
                 address or data.get("address"),
                 f"Secret {namespace}/{name}",
                 data.get("username"),
                 data.get("password"),
             )
-        except ChainError as exc:
-            raise SecretError(str(exc), reason=INVALID_SECRET) from None
 
     async def client_certificate(self, namespace: str, name: str) -> dict[str, str]:
         """Hop options from a TLS Secret: ``tls.crt``/``tls.key`` (checked) and ``ca.crt`` when present."""
@@ -374,10 +373,8 @@ class KubeApi:
         if "ca.crt" in data:
             options["ca_pem"] = _checked_ca(data["ca.crt"], where)
         if "tls.crt" in data or "tls.key" in data:
-            try:
+            with _invalid_secret():
                 check_client_certificate(data.get("tls.crt"), data.get("tls.key"), where)
-            except ChainError as exc:
-                raise SecretError(str(exc), reason=INVALID_SECRET) from None
             options["client_cert_pem"], options["client_key_pem"] = data["tls.crt"], data["tls.key"]
         if not options:
             raise SecretError(f"{where}: none of tls.crt, tls.key, ca.crt", reason=INVALID_SECRET)
@@ -390,6 +387,15 @@ class KubeApi:
         if pem is None:
             raise SecretError(f"Secret {namespace}/{name}: no ca.crt key", reason=INVALID_SECRET)
         return _checked_ca(pem, f"Secret {namespace}/{name}")
+
+
+@contextlib.contextmanager
+def _invalid_secret() -> Iterator[None]:
+    """A parser's ChainError about what a Secret holds is that Secret's ``InvalidSecret``."""
+    try:
+        yield
+    except ChainError as exc:
+        raise SecretError(str(exc), reason=INVALID_SECRET) from None
 
 
 def _checked_ca(pem: str, where: str) -> str:
