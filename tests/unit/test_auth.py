@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerwatch.chain import Credentials
+from layerwatch.chain import ChainError, Credentials
 from layerwatch.registry.auth import (
     MAX_CHALLENGE_LENGTH,
     Challenge,
@@ -228,10 +228,9 @@ def b64(text: str) -> str:
         ),
         ({"docker.io": {"auth": b64("hub:pw")}}, "index.docker.io", Credentials("hub", "pw")),
         ({"ghcr.io": {"auth": "", "username": "bot", "password": "pw"}}, "ghcr.io", Credentials("bot", "pw")),
-        ({"ghcr.io": {"auth": "!!!not base64!!!"}}, "ghcr.io", None),
         ({"ghcr.io": {"auth": b64("bot:pw")}}, "quay.io", None),
         ({"ghcr.io": {"identitytoken": "x"}}, "ghcr.io", Credentials("", "", identity_token="x")),
-        ({"ghcr.io": "bot:pw"}, "ghcr.io", None),
+        ({"ghcr.io": "bot:pw", "quay.io": {"auth": "!!!"}}, "quay.io.example", None),
         (
             {"a.example": {"auth": b64("a:1")}, "b.example": {"auth": b64("b:2")}},
             "b.example",
@@ -243,6 +242,24 @@ def test_credentials_are_found_in_a_docker_config_by_registry_host(
     auths: dict[str, Any], host: str, expected: Credentials | None
 ) -> None:
     assert credentials_from_docker_config({"auths": auths}, host) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ({"auth": "!!!not base64!!!"}, "auth is not the base64 of UTF-8 user:password"),
+        ({"auth": b64("no-colon")}, "auth is not the base64 of UTF-8 user:password"),
+        ({"auth": base64.b64encode(b"bot:\xff").decode()}, "auth is not the base64 of UTF-8"),
+        ({"auth": 42}, "auth must be a string"),
+        ({"username": "bot", "password": ["pw"]}, "password must be a string"),
+        ("bot:pw", "must be an object with auth or username and password"),
+    ],
+)
+def test_an_unusable_entry_for_the_host_is_an_error_not_an_anonymous_check(entry: Any, fragment: str) -> None:
+    """Docker refuses such a config, so Flux cannot pull with it: checking anonymously would be a lie."""
+    with pytest.raises(ChainError) as info:
+        credentials_from_docker_config({"auths": {"https://ghcr.io": entry}}, "ghcr.io", "Secret a/b")
+    assert str(info.value).startswith("Secret a/b auths['https://ghcr.io']: ") and fragment in str(info.value)
 
 
 @pytest.mark.parametrize("config", [{}, {"auths": None}, {"auths": ["ghcr.io"]}, {"credsStore": "desktop"}])

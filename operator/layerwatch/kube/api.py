@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 import random
-import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -26,7 +28,7 @@ from layerwatch.documents import json_object
 from layerwatch.kube.conditions import Transition, merge_conditions, now_rfc3339
 from layerwatch.registry.auth import credentials_from_docker_config
 from layerwatch.registry.proxies import parse_proxy
-from layerwatch.registry.tls import check_client_certificate
+from layerwatch.registry.tls import check_client_certificate, is_pem_bundle
 
 __all__ = ["SECRET_REFRESH", "KubeApi", "SecretError", "is_pem_bundle"]
 
@@ -50,8 +52,12 @@ SECRET_MISSING, SECRET_UNREADABLE, INVALID_SECRET, INVALID_CA = (
 REQUEST_TIMEOUT = (5.0, 30.0)
 """Seconds to connect and to read an apiserver answer: no call can hold up a re-plan or shutdown."""
 
-_SecretState = dict[str, str] | tuple[str, str]
-"""A cached Secret: its decoded data, or (reason, message) when it cannot be used."""
+_SecretState = dict[str, str | None] | tuple[str, str]
+"""A cached Secret: its decoded data (None: a value that is not text), or (reason, message)."""
+MAX_SECRET_BYTES = 1024 * 1024
+"""A Secret larger than this (the apiserver's own limit) is refused before it is decoded."""
+_MAX_ENCODED = 4 * -(-MAX_SECRET_BYTES // 3)
+_OBJECT_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?\Z")
 
 
 class SecretError(Exception):
@@ -229,21 +235,35 @@ class KubeApi:
     # -- Secrets -----------------------------------------------------------------------------------
 
     async def _read_secret(self, namespace: str, name: str) -> _SecretState:
-        """One ``get`` of a Secret by name: its decoded data, or why it cannot be used."""
+        """One ``get`` of a Secret by name: its decoded data, or why it cannot be used.
+
+        A value that is not base64 of UTF-8 text is kept as None (its key exists, its text does
+        not), so a parser can say which key is wrong; a Secret over MAX_SECRET_BYTES is refused
+        before anything of it is decoded.
+        """
+        try:
+            where = _object_name("Secret", namespace, name)
+        except SecretError as exc:
+            return (exc.reason, str(exc))
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
             reason = SECRET_MISSING if exc.status == 404 else SECRET_UNREADABLE
-            return (reason, f"Secret {namespace}/{name}: HTTP {exc.status}")
-        data: dict[str, str] = {}
-        for field, value in (secret.data or {}).items():
+            return (reason, f"{where}: HTTP {exc.status}")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return (SECRET_UNREADABLE, f"{where}: the apiserver did not answer ({type(exc).__name__})")
+        raw = secret.data if isinstance(secret.data, Mapping) else {}
+        if sum(len(str(k)) + (len(v) if isinstance(v, str) else 0) for k, v in raw.items()) > _MAX_ENCODED:
+            return (INVALID_SECRET, f"{where}: larger than {MAX_SECRET_BYTES // 1024} KiB")
+        data: dict[str, str | None] = {}
+        for field, value in raw.items():
             try:
-                data[field] = base64.b64decode(value).decode()
-            except (ValueError, UnicodeDecodeError):
-                continue
+                data[str(field)] = base64.b64decode(value, validate=True).decode()
+            except (TypeError, ValueError):  # not a string, not base64 (binascii.Error), not UTF-8
+                data[str(field)] = None
         return data
 
-    async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
+    async def _secret_data(self, namespace: str, name: str) -> dict[str, str | None]:
         """A Secret's decoded data from the cache, read once on a miss (a plan reads many)."""
         key = (namespace, name)
         self._secrets_used.add(key)
@@ -253,6 +273,20 @@ class KubeApi:
         if isinstance(state, tuple):
             raise SecretError(state[1], reason=state[0])
         return state
+
+    async def _secret_texts(self, namespace: str, name: str, keys: Sequence[str]) -> dict[str, str]:
+        """The Secret's values under ``keys`` that it has; a key whose value is not text is an error."""
+        data = await self._secret_data(namespace, name)
+        texts: dict[str, str] = {}
+        for key in keys:
+            if key in data:
+                value = data[key]
+                if value is None:
+                    raise SecretError(
+                        f"Secret {namespace}/{name}: {key} is not base64 of UTF-8 text", reason=INVALID_SECRET
+                    )
+                texts[key] = value
+        return texts
 
     def begin_plan(self) -> None:
         """A plan starts: the Secrets it asks for are the ones ``refresh_secrets`` keeps current."""
@@ -278,33 +312,43 @@ class KubeApi:
 
     async def credentials(self, namespace: str, name: str, host: str) -> Credentials | None:
         """Credentials for ``host`` from a dockerconfigjson or basic-auth Secret."""
-        data = await self._secret_data(namespace, name)
+        where = f"Secret {namespace}/{name}"
+        data = await self._secret_texts(namespace, name, (".dockerconfigjson", "username", "password"))
         if ".dockerconfigjson" in data:
             try:
                 config = json_object(data[".dockerconfigjson"])
             except ValueError as exc:
-                raise SecretError(
-                    f"Secret {namespace}/{name}: .dockerconfigjson is {exc}", reason=INVALID_SECRET
-                ) from None
-            return credentials_from_docker_config(config, host)
+                raise SecretError(f"{where}: .dockerconfigjson is {exc}", reason=INVALID_SECRET) from None
+            with _invalid_secret():
+                return credentials_from_docker_config(config, host, f"{where}: .dockerconfigjson")
         if "username" in data and "password" in data:
             return Credentials(data["username"], data["password"])
-        raise SecretError(
-            f"Secret {namespace}/{name}: neither .dockerconfigjson nor username/password",
-            reason=INVALID_SECRET,
-        )
+        raise SecretError(f"{where}: neither .dockerconfigjson nor username/password", reason=INVALID_SECRET)
 
     async def service_account_credentials(self, namespace: str, name: str, host: str) -> Credentials | None:
-        """Credentials for ``host`` from a ServiceAccount's imagePullSecrets, in order (as Flux does)."""
+        """Credentials for ``host`` from a ServiceAccount's imagePullSecrets, in order (as Flux does).
+
+        A pull Secret that is missing or unreadable is passed over (logged at debug); one that
+        exists but cannot be parsed is an error, never a silent anonymous check.
+        """
+        where = _object_name("ServiceAccount", namespace, name)
         try:
             account = await self._call(self.core.read_namespaced_service_account, name, namespace)
         except ApiException as exc:
-            raise SecretError(f"ServiceAccount {namespace}/{name}: HTTP {exc.status}") from None
+            raise SecretError(f"{where}: HTTP {exc.status}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SecretError(
+                f"{where}: the apiserver did not answer ({type(exc).__name__})", reason=SECRET_UNREADABLE
+            ) from None
         for ref in account.image_pull_secrets or ():
+            if not getattr(ref, "name", None):
+                continue  # an empty reference names nothing to use
             try:
                 found = await self.credentials(namespace, ref.name, host)
             except SecretError as exc:
-                logger.debug("ServiceAccount %s/%s: %s", namespace, name, exc)
+                if exc.reason == INVALID_SECRET:
+                    raise
+                logger.debug("%s: %s", where, exc)
                 continue
             if found is not None:
                 return found
@@ -312,49 +356,65 @@ class KubeApi:
 
     async def proxy(self, namespace: str, name: str, address: str | None = None) -> Proxy:
         """A proxy from a Secret: ``address`` (unless the chain gives it), ``username``, ``password``."""
-        data = await self._secret_data(namespace, name)
-        where = f"Secret {namespace}/{name}"
-        try:
+        data = await self._secret_texts(namespace, name, ("address", "username", "password"))
+        with _invalid_secret():
             return parse_proxy(
-                address or data.get("address"), where, data.get("username"), data.get("password")
+                address or data.get("address"),
+                f"Secret {namespace}/{name}",
+                data.get("username"),
+                data.get("password"),
             )
-        except ChainError as exc:
-            raise SecretError(str(exc)) from None
 
     async def client_certificate(self, namespace: str, name: str) -> dict[str, str]:
         """Hop options from a TLS Secret: ``tls.crt``/``tls.key`` (checked) and ``ca.crt`` when present."""
-        data = await self._secret_data(namespace, name)
+        data = await self._secret_texts(namespace, name, ("ca.crt", "tls.crt", "tls.key"))
         where = f"Secret {namespace}/{name}"
         options: dict[str, str] = {}
         if "ca.crt" in data:
-            options["ca_pem"] = data["ca.crt"]
+            options["ca_pem"] = _checked_ca(data["ca.crt"], where)
         if "tls.crt" in data or "tls.key" in data:
-            try:
+            with _invalid_secret():
                 check_client_certificate(data.get("tls.crt"), data.get("tls.key"), where)
-            except ChainError as exc:
-                raise SecretError(str(exc)) from None
             options["client_cert_pem"], options["client_key_pem"] = data["tls.crt"], data["tls.key"]
         if not options:
-            raise SecretError(f"{where}: none of tls.crt, tls.key, ca.crt")
+            raise SecretError(f"{where}: none of tls.crt, tls.key, ca.crt", reason=INVALID_SECRET)
         return options
 
     async def ca_pem(self, namespace: str, name: str) -> str:
         """The Secret's CA bundle, refused unless it holds at least one PEM certificate."""
-        data = await self._secret_data(namespace, name)
+        data = await self._secret_texts(namespace, name, ("ca.crt", "caFile"))
         pem = next((data[key] for key in ("ca.crt", "caFile") if key in data), None)
         if pem is None:
             raise SecretError(f"Secret {namespace}/{name}: no ca.crt key", reason=INVALID_SECRET)
-        if not is_pem_bundle(pem):
-            raise SecretError(f"Secret {namespace}/{name}: ca.crt is not a PEM CA bundle", reason=INVALID_CA)
-        return pem
+        return _checked_ca(pem, f"Secret {namespace}/{name}")
 
 
-def is_pem_bundle(text: str) -> bool:
-    """True when ``text`` holds PEM certificates the TLS stack accepts as trust anchors."""
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        return False
+@contextlib.contextmanager
+def _invalid_secret() -> Iterator[None]:
+    """A parser's ChainError about what a Secret holds is that Secret's ``InvalidSecret``."""
     try:
-        ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, ValueError):
-        return False
-    return True
+        yield
+    except ChainError as exc:
+        raise SecretError(str(exc), reason=INVALID_SECRET) from None
+
+
+def _checked_ca(pem: str, where: str) -> str:
+    if not is_pem_bundle(pem):
+        raise SecretError(f"{where}: ca.crt is not a PEM CA bundle", reason=INVALID_CA)
+    return pem
+
+
+def _object_name(kind: str, namespace: object, name: object) -> str:
+    """``Kind namespace/name`` for messages, or a SecretError when either is not a valid name.
+
+    Names come from tenants' specs; one that no object can have is refused before any request,
+    so it never reaches a URL, and a message shows it quoted, bounded, on one line.
+    """
+
+    def valid(value: object) -> bool:
+        return isinstance(value, str) and len(value) <= 253 and bool(_OBJECT_NAME.match(value))
+
+    if valid(namespace) and valid(name):
+        return f"{kind} {namespace}/{name}"
+    shown = "/".join(str(v) if valid(v) else repr(v)[:80] for v in (namespace, name))
+    raise SecretError(f"{kind} {shown}: not a valid object name", reason=INVALID_SECRET)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerwatch.chain import Credentials
+from layerwatch.chain import ChainError, Credentials
 from layerwatch.documents import json_object
 from layerwatch.reference import DOCKER_HUB
 
@@ -176,32 +176,55 @@ def _host_keys(host: str) -> list[str]:
     return keys
 
 
-def credentials_from_docker_config(config: Mapping[str, Any], host: str) -> Credentials | None:
+def _entry_credentials(entry: Mapping[str, Any], where: str) -> Credentials | None:
+    """Credentials from one ``auths`` entry, checked as docker checks them when it loads a config."""
+    for field in ("identitytoken", "auth", "username", "password"):
+        if field in entry and not isinstance(entry[field], str | None):
+            raise ChainError(f"{where}: {field} must be a string")
+    if entry.get("identitytoken"):
+        return Credentials(str(entry.get("username") or ""), "", identity_token=entry["identitytoken"])
+    if entry.get("auth"):
+        try:
+            username, colon, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            colon = ""
+        if not colon:
+            raise ChainError(f"{where}: auth is not the base64 of UTF-8 user:password")
+        return Credentials(username, password)
+    if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+        return Credentials(entry["username"], entry["password"])
+    return None
+
+
+def credentials_from_docker_config(
+    config: Mapping[str, Any], host: str, where: str = "docker config"
+) -> Credentials | None:
     """Credentials for ``host`` from a parsed docker ``config.json`` (``auths`` entries only).
 
     Entries hold ``auth`` (base64 ``user:password``), ``username``/``password`` or an
     ``identitytoken`` (traded at the token endpoint); credential helpers are `credhelpers`' job.
+    An entry for ``host`` that is not usable is a one-line ``ChainError`` naming ``where`` and the
+    entry, never its data: it is not skipped, which would check anonymously what Flux cannot pull.
     """
     auths = config.get("auths")
     if not isinstance(auths, Mapping):
         return None
     normalised = {
-        str(k).rstrip("/").removeprefix("https://").removeprefix("http://"): v for k, v in auths.items()
+        str(k).rstrip("/").removeprefix("https://").removeprefix("http://"): (k, v) for k, v in auths.items()
     }
     for key in _host_keys(host):
-        entry = auths.get(key) or normalised.get(
-            key.rstrip("/").removeprefix("https://").removeprefix("http://")
+        found = (
+            (key, auths[key])
+            if key in auths
+            else normalised.get(key.rstrip("/").removeprefix("https://").removeprefix("http://"))
         )
-        if not isinstance(entry, Mapping):
+        if found is None:
             continue
-        if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
-            return Credentials(str(entry.get("username") or ""), "", identity_token=entry["identitytoken"])
-        if isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            return Credentials(username, password)
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return Credentials(entry["username"], entry["password"])
+        name, entry = found
+        entry_where = f"{where} auths[{str(name)[:100]!r}]"
+        if not isinstance(entry, Mapping):
+            raise ChainError(f"{entry_where}: must be an object with auth or username and password")
+        credentials = _entry_credentials(entry, entry_where)
+        if credentials is not None:
+            return credentials
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,44 +29,89 @@ __all__ = [
 ]
 
 
-def _masked(address: str) -> str:
-    """The address with any password replaced, for error messages."""
-    parts = urlsplit(address)
-    if parts.password is None:
-        return address
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+MAX_PROXY_ADDRESS = 2048
+"""A proxy address longer than this many characters is refused (a URL, not a document)."""
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_PROXY_HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?\Z")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _shown(address: str) -> str:
+    """The address as messages show it: everything before the last ``@`` masked, quoted, bounded.
+
+    Pure string work, so it cannot fail on the very addresses a message is about; masking up to
+    the last ``@`` also hides a password with a ``/`` or ``?`` in it.
+    """
+    scheme = _SCHEME.match(address)
+    prefix = scheme.group() if scheme else ""
+    _, at, host = address.rpartition("@")
+    if at:
+        address = f"{prefix}***@{host}"  # a user name alone may be the token
+    shown = repr(address)
+    return shown if len(shown) <= 120 else shown[:100] + "...'"
+
+
+def _host_and_port(netloc: str) -> tuple[str, int | None]:
+    """``host[:port]`` of a proxy address, checked; ``ValueError`` says which half is wrong."""
+    if netloc.startswith("["):
+        inside, bracket, rest = netloc[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(inside)
+        except ValueError:
+            raise ValueError("has an invalid IPv6 host") from None
+        host = f"[{inside.lower()}]"
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("has an invalid IPv6 host")
+        colon, port = rest[:1], rest[1:]
+    else:
+        host, colon, port = netloc.partition(":")
+        if not _PROXY_HOST.match(host):
+            raise ValueError("has an invalid host (letters, digits, '-', '_' and '.', or an [IPv6] address)")
+        host = host.lower()
+    if not colon or not port:
+        return host, None
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise ValueError("has an invalid port (a number from 1 to 65535)")
+    return host, int(port)
 
 
 def parse_proxy(address: Any, where: str, username: Any = None, password: Any = None) -> Proxy:
     """A proxy from its address (``http://host:port``) and optional credentials, checked.
 
-    Credentials belong in their own fields (or Secret keys), never in the address: a password in a
-    URL ends up in logs, so it is refused, and the message masks it.
+    Total: any input is a ``Proxy`` a transport can use or one ``ChainError`` line that names
+    ``where`` and never holds the password. Credentials belong in their own fields (or Secret
+    keys), never in the address: a password in a URL ends up in logs, so it is refused, masked.
     """
     if not isinstance(address, str) or not address.strip():
         raise ChainError(f"{where}: proxy address must be a URL such as http://proxy.example.com:3128")
     address = address.strip()
+    if len(address) > MAX_PROXY_ADDRESS:
+        raise ChainError(f"{where}: proxy address is longer than {MAX_PROXY_ADDRESS} characters")
+    shown = _shown(address)
+    if "@" in address:
+        raise ChainError(
+            f"{where}: proxy address {shown} must not carry credentials; use username and password"
+        )
+    if any(not c.isprintable() or c.isspace() for c in address):
+        raise ChainError(f"{where}: proxy address {shown} must not contain spaces or control characters")
     try:
         parts = urlsplit(address)
-        port = parts.port
     except ValueError:
-        raise ChainError(f"{where}: proxy address {_masked(address)!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChainError(f"{where}: proxy address {_masked(address)!r} must be http://host[:port]")
-    if parts.username is not None or parts.password is not None:
-        raise ChainError(
-            f"{where}: proxy address {_masked(address)!r} must not carry credentials; "
-            "use username and password"
-        )
-    if parts.path.strip("/") or parts.query or parts.fragment:
-        raise ChainError(f"{where}: proxy address {address!r} must not have a path, query or fragment")
+        raise ChainError(f"{where}: proxy address {shown} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ChainError(f"{where}: proxy address {shown} must be http://host[:port]")
+    if parts.path.strip("/") or parts.query or parts.fragment or "?" in address or "#" in address:
+        raise ChainError(f"{where}: proxy address {shown} must not have a path, query or fragment")
+    try:
+        host, port = _host_and_port(parts.netloc)
+    except ValueError as exc:
+        raise ChainError(f"{where}: proxy address {shown} {exc}") from None
     for field, value in (("username", username), ("password", password)):
         if value is not None and not isinstance(value, str):
             raise ChainError(f"{where}: proxy {field} must be a string")
     if (username is None) != (password is None):
         raise ChainError(f"{where}: proxy username and password go together")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return Proxy(f"{parts.scheme}://{host}" + (f":{port}" if port else ""), username or None, password)
 
 
@@ -135,21 +181,17 @@ def environment_proxy(hop: Hop, environ: Mapping[str, str] | None = None) -> Pro
     ):
         return None
     where = f"{hop.scheme.upper()}_PROXY"
-    try:
-        parts = urlsplit(address if "://" in address else f"http://{address}")
-        hostname, port = parts.hostname or "", parts.port
-    except ValueError:
-        raise ChainError(f"{where} {_masked(address)!r} is not a valid URL") from None
-    plain = (
-        f"{parts.scheme}://"
-        + (f"[{hostname}]" if ":" in hostname else hostname)
-        + (f":{port}" if port else "")
-    )
-    username = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if username is not None and password is None:
-        password = ""
-    return parse_proxy(plain, where, username, password)
+    scheme, sep, rest = address.strip().partition("://")
+    if not sep:
+        scheme, rest = "http", address.strip()
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = unquote(user), unquote(secret) if colon else ""
+    return parse_proxy(f"{scheme}://{host}{tail}", where, username, password)
 
 
 def hop_proxy(hop: Hop, environ: Mapping[str, str] | None = None) -> Proxy | None:

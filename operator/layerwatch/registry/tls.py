@@ -14,7 +14,17 @@ from pathlib import Path
 
 from layerwatch.chain import ChainError
 
-__all__ = ["check_client_certificate", "insecure_context", "load_client_certificate"]
+__all__ = [
+    "check_client_certificate",
+    "insecure_context",
+    "is_pem_bundle",
+    "load_client_certificate",
+]
+
+
+def _no_password() -> bytes:
+    """An encrypted key is refused, never prompted for: OpenSSL's default would read the terminal."""
+    raise ValueError("encrypted")
 
 
 def _load(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
@@ -22,23 +32,39 @@ def _load(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
         cert, key = Path(directory) / "tls.crt", Path(directory) / "tls.key"
         cert.touch(mode=0o600)
         key.touch(mode=0o600)
-        cert.write_text(cert_pem)
-        key.write_text(key_pem)
-        context.load_cert_chain(cert, key)
+        cert.write_bytes(cert_pem.encode("utf-8", "surrogateescape"))
+        key.write_bytes(key_pem.encode("utf-8", "surrogateescape"))
+        context.load_cert_chain(cert, key, password=_no_password)
 
 
 def check_client_certificate(cert_pem: str | None, key_pem: str | None, where: str) -> None:
-    """Raise a one-line ``ChainError`` unless both halves are given and the key matches the cert."""
+    """Raise a one-line ``ChainError`` unless both halves are given and the key matches the cert.
+
+    The message names the halves and OpenSSL's reason code, never a line of the PEM text.
+    """
     if cert_pem is None and key_pem is None:
         return
     if cert_pem is None or key_pem is None:
         missing = "tls.crt (certFile)" if cert_pem is None else "tls.key (keyFile)"
         raise ChainError(f"{where}: a client certificate needs both halves; {missing} is missing")
+    if "ENCRYPTED" in key_pem:
+        raise ChainError(f"{where}: the client key (tls.key) is encrypted; it must be an unencrypted PEM key")
     try:
         _load(ssl.create_default_context(), cert_pem, key_pem)
-    except ssl.SSLError as exc:
-        reason = exc.reason or "not a PEM certificate and matching private key"
+    except (ssl.SSLError, ValueError) as exc:  # ValueError: an encrypted key the marker missed
+        reason = getattr(exc, "reason", None) or "not a PEM certificate and matching private key"
         raise ChainError(f"{where}: client certificate does not load ({reason})") from None
+
+
+def is_pem_bundle(text: str) -> bool:
+    """True when ``text`` holds PEM certificates the TLS stack accepts as trust anchors."""
+    if "-----BEGIN CERTIFICATE-----" not in text or not text.isascii():
+        return False  # PEM is ASCII; ssl refuses other text with a TypeError, not an SSLError
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError):
+        return False
+    return True
 
 
 def load_client_certificate(context: ssl.SSLContext, cert_pem: str | None, key_pem: str | None) -> None:
