@@ -1,8 +1,10 @@
 """``layerwatch serve``: the scheduler, metrics and status page without Kubernetes.
 
 Reads ProxyChain and Target documents from a file, checks every target on its chain's schedule
-and serves the metrics port. SIGHUP re-reads the file (a bad file keeps the running plan and
-logs why); SIGTERM and SIGINT stop cleanly.
+and serves the metrics port. SIGHUP re-reads the file (a bad file keeps the running plan, logs
+why in one line and sets ``layerwatch_config_last_reload_successful`` to 0); SIGTERM and SIGINT
+stop cleanly. The file is re-read in a worker thread: parsing it, or a credential helper it
+names, must not hold up checks in flight.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from layerwatch.chain import ChainError
 from layerwatch.config import FileSettings, ServeConfig, load_serve_config
+from layerwatch.documents import one_line
 from layerwatch.logs import configure_logging
 from layerwatch.metrics import Metrics
 from layerwatch.scheduler import Scheduler, Watch
@@ -50,25 +54,38 @@ async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, c
         raise ListenError(f"cannot listen on {args.metrics_address}:{args.metrics_port}: {reason}") from None
     logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
     scheduler.update(config.chains, watches(config))
+    metrics.set_config_load(True, time.time())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    one_at_a_time = asyncio.Lock()
+    reloads: set[asyncio.Task[None]] = set()
 
-    def reload() -> None:
-        try:
-            fresh = load_serve_config(path, settings)
-        except ChainError as exc:
-            logger.error("reload of %s failed, keeping the running plan: %s", path, exc)
-            return
-        current["config"] = fresh
-        scheduler.update(fresh.chains, watches(fresh))
-        logger.info("reloaded %s: %d chains, %d targets", path, len(fresh.chains), len(fresh.targets))
+    async def reload() -> None:
+        async with one_at_a_time:
+            try:
+                fresh = await asyncio.to_thread(load_serve_config, path, settings)
+            except ChainError as exc:
+                metrics.set_config_load(False, time.time())
+                logger.error("reload of %s failed, keeping the running plan: %s", path, one_line(str(exc)))
+                return
+            current["config"] = fresh
+            scheduler.update(fresh.chains, watches(fresh))
+            metrics.set_config_load(True, time.time())
+            logger.info("reloaded %s: %d chains, %d targets", path, len(fresh.chains), len(fresh.targets))
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await scheduler.run(stop)
     finally:
+        for task in reloads:
+            task.cancel()
         await web.stop()
     return 0
 
