@@ -27,7 +27,7 @@ from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.web import WebServer
 
-__all__ = ["ListenError", "run_serve", "watches"]
+__all__ = ["ConfigFile", "ListenError", "run_serve", "watches"]
 
 logger = logging.getLogger("layerwatch.serve")
 
@@ -40,12 +40,45 @@ def watches(config: ServeConfig) -> list[Watch]:
     return [Watch(target, config.chains[target.chain or ""]) for target in config.targets]
 
 
+class ConfigFile:
+    """The serve config as running: loaded at start, re-read on SIGHUP, one re-read at a time.
+
+    A file that does not load leaves the running plan as it is, logs one error line and sets
+    ``layerwatch_config_last_reload_successful`` to 0 until a good file loads.
+    """
+
+    def __init__(
+        self, path: Path, settings: FileSettings, config: ServeConfig, scheduler: Scheduler, metrics: Metrics
+    ) -> None:
+        self.path, self.settings, self.config = path, settings, config
+        self._scheduler, self._metrics = scheduler, metrics
+        self._one_at_a_time = asyncio.Lock()
+        scheduler.update(config.chains, watches(config))
+        metrics.set_config_load(True, time.time())
+
+    async def reload(self) -> bool:
+        """Re-read the file off the event loop; True when the new plan runs."""
+        async with self._one_at_a_time:
+            try:
+                fresh = await asyncio.to_thread(load_serve_config, self.path, self.settings)
+            except ChainError as exc:
+                self._metrics.set_config_load(False, time.time())
+                message = one_line(str(exc))
+                logger.error("reload of %s failed, keeping the running plan: %s", self.path, message)
+                return False
+            self.config = fresh
+            self._scheduler.update(fresh.chains, watches(fresh))
+            self._metrics.set_config_load(True, time.time())
+        logger.info("reloaded %s: %d chains, %d targets", self.path, len(fresh.chains), len(fresh.targets))
+        return True
+
+
 async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, config: ServeConfig) -> int:
     store = ResultStore()
     metrics = Metrics(store)
     scheduler = Scheduler(store=store, metrics=metrics, settings=EngineSettings.from_args(args))
-    current = {"config": config}
-    web = WebServer(metrics, lambda: current["config"].chains, healthy=scheduler.alive)
+    running = ConfigFile(path, settings, config, scheduler, metrics)
+    web = WebServer(metrics, lambda: running.config.chains, healthy=scheduler.alive)
     try:
         port = await web.start(args.metrics_address, args.metrics_port)
     except OSError as exc:
@@ -53,28 +86,12 @@ async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, c
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ListenError(f"cannot listen on {args.metrics_address}:{args.metrics_port}: {reason}") from None
     logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
-    scheduler.update(config.chains, watches(config))
-    metrics.set_config_load(True, time.time())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    one_at_a_time = asyncio.Lock()
-    reloads: set[asyncio.Task[None]] = set()
-
-    async def reload() -> None:
-        async with one_at_a_time:
-            try:
-                fresh = await asyncio.to_thread(load_serve_config, path, settings)
-            except ChainError as exc:
-                metrics.set_config_load(False, time.time())
-                logger.error("reload of %s failed, keeping the running plan: %s", path, one_line(str(exc)))
-                return
-            current["config"] = fresh
-            scheduler.update(fresh.chains, watches(fresh))
-            metrics.set_config_load(True, time.time())
-            logger.info("reloaded %s: %d chains, %d targets", path, len(fresh.chains), len(fresh.targets))
+    reloads: set[asyncio.Task[bool]] = set()
 
     def on_hangup() -> None:
-        task = loop.create_task(reload())
+        task = loop.create_task(running.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
