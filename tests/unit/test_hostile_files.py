@@ -443,8 +443,8 @@ TARGET_FIELDS = [
 
 def chain_document(field: str, value: str) -> str:
     hop = {"name": "edge", "url": "'http://127.0.0.1:9'", "caFile": "ca.pem"}
-    spec = {"interval": "1h", "hops": "[HOP]"}
-    document = {"kind": "ProxyChain", "metadata": "{name: c}", "spec": "SPEC"}
+    spec = {"interval": "1h", "hops": "[@hop@]"}
+    document = {"kind": "ProxyChain", "metadata": "{name: c}", "spec": "@spec@"}
     if field.startswith("hop."):
         hop[field.removeprefix("hop.")] = value
     elif field in ("hop", "hops"):
@@ -456,8 +456,8 @@ def chain_document(field: str, value: str) -> str:
     else:
         spec[field] = value
     flow = ", ".join(f"{k}: {v}" for k, v in hop.items())
-    body = ", ".join(f"{k}: {v}" for k, v in spec.items()).replace("HOP", f"{{{flow}}}")
-    return "\n".join(f"{k}: {v}" for k, v in document.items()).replace("SPEC", f"{{{body}}}") + "\n"
+    body = ", ".join(f"{k}: {v}" for k, v in spec.items()).replace("@hop@", f"{{{flow}}}")
+    return "\n".join(f"{k}: {v}" for k, v in document.items()).replace("@spec@", f"{{{body}}}") + "\n"
 
 
 def target_document(field: str, value: str) -> str:
