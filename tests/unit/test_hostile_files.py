@@ -76,7 +76,7 @@ class Outcome:
     def __repr__(self) -> str:
         return f"Outcome({self.status}, stdout={self.stdout[:300]!r}, stderr={self.stderr[-600:]!r})"
 
-    def refused(self, *, json_output: bool = False) -> str:
+    def refused(self, *, json_output: bool = False, kind: str = "config") -> str:
         """Assert exit 2 with one line (and one error object with -o json); the message."""
         assert self.status == 2, self
         assert "Traceback" not in self.stdout + self.stderr, self
@@ -84,7 +84,7 @@ class Outcome:
         assert len(lines) == 1 and lines[0].startswith("layerwatch: "), self
         message = lines[0].removeprefix("layerwatch: ")
         if json_output:
-            assert json.loads(self.stdout) == {"error": {"message": message, "kind": "config"}}, self
+            assert json.loads(self.stdout) == {"error": {"message": message, "kind": kind}}, self
         else:
             assert self.stdout == "", self
         return message
@@ -266,6 +266,24 @@ def test_aliases_are_refused_so_a_small_file_cannot_expand_into_a_huge_tree(tmp_
     text = CHAIN.replace("spec:\n", "spec:\n  l0: &l0 [lol]\n" + textwrap.indent(laughs, "  "))
     with pytest.raises(ChainError, match=r"line 5: aliases \(\*name\) are not supported"):
         load_chain_file(write(tmp_path / "chain.yaml", text), FileSettings())
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "complaint"),
+    [
+        ("--retries", "9" * 5000, "--retries must be a whole number, not '9999"),
+        ("--parallel-checks", "1.5", "--parallel-checks must be a whole number, not '1.5'"),
+        ("--timeout", "9" * 5000, "--timeout must be a positive number, not inf"),
+    ],
+)
+def test_a_huge_or_fractional_engine_setting_is_one_line_and_exit_2(
+    run: Run, flag: str, value: str, complaint: str
+) -> None:
+    assert (
+        run("check", flag, value, REF, "-o", "json")
+        .refused(json_output=True, kind="usage")
+        .startswith(complaint)
+    )
 
 
 def test_a_malformed_reference_is_exit_2_and_a_registry_outage_is_exit_3(run: Run) -> None:
