@@ -129,10 +129,12 @@ def _given_chain(args: argparse.Namespace, settings: FileSettings) -> Chain | No
 
 def _direct_chain(args: argparse.Namespace, settings: FileSettings, reference: Reference) -> Chain:
     from layerwatch.chain import Chain
-    from layerwatch.config import direct_hop_options
+    from layerwatch.config import check_proxies, direct_hop_options
 
     scheme = "http" if args.plain_http else "https"
-    return Chain.single(reference, scheme=scheme, **direct_hop_options(reference.registry, settings))
+    chain = Chain.single(reference, scheme=scheme, **direct_hop_options(reference.registry, settings))
+    check_proxies(chain)
+    return chain
 
 
 def _pull_path(chain: Chain, reference: Reference, *, from_flags: bool) -> list[HopTarget]:
@@ -176,12 +178,13 @@ def _verification(args: argparse.Namespace) -> Verify | None:
         raise CommandError("--cosign-key checks cosign signatures: it does not go with --verify notation")
     from pathlib import Path
 
+    from layerwatch.config import read_file
     from layerwatch.signature_keys import load_public_key
 
+    pem = read_file(Path(args.cosign_key), "--cosign-key")
     try:
-        pem = Path(args.cosign_key).read_bytes()
         load_public_key(pem)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise CommandError(f"--cosign-key {args.cosign_key}: {exc}") from None
     return KeyedCosign(pem)
 
@@ -593,6 +596,9 @@ def _json_requested(arguments: Sequence[str]) -> bool:
 
 def _report_error(message: str, kind: str, *, json_output: bool) -> None:
     """One line on stderr; with ``-o json`` also ``{"error": {...}}`` on stdout for scripts."""
+    from layerwatch.documents import one_line
+
+    message = one_line(message)  # it may quote a file's or a registry's text
     _warn(message)
     if json_output:
         import json

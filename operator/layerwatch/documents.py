@@ -1,4 +1,4 @@
-"""JSON documents from registries and files, parsed defensively.
+"""JSON documents from registries and files, parsed defensively, and text made fit for one line.
 
 Manifests, token answers and docker configs all arrive as bytes someone else wrote. Anything
 ``json.loads`` can choke on (bad UTF-8, garbage, nesting deep enough to recurse out, integers too
@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["json_object"]
+__all__ = ["config_object", "is_text", "json_object", "one_line"]
 
 
 def json_object(data: bytes | str) -> Mapping[str, Any]:
@@ -23,3 +23,42 @@ def json_object(data: bytes | str) -> Mapping[str, Any]:
     if not isinstance(document, Mapping):
         raise ValueError("not a JSON object")
     return document
+
+
+def is_text(text: str) -> bool:
+    """False when ``text`` holds a lone surrogate (a ``\\ud800`` escape): no file name, host or
+    password can, and it would fail later, when the string is encoded for a request or a log."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def config_object(data: bytes | str) -> Mapping[str, Any]:
+    """A JSON object from a configuration file: as `json_object`, and every string in it text.
+
+    A manifest keeps `json_object`'s leniency (Go's decoder accepts lone surrogates, so Flux does);
+    a config file's strings become credentials, host names and program names, so they must encode.
+    """
+    document = json_object(data)
+    pending: list[Any] = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, Mapping):
+            pending += value.keys()
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and not is_text(value):
+            raise ValueError("not valid JSON (a \\u escape that is no character)")
+    return document
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` as one bounded line: control characters (newlines included) shown as escapes.
+
+    Error messages quote what people and registries wrote; none of it may start a line of its own.
+    """
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

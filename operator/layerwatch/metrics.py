@@ -73,6 +73,8 @@ class Metrics:
         self._intervals: dict[str, float] = {}
         self._not_ready: dict[str, str] = {}
         self._hops: dict[str, tuple[str, ...]] = {}
+        self._reload: tuple[bool, float] | None = None
+        self._reloaded_at: float | None = None
 
     # -- writers -------------------------------------------------------------------------------
 
@@ -121,6 +123,13 @@ class Metrics:
     def chains_not_ready(self) -> dict[str, str]:
         with self._lock:
             return dict(self._not_ready)
+
+    def set_config_load(self, successful: bool, at: float) -> None:
+        """``serve``: whether the last (re)load of its config file worked; a failed one keeps the old plan."""
+        with self._lock:
+            self._reload = (successful, at)
+            if successful:
+                self._reloaded_at = at
 
     def forget_chain(self, chain: str) -> None:
         with self._lock:
@@ -231,6 +240,20 @@ class Metrics:
             "1 while a chain is checked, 0 while it cannot be (see the ProxyChain's Ready condition)",
             ["chain"],
             ready,
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_config_last_reload_successful",
+            "serve: 1 when the last load of the config file worked, 0 while the previous one runs on",
+            [],
+            {} if self._reload is None else {(): 1.0 if self._reload[0] else 0.0},
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "layerwatch_config_last_reload_success_timestamp_seconds",
+            "serve: when the config file last loaded (Unix time)",
+            [],
+            {} if self._reloaded_at is None else {(): self._reloaded_at},
         )
         yield _family(
             GaugeMetricFamily,

@@ -1,8 +1,10 @@
 """``layerwatch serve``: the scheduler, metrics and status page without Kubernetes.
 
 Reads ProxyChain and Target documents from a file, checks every target on its chain's schedule
-and serves the metrics port. SIGHUP re-reads the file (a bad file keeps the running plan and
-logs why); SIGTERM and SIGINT stop cleanly.
+and serves the metrics port. SIGHUP re-reads the file (a bad file keeps the running plan, logs
+why in one line and sets ``layerwatch_config_last_reload_successful`` to 0); SIGTERM and SIGINT
+stop cleanly. The file is re-read in a worker thread: parsing it, or a credential helper it
+names, must not hold up checks in flight.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from layerwatch.chain import ChainError
 from layerwatch.config import FileSettings, ServeConfig, load_serve_config
+from layerwatch.documents import one_line
 from layerwatch.logs import configure_logging
 from layerwatch.metrics import Metrics
 from layerwatch.scheduler import Scheduler, Watch
@@ -23,7 +27,7 @@ from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.web import WebServer
 
-__all__ = ["ListenError", "run_serve", "watches"]
+__all__ = ["ConfigFile", "ListenError", "run_serve", "watches"]
 
 logger = logging.getLogger("layerwatch.serve")
 
@@ -36,12 +40,45 @@ def watches(config: ServeConfig) -> list[Watch]:
     return [Watch(target, config.chains[target.chain or ""]) for target in config.targets]
 
 
+class ConfigFile:
+    """The serve config as running: loaded at start, re-read on SIGHUP, one re-read at a time.
+
+    A file that does not load leaves the running plan as it is, logs one error line and sets
+    ``layerwatch_config_last_reload_successful`` to 0 until a good file loads.
+    """
+
+    def __init__(
+        self, path: Path, settings: FileSettings, config: ServeConfig, scheduler: Scheduler, metrics: Metrics
+    ) -> None:
+        self.path, self.settings, self.config = path, settings, config
+        self._scheduler, self._metrics = scheduler, metrics
+        self._one_at_a_time = asyncio.Lock()
+        scheduler.update(config.chains, watches(config))
+        metrics.set_config_load(True, time.time())
+
+    async def reload(self) -> bool:
+        """Re-read the file off the event loop; True when the new plan runs."""
+        async with self._one_at_a_time:
+            try:
+                fresh = await asyncio.to_thread(load_serve_config, self.path, self.settings)
+            except ChainError as exc:
+                self._metrics.set_config_load(False, time.time())
+                message = one_line(str(exc))
+                logger.error("reload of %s failed, keeping the running plan: %s", self.path, message)
+                return False
+            self.config = fresh
+            self._scheduler.update(fresh.chains, watches(fresh))
+            self._metrics.set_config_load(True, time.time())
+        logger.info("reloaded %s: %d chains, %d targets", self.path, len(fresh.chains), len(fresh.targets))
+        return True
+
+
 async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, config: ServeConfig) -> int:
     store = ResultStore()
     metrics = Metrics(store)
     scheduler = Scheduler(store=store, metrics=metrics, settings=EngineSettings.from_args(args))
-    current = {"config": config}
-    web = WebServer(metrics, lambda: current["config"].chains, healthy=scheduler.alive)
+    running = ConfigFile(path, settings, config, scheduler, metrics)
+    web = WebServer(metrics, lambda: running.config.chains, healthy=scheduler.alive)
     try:
         port = await web.start(args.metrics_address, args.metrics_port)
     except OSError as exc:
@@ -49,26 +86,23 @@ async def _serve(path: Path, args: argparse.Namespace, settings: FileSettings, c
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ListenError(f"cannot listen on {args.metrics_address}:{args.metrics_port}: {reason}") from None
     logger.info("serving /metrics, /api/v1/status and the status page on port %d", port, extra={"port": port})
-    scheduler.update(config.chains, watches(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
 
-    def reload() -> None:
-        try:
-            fresh = load_serve_config(path, settings)
-        except ChainError as exc:
-            logger.error("reload of %s failed, keeping the running plan: %s", path, exc)
-            return
-        current["config"] = fresh
-        scheduler.update(fresh.chains, watches(fresh))
-        logger.info("reloaded %s: %d chains, %d targets", path, len(fresh.chains), len(fresh.targets))
+    def on_hangup() -> None:
+        task = loop.create_task(running.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await scheduler.run(stop)
     finally:
+        for task in reloads:
+            task.cancel()
         await web.stop()
     return 0
 

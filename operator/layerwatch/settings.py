@@ -92,10 +92,12 @@ class EngineSettings:
             if raw is None:
                 continue
             number: float | int
+            whole = field.type in (int, "int")
             try:
-                number = int(raw) if field.type in (int, "int") else float(raw)
-            except ValueError:
-                raise SettingsError(f"{source} must be a number, not {str(raw)[:40]!r}") from None
+                number = int(raw) if whole else float(raw)
+            except ValueError:  # also an integer of more than 4300 digits
+                kind = "a whole number" if whole else "a number"
+                raise SettingsError(f"{source} must be {kind}, not {str(raw)[:40]!r}") from None
             values[field.name] = number
         return cls(**values)  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lab.certs import TestCA
 from layerwatch.chain import ChainError, Credentials, Mode, check_keys
 from layerwatch.config import (
     HOP_KEYS,
@@ -42,7 +44,8 @@ spec:
   - name: origin
     url: https://ghcr.io
 """
-CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+with tempfile.TemporaryDirectory() as _directory:
+    CA = TestCA(Path(_directory)).path.read_text()
 
 
 @pytest.fixture(autouse=True)
