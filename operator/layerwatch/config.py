@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from layerwatch.documents import config_object, is_text
 from layerwatch.registry.auth import default_docker_config_path
 from layerwatch.registry.credhelpers import docker_credentials
 from layerwatch.registry.proxies import hop_proxy, proxy_from_document
-from layerwatch.registry.tls import check_client_certificate
+from layerwatch.registry.tls import check_client_certificate, is_pem_bundle
 
 __all__ = [
     "HOP_KEYS",
@@ -147,10 +146,8 @@ def _docker_config(path: Path | None, *, required: bool) -> Mapping[str, Any]:
 def _ca_bundle(path: Path) -> str:
     """A CA file's text, refused unless TLS can trust what it holds (never silently no CA)."""
     text = _read_text(path, "CA file")
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
-    except (ssl.SSLError, ValueError, TypeError):  # TypeError: text that is not ASCII
-        raise ChainError(f"CA file {path} holds no PEM certificate") from None
+    if not is_pem_bundle(text):
+        raise ChainError(f"CA file {path} holds no PEM certificate")
     return text
 
 

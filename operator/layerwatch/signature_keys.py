@@ -29,9 +29,11 @@ def load_public_key(pem: bytes) -> PublicKey:
         raise ValueError(
             "checking a key needs the cryptography package: pip install 'layerwatch[keys]'"
         ) from None
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         return load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"not a PEM public key: {str(exc).splitlines()[0][:80]}") from None
 
 

@@ -94,3 +94,11 @@ def test_a_file_that_is_not_a_public_key_is_one_line() -> None:
     with pytest.raises(ValueError, match=r"^not a PEM public key") as caught:
         load_public_key(b"-----BEGIN NOTHING-----\n")
     assert "\n" not in str(caught.value)
+
+
+def test_a_key_of_an_algorithm_nobody_supports_is_one_line_too() -> None:
+    """``--cosign-key`` with a key of an unknown algorithm exits 2 with a reason, never a traceback."""
+    unknown = b"-----BEGIN PUBLIC KEY-----\nMAswBQYDKgMEAwIAAQ==\n-----END PUBLIC KEY-----\n"  # OID 1.2.3.4
+    with pytest.raises(ValueError, match=r"^not a PEM public key: Unknown key type") as caught:
+        load_public_key(unknown)
+    assert "\n" not in str(caught.value)
