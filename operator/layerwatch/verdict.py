@@ -165,7 +165,8 @@ def describe_manifest_problem(problem: ManifestProblem, tag: str | None) -> str:
         case ManifestFault.NOT_FOUND:
             return f"{f'manifest {digest}' if digest else f'tag {tag}'} unknown ({not_found(fault)})"
         case ManifestFault.ENCODED:
-            return f"{where}served with Content-Encoding {_quoted(problem.detail)}: not the bytes {digest} names"
+            encoding = _quoted(problem.detail)
+            return f"{where}served with Content-Encoding {encoding}: not the bytes {digest} names"
         case ManifestFault.OVERSIZE:
             return f"{where}manifest larger than {problem.limit} bytes"
         case ManifestFault.TRUNCATED:

@@ -147,7 +147,7 @@ async def test_a_manifest_shorter_than_its_content_length_is_manifest_corrupt_no
     verdict, message = verdict_message(result)
     assert verdict is Verdict.MANIFEST_CORRUPT and result.judgement.health is Health.UNHEALTHY, message
     assert f"manifest {manifest_digest[:19]} truncated: 20 of {size} bytes (connection closed)" in message
-    assert registry.count("GET", "/manifests/" + manifest_digest) == 2  # asked once more: a cut can be the net
+    assert registry.count("GET", "/manifests/" + manifest_digest) == 2  # once more: a cut can be the net
 
 
 async def test_a_manifest_cut_once_is_asked_again_and_healthy() -> None:

@@ -329,7 +329,8 @@ class RegistryClient:
             return FetchedManifest(b"", media_type, digest_header, oversize=True)
         if fault is not None and fault.kind is not FaultKind.BODY_CUT:
             raise RegistryError(fault)
-        return FetchedManifest(bytes(body), media_type, digest_header, cut=fault is not None, declared=declared)
+        cut = fault is not None
+        return FetchedManifest(bytes(body), media_type, digest_header, cut=cut, declared=declared)
 
     async def fetch_blob(
         self, repository: str, descriptor: Descriptor, *, download: bool, budget: RetryBudget
