@@ -27,14 +27,13 @@ from layerwatch.verdict import Health, Verdict
 TRANSPORTS: list[TransportKind] = ["aiohttp", "httpx"]
 
 
-def pausing(path_part: str, data: bytes, pause: float, content_type: str = "application/octet-stream"):  # type: ignore[no-untyped-def]
+def pausing(path_part: str, data: bytes, pause: float):  # type: ignore[no-untyped-def]
     """A hook serving ``data`` for GETs of ``path_part`` in two halves, ``pause`` seconds apart."""
 
     async def hook(request: web.Request) -> web.StreamResponse | None:
         if request.method != "GET" or path_part not in request.path:
             return None
-        headers = {"Content-Length": str(len(data)), "Content-Type": content_type}
-        headers["Docker-Content-Digest"] = digest(data)
+        headers = {"Content-Length": str(len(data)), "Docker-Content-Digest": digest(data)}
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         await response.write(data[: len(data) // 2])
@@ -74,21 +73,28 @@ def verdict_message(result: object) -> tuple[Verdict, str]:
 # -- a pause inside a body is judged against that body's own deadline ---------------------------------
 
 
+async def paused_check(
+    registry: FakeRegistry, path_part: str, data: bytes, pause: float, **settings: float | str
+) -> tuple[Verdict, str]:
+    """A check of ``registry`` while ``data`` at ``path_part`` pauses ``pause`` s halfway through."""
+    registry.hooks.append(pausing(path_part, data, pause))
+    engine = EngineSettings(timeout=0.5, retries=0, backoff=0, **settings)  # type: ignore[arg-type]
+    async with running(registry):
+        return verdict_message(await check(registry.url, settings=engine))
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_pause_inside_a_layer_longer_than_the_request_timeout_is_no_fault(
     transport: TransportKind,
 ) -> None:
     layer = b"p" * 8192
     registry = FakeRegistry(layer)
-    registry.hooks.append(pausing("/blobs/" + digest(layer), layer, 1.5))
     # timeout 0.5 s, but 8 KiB at 1 KiB/s may take 8.5 s: a 1.5 s pause (a Harbor proxy waiting
     # on its upstream) is within the layer's own deadline.
-    settings = EngineSettings(timeout=0.5, min_blob_rate=1024, retries=0, backoff=0, transport=transport)
-    async with running(registry):
-        result = await check(registry.url, settings=settings)
-    verdict, message = verdict_message(result)
+    path = "/blobs/" + digest(layer)
+    verdict, message = await paused_check(registry, path, layer, 1.5, min_blob_rate=1024, transport=transport)
     assert verdict is Verdict.HEALTHY, message
-    assert registry.count("GET", "/blobs/" + digest(layer)) == 1
+    assert registry.count("GET", path) == 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -96,19 +102,10 @@ async def test_a_pause_inside_a_manifest_longer_than_the_request_timeout_is_no_f
     transport: TransportKind,
 ) -> None:
     registry = FakeRegistry()
-    manifest_digest = digest(registry.manifest)
-    registry.hooks.append(
-        pausing(
-            "/manifests/" + manifest_digest,
-            registry.manifest,
-            1.5,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
+    path = "/manifests/" + digest(registry.manifest)
+    verdict, message = await paused_check(
+        registry, path, registry.manifest, 1.5, min_blob_rate=1024, transport=transport
     )
-    settings = EngineSettings(timeout=0.5, min_blob_rate=1024, retries=0, backoff=0, transport=transport)
-    async with running(registry):
-        result = await check(registry.url, settings=settings)
-    verdict, message = verdict_message(result)
     assert verdict is Verdict.HEALTHY, message
 
 
@@ -117,16 +114,16 @@ async def test_a_pause_past_the_layers_own_deadline_is_stalled_and_unknown_never
     transport: TransportKind,
 ) -> None:
     layer = b"q" * 8192
-    registry = FakeRegistry(layer)
-    registry.hooks.append(pausing("/blobs/" + digest(layer), layer, 4.0))
     # 8 KiB at 1 MiB/s: the layer's deadline is timeout + 0.01 s, far shorter than the pause.
-    settings = EngineSettings(
-        timeout=0.5, min_blob_rate=1024 * 1024, retries=0, backoff=0, transport=transport
+    verdict, message = await paused_check(
+        FakeRegistry(layer),
+        "/blobs/" + digest(layer),
+        layer,
+        4.0,
+        min_blob_rate=1024 * 1024,
+        transport=transport,
     )
-    async with running(registry):
-        result = await check(registry.url, settings=settings)
-    verdict, message = verdict_message(result)
-    assert verdict is Verdict.UNREACHABLE and result.judgement.health is Health.UNKNOWN, message
+    assert verdict is Verdict.UNREACHABLE and verdict.health is Health.UNKNOWN, message
     assert "stalled: 4096 of 8192 bytes" in message and "truncated" not in message
 
 

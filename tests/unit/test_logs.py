@@ -42,7 +42,7 @@ SECRET = {
 class FakeApiserver(http.server.BaseHTTPRequestHandler):
     """Answers every GET with the Secret, as ``get secrets`` would."""
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         body = json.dumps(SECRET).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -50,7 +50,7 @@ class FakeApiserver(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: the test reads what layerwatch logs, not what this server would."""
 
 

@@ -19,7 +19,7 @@ from tests.unit.fake_registry import FakeRegistry, check
 
 from lab.certs import TestCA
 from layerwatch.chain import Credentials
-from layerwatch.verdict import Health, Verdict
+from layerwatch.verdict import CheckResult, Health, Verdict
 
 PASSWORD = "robot-s3cret-password"
 ROBOT = Credentials("robot$admin", PASSWORD)
@@ -79,16 +79,27 @@ def bearer_to(realm: list[str]):  # type: ignore[no-untyped-def]
     return hook
 
 
-async def test_an_http_token_realm_of_an_https_registry_gets_no_credentials_and_is_auth_failed(
-    tmp_path: Path,
-) -> None:
+async def bearer_check(
+    tmp_path: Path, *, realm_tls: bool, credentials: Credentials | None = ROBOT, query: str = ""
+) -> tuple[CheckResult, Recorder, str]:
+    """A check of an HTTPS registry whose Bearer realm is a recorder (HTTPS or plain HTTP)."""
     tls, ca_pem = server_tls(tmp_path)
     recorder, realm = Recorder(), [""]
     registry = FakeRegistry()
     registry.hooks.append(bearer_to(realm))
-    async with serve(recorder.handle) as token_url, serve(registry.handle, tls) as url:
-        realm[0] = f"{token_url}/token?account=robot"
-        result = await check(url, ca_pem=ca_pem, credentials=ROBOT)
+    async with (
+        serve(recorder.handle, tls if realm_tls else None) as token_url,
+        serve(registry.handle, tls) as url,
+    ):
+        realm[0] = f"{token_url}/token{query}"
+        result = await check(url, ca_pem=ca_pem, credentials=credentials)
+    return result, recorder, token_url
+
+
+async def test_an_http_token_realm_of_an_https_registry_gets_no_credentials_and_is_auth_failed(
+    tmp_path: Path,
+) -> None:
+    result, recorder, token_url = await bearer_check(tmp_path, realm_tls=False, query="?account=robot")
     hop = result.judgement.hops[0]
     assert recorder.seen == []  # not even asked: the password never left
     assert hop.verdict is Verdict.AUTH_FAILED and result.judgement.health is Health.UNKNOWN
@@ -97,25 +108,13 @@ async def test_an_http_token_realm_of_an_https_registry_gets_no_credentials_and_
 
 
 async def test_a_token_realm_on_another_https_origin_still_gets_the_credentials(tmp_path: Path) -> None:
-    tls, ca_pem = server_tls(tmp_path)
-    recorder, realm = Recorder(), [""]
-    registry = FakeRegistry()
-    registry.hooks.append(bearer_to(realm))
-    async with serve(recorder.handle, tls) as token_url, serve(registry.handle, tls) as url:
-        realm[0] = f"{token_url}/token"
-        result = await check(url, ca_pem=ca_pem, credentials=ROBOT)
+    result, recorder, _ = await bearer_check(tmp_path, realm_tls=True)
     assert result.judgement.verdict is Verdict.HEALTHY, result.judgement.message
     assert recorder.authorizations == [BASIC]
 
 
 async def test_an_anonymous_check_may_still_take_a_token_from_an_http_realm(tmp_path: Path) -> None:
-    tls, ca_pem = server_tls(tmp_path)
-    recorder, realm = Recorder(), [""]
-    registry = FakeRegistry()
-    registry.hooks.append(bearer_to(realm))
-    async with serve(recorder.handle) as token_url, serve(registry.handle, tls) as url:
-        realm[0] = f"{token_url}/token"
-        result = await check(url, ca_pem=ca_pem)
+    result, recorder, _ = await bearer_check(tmp_path, realm_tls=False, credentials=None)
     assert result.judgement.verdict is Verdict.HEALTHY, result.judgement.message
     assert recorder.authorizations == []  # nothing of anyone's to send
 

@@ -14,7 +14,15 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.fake_registry import FakeRegistry, check, digest, manifest_for, oci_error, running
+from tests.unit.fake_registry import (
+    FakeRegistry,
+    Hook,
+    check,
+    digest,
+    manifest_for,
+    oci_error,
+    running,
+)
 
 from layerwatch.kube.conditions import desired_condition
 from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX
@@ -48,15 +56,29 @@ def said_everywhere(result: CheckResult) -> list[str]:
     return [hop.message for hop in judgement.hops] + list(judgement.notes) + [condition]
 
 
-@pytest.mark.parametrize("media_type", HOSTILE, ids=range(len(HOSTILE)))
-async def test_a_forged_layer_media_type_stays_inside_its_one_line(media_type: str) -> None:
-    content = b"flux content " * 100
-    junk = b"not the content"
+async def checked_safely(registry: FakeRegistry, hook: Hook) -> CheckResult:
+    """A check with ``hook`` bending the registry, once every place it is read is one safe line."""
+    registry.hooks.append(hook)
+    async with running(registry):
+        result = await check(registry.url)
+    for text in said_everywhere(result):
+        assert_one_safe_line(text)
+    return result
+
+
+async def layer_zero_typed(media_type: str) -> CheckResult:
+    """A check of an artifact whose layer 0 has ``media_type`` and whose Flux content is layer 1."""
+    content, junk = b"flux content " * 100, b"not the content"
     registry = FakeRegistry(content)
     registry.blobs[digest(junk)] = junk
     registry.put_manifest(manifest_for(registry.config, [junk, content], [media_type, FLUX_CONTENT]), "v1")
     async with running(registry):
-        result = await check(registry.url)
+        return await check(registry.url)
+
+
+@pytest.mark.parametrize("media_type", HOSTILE, ids=range(len(HOSTILE)))
+async def test_a_forged_layer_media_type_stays_inside_its_one_line(media_type: str) -> None:
+    result = await layer_zero_typed(media_type)
     hop = result.judgement.hops[0]
     assert hop.verdict is Verdict.LAYER_ORDER_MISMATCH
     assert "not the Flux content layer" in hop.message  # the rest of the message survives a long value
@@ -74,13 +96,7 @@ def to_text_of_a_plain_type(result: CheckResult) -> str:
 
 
 async def test_the_forged_newline_is_shown_escaped_so_people_see_what_the_registry_sent() -> None:
-    content = b"flux content " * 100
-    junk = b"junk"
-    registry = FakeRegistry(content)
-    registry.blobs[digest(junk)] = junk
-    registry.put_manifest(manifest_for(registry.config, [junk, content], [FORGED, FLUX_CONTENT]), "v1")
-    async with running(registry):
-        result = await check(registry.url)
+    result = await layer_zero_typed(FORGED)
     assert "layer 0 is text/plain\\nLayerMissing: hop origin" in result.judgement.hops[0].message
 
 
@@ -106,12 +122,8 @@ async def test_a_forged_platform_and_oci_error_message_stay_one_line() -> None:
             return oci_error(404, "MANIFEST_UNKNOWN", "gone\n\x1b[32mHealthy\u2028" + "y" * 5000)
         return None
 
-    registry.hooks.append(missing_child)
-    async with running(registry):
-        result = await check(registry.url)
+    result = await checked_safely(registry, missing_child)
     assert result.judgement.verdict is Verdict.MANIFEST_MISSING
-    for text in said_everywhere(result):
-        assert_one_safe_line(text)
     assert "linux\\nHealthy: all good" in result.judgement.hops[0].message
 
 
@@ -123,12 +135,7 @@ async def test_a_content_encoding_header_with_control_characters_stays_one_line(
             return web.Response(body=b"x", headers={"Content-Encoding": "gzip\u202eevil\u2028x"})
         return None
 
-    registry.hooks.append(encoded)
-    async with running(registry):
-        result = await check(registry.url)
-    assert result.judgement.verdict is Verdict.LAYER_CORRUPT
-    for text in said_everywhere(result):
-        assert_one_safe_line(text)
+    assert (await checked_safely(registry, encoded)).judgement.verdict is Verdict.LAYER_CORRUPT
 
 
 @given(st.text(), st.integers(min_value=1, max_value=400))
