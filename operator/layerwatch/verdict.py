@@ -204,7 +204,7 @@ def describe_fault(fault: Fault) -> str:
         text = f"internal error in layerwatch ({fault.detail}); please report"
     else:
         text = f"{fault.detail or fault.kind.value}{attempts}"
-    return f"{fault.subject}: {text}" if fault.subject else text
+    return one_line(f"{fault.subject}: {text}" if fault.subject else text, MESSAGE_LIMIT)
 
 
 def classify_blob(descriptor: Descriptor, facts: BlobFacts) -> tuple[BlobStatus, str]:
@@ -361,6 +361,7 @@ def judge(
 
     This is where facts become words: every message and note leaves as one line of at most
     ``MESSAGE_LIMIT`` characters, whatever text a registry (or a tenant) put into it.
+
     ``pinned_digest`` is the digest Flux resolved for a tag; when the origin's tag now points
     elsewhere, a note says Flux is behind (not a hop fault).
     """
