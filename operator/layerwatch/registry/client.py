@@ -161,6 +161,11 @@ def _redirect_target(current: str, location: str) -> str:
     return target
 
 
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
 def _printable_url(url: str) -> str:
     """``scheme://host[:port]/path``: no userinfo, no query, one safe line."""
     parts = urlsplit(url)
@@ -171,11 +176,6 @@ def _printable_url(url: str) -> str:
 def _in_clear(origin: str, target: str) -> bool:
     """True when sending to ``target`` what was meant for the HTTPS ``origin`` would send it in clear."""
     return origin.startswith("https://") and not target.startswith("https://")
-
-
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 def _oci_error(body: bytes) -> tuple[str | None, str | None]:
@@ -635,7 +635,6 @@ class RegistryClient:
                     FaultKind.AUTH_UNANSWERABLE,
                     f"token realm {_printable_url(challenge.realm)} is plain HTTP: "
                     "credentials for an HTTPS registry are not sent in clear",
-                    401,
                 )
             )
         params = {key: value for key, value in (("service", challenge.service), ("scope", scope)) if value}
