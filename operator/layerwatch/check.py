@@ -131,8 +131,9 @@ class _HopCheck:
             tag_digest = await self.client.resolve(repository, reference.tag, self.budget)
             if tag_digest is None:
                 fetched = await self.client.fetch_manifest(repository, reference.tag, self.budget)
-                tag_digest = fetched.digest_header or fetched.digest()
-                return tag_digest, tag_digest, fetched
+                # a cut body without a digest header names no digest: its hash is of a fragment
+                tag_digest = fetched.digest_header or ("" if fetched.cut else fetched.digest())
+                return tag_digest or None, tag_digest, fetched
             return (
                 tag_digest,
                 tag_digest,
@@ -177,6 +178,10 @@ class _HopCheck:
 
 def _verify_manifest_bytes(fetched: FetchedManifest, digest: str) -> ManifestProblem | None:
     """Why the bytes are not the manifest ``digest`` names, or None when they are."""
+    if fetched.cut:
+        return ManifestProblem(
+            ManifestFault.TRUNCATED, digest or None, count=len(fetched.body), limit=fetched.declared or 0
+        )
     if fetched.encoding is not None:
         return ManifestProblem(ManifestFault.ENCODED, digest, detail=fetched.encoding)
     if fetched.oversize:
@@ -302,7 +307,7 @@ async def _observe(
     except RegistryNotFound as exc:
         asked = work.reference.digest
         return observed(manifest_problem=ManifestProblem(ManifestFault.NOT_FOUND, asked, fault=exc.fault))
-    seen["digest"] = digest
+    seen["digest"] = digest or None
     parsed = _parse(fetched, digest)
     if isinstance(parsed, ManifestProblem):
         return observed(manifest_problem=parsed)

@@ -90,6 +90,8 @@ class ManifestFault(enum.StrEnum):
     OVERSIZE = "oversize"
     OTHER_BYTES = "other-bytes"
     """The bytes hash to another digest."""
+    TRUNCATED = "truncated"
+    """The connection closed before the body ended (twice): fewer bytes than announced."""
     UNPARSABLE = "unparsable"
     TOO_MANY_LAYERS = "too-many-layers"
     BLOB_TOO_LARGE = "blob-too-large"

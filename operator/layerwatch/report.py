@@ -23,6 +23,7 @@ from layerwatch.manifest import (
 from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
 from layerwatch.signatures import signatures_json
+from layerwatch.text import one_line
 from layerwatch.verdict import CheckResult, Health, HopVerdict
 
 __all__ = [
@@ -115,13 +116,9 @@ def exit_code(result: CheckResult) -> int:
 _MARK = {Health.HEALTHY: "ok", Health.UNKNOWN: "??", Health.UNHEALTHY: "!!"}
 
 
-def _printable(text: str) -> str:
-    """Registry-supplied text for a terminal: control characters (newlines, ANSI escapes) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _lines(lines: Iterable[str]) -> str:
-    return "\n".join(_printable(line) for line in lines)
+    """Lines for a terminal: registry-supplied text in them can start no line of its own."""
+    return "\n".join(one_line(line, None) for line in lines)
 
 
 def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:

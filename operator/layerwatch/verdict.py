@@ -25,8 +25,10 @@ from layerwatch.observation import (
 )
 from layerwatch.reference import Reference, short_digest
 from layerwatch.signatures import judge_signatures, referrers_notes
+from layerwatch.text import one_line
 
 __all__ = [
+    "MESSAGE_LIMIT",
     "CheckResult",
     "Health",
     "HopVerdict",
@@ -116,6 +118,17 @@ class CheckResult:
     finished: float
 
 
+MESSAGE_LIMIT = 1024
+"""Characters in one hop message or note at most: one line whatever a registry put in it."""
+_FIELD_LIMIT = 120
+"""Characters of one registry-supplied value (a media type, a platform) quoted in a message."""
+
+
+def _quoted(text: str) -> str:
+    """A registry-supplied value bounded, so that it cannot push the rest out of the message."""
+    return one_line(text, _FIELD_LIMIT)
+
+
 _AUTH_FAULTS = frozenset({FaultKind.AUTH_REJECTED, FaultKind.AUTH_UNANSWERABLE})
 
 
@@ -142,7 +155,8 @@ def not_found(fault: Fault) -> str:
 def describe_manifest_problem(problem: ManifestProblem, tag: str | None) -> str:
     """One line saying what is wrong with a manifest a hop served (``tag``: what the hop was asked)."""
     digest = short_digest(problem.digest) if problem.digest else ""
-    name = f"child manifest {digest} ({problem.platform or 'no platform'})" if problem.child else ""
+    platform = _quoted(problem.platform) if problem.platform else "no platform"
+    name = f"child manifest {digest} ({platform})" if problem.child else ""
     where = f"{name}: " if name else ""
     fault = problem.fault or Fault(FaultKind.HTTP_STATUS, status=404)
     match problem.kind:
@@ -151,13 +165,18 @@ def describe_manifest_problem(problem: ManifestProblem, tag: str | None) -> str:
         case ManifestFault.NOT_FOUND:
             return f"{f'manifest {digest}' if digest else f'tag {tag}'} unknown ({not_found(fault)})"
         case ManifestFault.ENCODED:
-            return f"{where}served with Content-Encoding {problem.detail}: not the bytes {digest} names"
+            encoding = _quoted(problem.detail)
+            return f"{where}served with Content-Encoding {encoding}: not the bytes {digest} names"
         case ManifestFault.OVERSIZE:
             return f"{where}manifest larger than {problem.limit} bytes"
+        case ManifestFault.TRUNCATED:
+            of = f" of {problem.limit}" if problem.limit else ""
+            what = f"manifest {digest}" if digest else f"manifest of tag {tag}"
+            return f"{where}{what} truncated: {problem.count}{of} bytes (connection closed)"
         case ManifestFault.OTHER_BYTES:
             return f"{where}manifest bytes hash to {short_digest(problem.actual or '')}, not {digest}"
         case ManifestFault.UNPARSABLE:
-            return f"{where}manifest {digest}: {problem.detail}"
+            return f"{where}manifest {digest}: {_quoted(problem.detail)}"
         case ManifestFault.TOO_MANY_LAYERS:
             return f"{where}lists {problem.count} layers, more than the {problem.limit} checked"
         case ManifestFault.BLOB_TOO_LARGE:
@@ -185,7 +204,7 @@ def describe_fault(fault: Fault) -> str:
         text = f"internal error in layerwatch ({fault.detail}); please report"
     else:
         text = f"{fault.detail or fault.kind.value}{attempts}"
-    return f"{fault.subject}: {text}" if fault.subject else text
+    return one_line(f"{fault.subject}: {text}" if fault.subject else text, MESSAGE_LIMIT)
 
 
 def classify_blob(descriptor: Descriptor, facts: BlobFacts) -> tuple[BlobStatus, str]:
@@ -219,7 +238,7 @@ def classify_blob(descriptor: Descriptor, facts: BlobFacts) -> tuple[BlobStatus,
 
 def _blob_name(blob: BlobCheck, platform: str | None) -> str:
     where = "config" if blob.index is None else f"layer {blob.index}"
-    prefix = f"manifest for {platform}: " if platform else ""
+    prefix = f"manifest for {_quoted(platform)}: " if platform else ""
     return f"{prefix}{where} {short_digest(blob.descriptor.digest)}"
 
 
@@ -313,11 +332,11 @@ def _judge_hop(
             contents = [i for i, layer in enumerate(manifest.layers) if layer.media_type == FLUX_CONTENT]
             if contents and contents[0] != 0:
                 return Verdict.LAYER_ORDER_MISMATCH, (
-                    f"layer 0 is {manifest.layers[0].media_type}, not the Flux content layer (layer "
+                    f"layer 0 is {_quoted(manifest.layers[0].media_type)}, not the Flux content layer (layer "
                     f"{contents[0]}); without layerSelector Flux extracts layer 0"
                 )
         elif flux_layer(manifest, layer_media_type) is None:
-            return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {layer_media_type}"
+            return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {_quoted(layer_media_type)}"
     signature = judge_signatures(observations, position)
     if signature is not None:
         verdict = Verdict.SIGNATURE_MISSING if signature.missing else Verdict.SIGNATURE_CORRUPT
@@ -340,13 +359,17 @@ def judge(
 ) -> Judgement:
     """Verdict per hop (edge first, origin last), overall verdict and blame.
 
+    This is where facts become words: every message and note leaves as one line of at most
+    ``MESSAGE_LIMIT`` characters, whatever text a registry (or a tenant) put into it.
+
     ``pinned_digest`` is the digest Flux resolved for a tag; when the origin's tag now points
     elsewhere, a note says Flux is behind (not a hop fault).
     """
     verdicts: list[HopVerdict] = []
     for position, obs in enumerate(observations):
         verdict, detail = _judge_hop(observations, position, layer_media_type, mode)
-        verdicts.append(HopVerdict(obs.hop, verdict, f"hop {obs.hop} ({obs.location}): {detail}"))
+        message = one_line(f"hop {obs.hop} ({obs.location}): {detail}", MESSAGE_LIMIT)
+        verdicts.append(HopVerdict(obs.hop, verdict, message))
     worst = max((v.verdict.health for v in verdicts), default=Health.HEALTHY)
     blame: str | None = None
     overall = Verdict.HEALTHY
@@ -363,4 +386,5 @@ def judge(
             f"Flux is behind: tag {origin.tag} at the origin is now {short_digest(origin.tag_digest)}, "
             f"Flux has {short_digest(pinned_digest)}"
         )
-    return Judgement(tuple(verdicts), overall, blame, origin_digest, tuple(notes))
+    safe_notes = tuple(one_line(note, MESSAGE_LIMIT) for note in notes)
+    return Judgement(tuple(verdicts), overall, blame, origin_digest, safe_notes)

@@ -35,7 +35,6 @@ from layerwatch.reference import is_digest
 from layerwatch.registry import auth, credhelpers, providers, proxies
 from layerwatch.registry.errors import RegistryError, RegistryNotFound
 from layerwatch.registry.network import (
-    CONNECT_FAULTS,
     Endpoint,
     EndpointState,
     RetryBudget,
@@ -93,6 +92,10 @@ class FetchedManifest:
     encoding: str | None = None
     """A Content-Encoding the hop put on the bytes (then ``body`` is empty: never decoded)."""
     oversize: bool = False
+    cut: bool = False
+    """The connection closed before the body ended (twice): ``body`` is what arrived."""
+    declared: int | None = None
+    """The Content-Length the hop announced, when it did."""
 
     def digest(self, algorithm: str = "sha256") -> str:
         return f"{algorithm}:{hashlib.new(algorithm, self.body).hexdigest()}"
@@ -166,6 +169,18 @@ def _refused(response: httpx.Response) -> bool:
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def _printable_url(url: str) -> str:
+    """``scheme://host[:port]/path``: no userinfo, no query, one safe line."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return clean_text(f"{parts.scheme}://{host}{parts.path}", 200)
+
+
+def _in_clear(origin: str, target: str) -> bool:
+    """True when sending to ``target`` what was meant for the HTTPS ``origin`` would send it in clear."""
+    return origin.startswith("https://") and not target.startswith("https://")
 
 
 def _oci_error(body: bytes) -> tuple[str | None, str | None]:
@@ -256,9 +271,7 @@ class RegistryClient:
                 response = await self._exchange("GET", f"{self.base_url}/v2/", None, answer_challenge=False)
                 await response.aclose()
         except RegistryError as exc:
-            if exc.fault.kind in CONNECT_FAULTS:
-                self.state.mark_down(exc.fault)
-            return exc.fault
+            return exc.fault  # counted by ``_send`` like any failure toward "known down"
         if response.status_code == 200 or (
             response.status_code == 401 and "www-authenticate" in response.headers
         ):
@@ -293,25 +306,39 @@ class RegistryClient:
     async def fetch_manifest(
         self, repository: str, ref: str, budget: RetryBudget, *, endpoint: str = "manifests", query: str = ""
     ) -> FetchedManifest:
-        """GET a manifest, refusing bodies over the 4 MiB cap and never decoding an encoded one."""
+        """GET a manifest, refusing bodies over the 4 MiB cap and never decoding an encoded one.
+
+        A body cut short is asked for once more (a cut can be the network; twice is the hop) and
+        then returned as ``cut``; a stalled one raises (slow is not corrupt).
+        """
+        url = self._url(repository, endpoint, ref) + query
         async with self.state.limit:
-            url = self._url(repository, endpoint, ref) + query
-            response = await self._request("GET", url, repository, budget)
-            try:
-                media_type = clean_text(response.headers.get("content-type", ""), 200)
-                digest_header = _digest_header(response)
-                encoding = _encoding(response)
-                declared = _length(response)
-                if encoding is not None:
-                    return FetchedManifest(b"", media_type, digest_header, encoding=encoding)
-                if declared is not None and declared > MAX_MANIFEST_BYTES:
-                    return FetchedManifest(b"", media_type, digest_header, oversize=True)
-                body = await self._read(response, MAX_MANIFEST_BYTES, what="manifest")
-            finally:
-                await response.aclose()
-        if len(body) > MAX_MANIFEST_BYTES:
+            fetched = await self._fetch_manifest_once(url, repository, budget)
+            if fetched.cut:
+                fetched = await self._fetch_manifest_once(url, repository, budget)
+        return fetched
+
+    async def _fetch_manifest_once(self, url: str, repository: str, budget: RetryBudget) -> FetchedManifest:
+        response = await self._request("GET", url, repository, budget)
+        try:
+            media_type = clean_text(response.headers.get("content-type", ""), 200)
+            digest_header = _digest_header(response)
+            encoding = _encoding(response)
+            declared = _length(response)
+            if encoding is not None:
+                return FetchedManifest(b"", media_type, digest_header, encoding=encoding)
+            if declared is not None and declared > MAX_MANIFEST_BYTES:
+                return FetchedManifest(b"", media_type, digest_header, oversize=True)
+            body = bytearray()
+            received, fault = await self._body(response, MAX_MANIFEST_BYTES, body.extend, declared)
+        finally:
+            await response.aclose()
+        if received > MAX_MANIFEST_BYTES:
             return FetchedManifest(b"", media_type, digest_header, oversize=True)
-        return FetchedManifest(body, media_type, digest_header)
+        if fault is not None and fault.kind is not FaultKind.BODY_CUT:
+            raise RegistryError(fault)
+        cut = fault is not None
+        return FetchedManifest(bytes(body), media_type, digest_header, cut=cut, declared=declared)
 
     async def fetch_blob(
         self, repository: str, descriptor: Descriptor, *, download: bool, budget: RetryBudget
@@ -350,23 +377,39 @@ class RegistryClient:
         await response.aclose()
         return BlobFacts(status=response.status_code, header_size=_length(response), headed=True)
 
-    async def _read(self, response: httpx.Response, cap: int, *, what: str) -> bytes:
-        """Read a body of at most ``cap`` (+1, to tell "over") bytes within its deadline."""
-        body = bytearray()
-        deadline = self.settings.timeout + cap / self.settings.min_blob_rate
+    async def _body(
+        self, response: httpx.Response, size: int, consume: Callable[[bytes], object], declared: int | None
+    ) -> tuple[int, Fault | None]:
+        """Feed a body of ``size`` bytes (a chunk more tells "over") to ``consume`` within its deadline.
+
+        Returns the bytes received and, when the body did not end, why: ``STALLED`` when its
+        deadline (``timeout + size / min_blob_rate``) passed, whatever pauses it had before that
+        (slow is not corrupt); ``BODY_CUT`` when the connection closed first, a body shorter than
+        its Content-Length included. ``declared`` is the length the hop announced, for the message.
+        """
+        deadline = self.settings.timeout + size / self.settings.min_blob_rate
+        received = 0
         try:
             async with asyncio.timeout(deadline):
                 async for chunk in response.aiter_raw():
-                    body += chunk
-                    if len(body) > cap:
+                    received += len(chunk)
+                    consume(chunk)
+                    if received > size:
                         break
-        except TimeoutError:
-            raise RegistryError(
-                Fault(FaultKind.STALLED, f"{what} body stalled after {len(body)} bytes in {deadline:.0f}s")
-            ) from None
+        except (TimeoutError, httpx.TimeoutException):
+            rate = f"below {self.settings.min_blob_rate / 1024:.0f} KiB/s"
+            so_far = f"{received} of {declared} bytes" if declared is not None else f"{received} bytes"
+            return received, Fault(FaultKind.STALLED, f"stalled: {so_far} in {deadline:.0f}s ({rate})")
         except (httpx.TransportError, OSError) as exc:
-            fault = fault_from_exception(exc)
-            raise RegistryError(dataclasses.replace(fault, kind=FaultKind.BODY_CUT)) from None
+            return received, dataclasses.replace(fault_from_exception(exc), kind=FaultKind.BODY_CUT)
+        return received, None
+
+    async def _read(self, response: httpx.Response, cap: int) -> bytes:
+        """A small body (an error, a token) of at most ``cap`` (+1) bytes; raises when it did not end."""
+        body = bytearray()
+        _, fault = await self._body(response, cap, body.extend, _length(response))
+        if fault is not None:
+            raise RegistryError(fault)
         return bytes(body)
 
     async def _download(
@@ -374,7 +417,6 @@ class RegistryClient:
     ) -> BlobFacts:
         """Stream a blob through its hash; memory stays at one chunk whatever the blob's size."""
         algorithm = descriptor.digest.partition(":")[0]
-        deadline = self.settings.timeout + descriptor.size / self.settings.min_blob_rate
         facts = BlobFacts()
         for attempt in range(2):
             response = await self._request("GET", url, repository, budget)
@@ -384,27 +426,18 @@ class RegistryClient:
                 await response.aclose()
                 return BlobFacts(status=status, encoding=encoding)
             hasher = hashlib.new(algorithm)
-            received = 0
             try:
-                async with asyncio.timeout(deadline):
-                    async for chunk in response.aiter_raw():
-                        received += len(chunk)
-                        if received > descriptor.size:
-                            return BlobFacts(status=status, received=received, overflow=True)
-                        hasher.update(chunk)
-            except TimeoutError:
-                rate = f"below {self.settings.min_blob_rate / 1024:.0f} KiB/s"
-                detail = f"stalled: {received} of {descriptor.size} bytes in {deadline:.0f}s ({rate})"
-                return BlobFacts(status=status, received=received, fault=Fault(FaultKind.STALLED, detail))
-            except (httpx.TransportError, OSError) as exc:
-                fault = dataclasses.replace(fault_from_exception(exc), kind=FaultKind.BODY_CUT)
-                facts = BlobFacts(status=status, received=received, fault=fault)
-                if attempt == 0:
-                    continue  # one retry: a cut can be the network; twice is the hop
-                return facts
+                received, fault = await self._body(response, descriptor.size, hasher.update, descriptor.size)
             finally:
                 await response.aclose()
-            return BlobFacts(status=status, received=received, actual=f"{algorithm}:{hasher.hexdigest()}")
+            if received > descriptor.size:
+                return BlobFacts(status=status, received=received, overflow=True)
+            facts = BlobFacts(status=status, received=received, fault=fault)
+            if fault is None:
+                return dataclasses.replace(facts, actual=f"{algorithm}:{hasher.hexdigest()}")
+            if fault.kind is not FaultKind.BODY_CUT or attempt:
+                return facts
+            # one retry: a cut can be the network; twice is the hop
         return facts
 
     async def _request(self, method: str, url: str, repository: str, budget: RetryBudget) -> httpx.Response:
@@ -473,7 +506,7 @@ class RegistryClient:
             if method == "HEAD":
                 return None, None
             try:
-                body = await self._read(response, _MAX_ERROR_BYTES, what="error")
+                body = await self._read(response, _MAX_ERROR_BYTES)
             except RegistryError:
                 return None, None
             return _oci_error(body[:_MAX_ERROR_BYTES])
@@ -496,7 +529,7 @@ class RegistryClient:
             if response.status_code in _REDIRECTS and "location" in response.headers:
                 await response.aclose()
                 target = _redirect_target(url, response.headers["location"])
-                if not _same_origin(target, self.base_url):
+                if not _same_origin(target, self.base_url):  # HTTPS to HTTP is another origin too
                     headers.pop("Authorization", None)
                 url = target
                 continue
@@ -582,16 +615,16 @@ class RegistryClient:
         self._count(method, url, str(response.status_code))
         return response
 
-    def _timeouts(self) -> dict[str, float]:
-        return dict.fromkeys(("connect", "read", "write", "pool"), self.settings.timeout)
+    def _timeouts(self) -> dict[str, float | None]:
+        """No per-read timeout: headers are bounded in ``_send`` and bodies by their own deadline
+        (``_body``), so a pause inside a large body is judged against that body's size."""
+        return {**dict.fromkeys(("connect", "write", "pool"), self.settings.timeout), "read": None}
 
     def _count(self, method: str, url: str, code: str) -> None:
         if self._on_request is not None:
             self._on_request(method, code)
         if self._on_exchange is not None:
-            parts = urlsplit(url)
-            host = parts.netloc.rpartition("@")[2]
-            self._on_exchange(method, f"{parts.scheme}://{host}{parts.path}", code)
+            self._on_exchange(method, _printable_url(url), code)
 
     def _learn(self, header: str) -> None:
         try:
@@ -628,6 +661,16 @@ class RegistryClient:
         return f"Bearer {token}"
 
     async def _fetch_token(self, challenge: auth.Challenge, scope: str) -> tuple[str, float]:
+        """A token from the challenge's realm; credentials of an HTTPS registry never go to an
+        ``http://`` realm (nobody on the path may read them): that ends as an auth failure."""
+        if _in_clear(self.base_url, challenge.realm) and (self.credentials is not None or self.provider):
+            raise RegistryError(
+                Fault(
+                    FaultKind.AUTH_UNANSWERABLE,
+                    f"token realm {_printable_url(challenge.realm)} is plain HTTP: "
+                    "credentials for an HTTPS registry are not sent in clear",
+                )
+            )
         params = {key: value for key, value in (("service", challenge.service), ("scope", scope)) if value}
         headers = {"User-Agent": "layerwatch", "Accept-Encoding": "identity"}
         credentials = await self._source.get()
@@ -656,7 +699,7 @@ class RegistryClient:
                         FaultKind.AUTH_UNANSWERABLE, "token answer is encoded", 200, subject="token endpoint"
                     )
                 )
-            body = await self._read(response, _MAX_TOKEN_BYTES, what="token")
+            body = await self._read(response, _MAX_TOKEN_BYTES)
         except RegistryError as exc:
             raise RegistryError(dataclasses.replace(exc.fault, subject="token endpoint")) from None
         finally:

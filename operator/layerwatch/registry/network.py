@@ -24,6 +24,7 @@ from layerwatch.chain import Proxy
 from layerwatch.observation import Fault, FaultKind
 from layerwatch.registry import proxies, tls
 from layerwatch.settings import EngineSettings, TransportKind
+from layerwatch.text import one_line
 
 __all__ = [
     "CONNECT_FAULTS",
@@ -68,9 +69,9 @@ class Endpoint:
 
 
 def clean_text(text: str, limit: int = 160) -> str:
-    """Registry- or network-supplied text made safe for one line: printable, bounded."""
-    printable = "".join(c if c.isprintable() else " " for c in text)
-    return " ".join(printable.split())[:limit]
+    """Registry- or network-supplied text as one short line: whitespace runs (newlines included)
+    become one space, anything else invisible is escaped (``one_line``)."""
+    return one_line(" ".join(text.split()), limit)
 
 
 def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext | bool:
