@@ -596,9 +596,9 @@ def _json_requested(arguments: Sequence[str]) -> bool:
 
 def _report_error(message: str, kind: str, *, json_output: bool) -> None:
     """One line on stderr; with ``-o json`` also ``{"error": {...}}`` on stdout for scripts."""
-    from layerwatch.documents import one_line
+    from layerwatch.text import ERROR_LIMIT, one_line
 
-    message = one_line(message)  # it may quote a file's or a registry's text
+    message = one_line(message, ERROR_LIMIT)  # it may quote a file's or a registry's text
     _warn(message)
     if json_output:
         import json

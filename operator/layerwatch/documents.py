@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["config_object", "is_text", "json_object", "one_line"]
+__all__ = ["config_object", "is_text", "json_object"]
 
 
 def json_object(data: bytes | str) -> Mapping[str, Any]:
@@ -53,12 +53,3 @@ def config_object(data: bytes | str) -> Mapping[str, Any]:
         elif isinstance(value, str) and not is_text(value):
             raise ValueError("not valid JSON (a \\u escape that is no character)")
     return document
-
-
-def one_line(text: str, limit: int = 2000) -> str:
-    """``text`` as one bounded line: control characters (newlines included) shown as escapes.
-
-    Error messages quote what people and registries wrote; none of it may start a line of its own.
-    """
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from layerwatch.chain import ChainError
 from layerwatch.config import FileSettings, ServeConfig, load_serve_config
-from layerwatch.documents import one_line
 from layerwatch.logs import configure_logging
 from layerwatch.metrics import Metrics
 from layerwatch.scheduler import Scheduler, Watch
 from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
+from layerwatch.text import ERROR_LIMIT, one_line
 from layerwatch.web import WebServer
 
 __all__ = ["ConfigFile", "ListenError", "run_serve", "watches"]
@@ -63,7 +63,7 @@ class ConfigFile:
                 fresh = await asyncio.to_thread(load_serve_config, self.path, self.settings)
             except ChainError as exc:
                 self._metrics.set_config_load(False, time.time())
-                message = one_line(str(exc))
+                message = one_line(str(exc), ERROR_LIMIT)
                 logger.error("reload of %s failed, keeping the running plan: %s", self.path, message)
                 return False
             self.config = fresh

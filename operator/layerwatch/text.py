@@ -8,9 +8,11 @@ recolour or hide text (ANSI escapes, bidi overrides, zero-width characters) or d
 
 from __future__ import annotations
 
-__all__ = ["one_line"]
+__all__ = ["ERROR_LIMIT", "one_line"]
 
 _ELLIPSIS = "…"
+ERROR_LIMIT = 2000
+"""Characters of a configuration error line: long enough for a path and the text it quotes."""
 
 
 def _visible(character: str) -> str:

@@ -42,11 +42,11 @@ from layerwatch.config import (
     load_serve_config,
     load_targets_file,
 )
-from layerwatch.documents import one_line
 from layerwatch.metrics import Metrics
 from layerwatch.scheduler import Scheduler
 from layerwatch.serve import ConfigFile
 from layerwatch.store import ResultStore
+from layerwatch.text import ERROR_LIMIT, one_line
 
 REPO = Path(__file__).resolve().parents[2]
 HOP = "{name: edge, url: 'http://127.0.0.1:9'}"
@@ -257,8 +257,8 @@ def test_a_name_with_a_newline_is_refused_and_every_error_stays_one_line(run: Ru
 
 @given(message=st.text())
 def test_an_error_message_of_any_text_is_printed_as_one_line(message: str) -> None:
-    line = one_line(message)
-    assert len(line.splitlines()) <= 1 and line.isprintable() and len(line) <= 2000
+    line = one_line(message, ERROR_LIMIT)
+    assert len(line.splitlines()) <= 1 and line.isprintable() and len(line) <= ERROR_LIMIT
 
 
 def test_aliases_are_refused_so_a_small_file_cannot_expand_into_a_huge_tree(tmp_path: Path) -> None:
