@@ -165,7 +165,7 @@ async def test_an_unusable_tenant_proxy_leaves_that_target_unknown_and_plans_the
 
 async def test_an_unusable_chain_proxy_leaves_that_chain_not_ready_and_plans_the_rest() -> None:
     service, _ = operator()
-    broken = {"name": "edge", "url": "https://a.example/p-core", "proxy": {"address": "http://p:3l28"}}
+    broken = {"name": "edge", "url": "https://a.example/p-core", "proxy": {"address": "http://me:pw@p:3l28"}}
     with_chain(service, {"metadata": {"name": "broken", "generation": 1}, "spec": {"hops": [broken]}})
     fine = {"name": "quay", "url": "https://quay.io"}
     with_chain(service, {"metadata": {"name": "fine", "generation": 1}, "spec": {"hops": [fine]}})
