@@ -77,12 +77,8 @@ class RecordingEndpoint:
 
     @property
     def address(self) -> str:
+        """``127.0.0.1:PORT``: a registry host, or (after ``http://``) a proxy address."""
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``, as a proxy address."""
-        return f"http://{self.address}"
 
     def credentials(self) -> list[str]:
         """Every ``user:password`` it was sent, in order."""

@@ -78,7 +78,7 @@ class Lab:
         return [
             basic_auth_secret(namespace, "tenant-pull", TENANT),
             secret_document(namespace, "recorder-ca", {"ca.crt": self.ca_pem}),
-            secret_document(namespace, "recorder-proxy", {"address": self.recorder.url}),
+            secret_document(namespace, "recorder-proxy", {"address": f"http://{self.recorder.address}"}),
             secret_document(
                 namespace, "puller-pull", {".dockerconfigjson": config}, "kubernetes.io/dockerconfigjson"
             ),

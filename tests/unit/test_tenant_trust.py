@@ -163,6 +163,39 @@ async def test_an_unusable_tenant_proxy_leaves_that_target_unknown_and_plans_the
     await service.scheduler.aclose()
 
 
+async def test_any_error_while_planning_one_object_leaves_only_that_one_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _ = operator({ROBOT: CHAIN_SECRET})
+    with_chain(service, _chain("a.example"))
+    url = "oci://a.example/p-core/org/app"
+    plan = service.entry_hop
+
+    async def odd(source: Any, *args: Any, **kwargs: Any) -> Any:
+        if source.namespace == "team-a":
+            raise TypeError("secret-text")
+        return await plan(source, *args, **kwargs)
+
+    service.entry_hop = odd  # type: ignore[method-assign]
+    for namespace in ("team-a", "team-b"):
+        service.source_event("ADDED", oci_repository(namespace=namespace, url=url, spec={"insecure": True}))
+    await settle(service)
+    await settle(service)
+    written = cast(Recording, service.api).conditions[KEY]
+    assert (written["status"], written["reason"]) == ("Unknown", "InvalidSpec")
+    assert written["message"] == "its settings cannot be planned (TypeError)"
+    assert not service.scheduler._watches[("team-b", "app")].pending
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        said.count(
+            "unexpected TypeError while reading OCIRepository team-a/app; reported on that object only"
+        )
+        == 1
+    )
+    assert not any("secret-text" in line for line in said), "the type is logged, never the text"
+    await service.scheduler.aclose()
+
+
 async def test_an_unusable_chain_proxy_leaves_that_chain_not_ready_and_plans_the_rest() -> None:
     service, _ = operator()
     broken = {"name": "edge", "url": "https://a.example/p-core", "proxy": {"address": "http://me:pw@p:3l28"}}

@@ -239,15 +239,17 @@ class OperatorService:
         outside: dict[tuple[str, str], str] = {}
         unusable: dict[tuple[str, str], str] = {}
         for source in sources:
-            try:
-                selection = select(source, ordered, namespace_labels.get(source.namespace), why)
-                watch = None
-                if selection.target is not None and selection.chain is not None:
+            selection = select(source, ordered, namespace_labels.get(source.namespace), why)
+            watch = None
+            if selection.target is not None and selection.chain is not None:
+                try:
                     watch = await self.plan_watch(source, selection, ready=selection.chain.name in chains)
-            except Exception as exc:  # one object never stops the plan of the others
-                self._unexpected(exc, f"OCIRepository {source.namespace}/{source.name}")
-                selection = Selection(None, None, skipped=f"cannot be planned ({type(exc).__name__})")
-                watch = None
+                except Exception as exc:  # one object never stops the plan of the others
+                    self._unexpected(exc, f"OCIRepository {source.namespace}/{source.name}")
+                    why_not = f"its settings cannot be planned ({type(exc).__name__})"
+                    watch = Watch(
+                        selection.target, selection.chain, pending=why_not, pending_reason="InvalidSpec"
+                    )
             if watch is None:
                 skipped[source.key] = selection.skipped or "not selected"
                 if self._skipped.get(source.key) != skipped[source.key]:  # say it once, not every re-plan
