@@ -18,14 +18,17 @@ from typing import Any, cast
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes import client as k8s
 
 from lab.certs import TestCA
 from lab.recorder import RecordingEndpoint
+from layerwatch.chain import ChainError
+from layerwatch.kube import lookup
 from layerwatch.kube.service import OperatorService
 from layerwatch.settings import EngineSettings
 
 from .builders import oci_repository
-from .test_kube_service import Recording, operator, settle, with_chain
+from .test_kube_service import FakeCore, Recording, operator, settle, with_chain
 
 CHAIN_USER, CHAIN_PW = "robot$chain", "chain-robot-pw-7f3"
 TENANT_USER, TENANT_PW = "tenant", "tenant-pw-19c"
@@ -235,3 +238,51 @@ def test_any_secret_content_leaves_the_plan_of_the_others_intact(data: Mapping[s
         await service.scheduler.aclose()
 
     asyncio.run(plan())
+
+
+# -- check --kube plans with the same rules ------------------------------------------------------------
+
+
+class FakeCluster:
+    """What ``check --kube`` reads besides Secrets: one OCIRepository, the ProxyChains, the namespace."""
+
+    def __init__(self, repository: dict[str, Any], chains: list[dict[str, Any]]) -> None:
+        self.repository, self.chains = repository, chains
+
+    def get_namespaced_custom_object(self, *_: Any) -> dict[str, Any]:
+        return self.repository
+
+    def list_cluster_custom_object(self, *_: Any) -> dict[str, Any]:
+        return {"items": self.chains}
+
+    def read_namespace(self, name: str) -> Any:
+        return k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels={"team": "a"}))
+
+
+def _kube_check(spec: Mapping[str, Any], secrets: dict[tuple[str, str], Mapping[str, str]]) -> list[Any]:
+    core = FakeCore({ROBOT: CHAIN_SECRET, **secrets})
+    cluster = FakeCluster(
+        oci_repository(url="oci://a.example/p-core/org/app", spec=spec), [_chain("a.example")]
+    )
+    api = Recording(core)
+    api.custom, api.core.read_namespace = cluster, cluster.read_namespace
+    return asyncio.run(lookup._watches(cast(Any, api), ["app"], "team-a", lambda _: None))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"insecure": True}, {"certSecretRef": {"name": "ca"}}, {"proxySecretRef": {"name": "proxy"}}],
+    ids=["insecure", "certSecretRef", "proxySecretRef"],
+)
+def test_check_kube_never_puts_the_chain_robot_on_a_tenant_transport(spec: Mapping[str, Any]) -> None:
+    secrets = {("team-a", "ca"): {"ca.crt": "PEM"}, ("team-a", "proxy"): {"address": "http://p:3128"}}
+    (watch,) = _kube_check(spec, secrets)
+    (hop,) = [target.hop for target in watch.pull_path()]
+    assert hop.credentials is None
+
+
+def test_check_kube_stops_on_a_tenant_setting_it_cannot_use() -> None:
+    bad_proxy = {("team-a", "proxy"): {"address": "http://p:3l28"}}
+    with pytest.raises(ChainError) as info:
+        _kube_check({"proxySecretRef": {"name": "proxy"}}, bad_proxy)
+    assert "cannot be checked as source-controller pulls it: spec.proxySecretRef: " in str(info.value)
