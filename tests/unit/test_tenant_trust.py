@@ -274,8 +274,11 @@ def _kube_check(spec: Mapping[str, Any], secrets: dict[tuple[str, str], Mapping[
     [{"insecure": True}, {"certSecretRef": {"name": "ca"}}, {"proxySecretRef": {"name": "proxy"}}],
     ids=["insecure", "certSecretRef", "proxySecretRef"],
 )
-def test_check_kube_never_puts_the_chain_robot_on_a_tenant_transport(spec: Mapping[str, Any]) -> None:
-    secrets = {("team-a", "ca"): {"ca.crt": "PEM"}, ("team-a", "proxy"): {"address": "http://p:3128"}}
+def test_check_kube_never_puts_the_chain_robot_on_a_tenant_transport(
+    spec: Mapping[str, Any], tmp_path: Path
+) -> None:
+    ca_pem = TestCA(tmp_path).path.read_text()
+    secrets = {("team-a", "ca"): {"ca.crt": ca_pem}, ("team-a", "proxy"): {"address": "http://p:3128"}}
     (watch,) = _kube_check(spec, secrets)
     (hop,) = [target.hop for target in watch.pull_path()]
     assert hop.credentials is None
