@@ -1,14 +1,20 @@
-"""The hop an OCIRepository points at is checked with the OCIRepository's own credentials and TLS."""
+"""The hop an OCIRepository points at is checked with the OCIRepository's own credentials and TLS.
+
+The decision is ``resolve_entry_hop`` (pure, table-tested here); the service reads the Secrets.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, cast
 
-from layerwatch.chain import Chain, Credentials, Hop, Proxy
+import pytest
+
+from layerwatch.chain import Chain, ChainError, Credentials, Hop, Proxy
 from layerwatch.kube.api import KubeApi, SecretError
-from layerwatch.kube.service import OperatorOptions, OperatorService
-from layerwatch.kube.targets import FluxSource
+from layerwatch.kube.service import OperatorOptions, OperatorService, UnusableSetting
+from layerwatch.kube.targets import FluxSource, TenantAccess, resolve_entry_hop
 
 from .builders import oci_repository
 
@@ -71,15 +77,17 @@ def test_the_ocirepository_secret_ref_replaces_the_chain_credentials_for_its_hop
     assert api.asked == [("team-a", "pull", "a.example")]
 
 
-def test_cert_secret_ref_and_insecure_apply_to_its_hop() -> None:
+def test_cert_secret_ref_and_insecure_apply_to_its_hop_without_the_chain_credentials() -> None:
     hop, _ = _entry({"certSecretRef": {"name": "ca"}, "insecure": True}, {("team-a", "ca"): "PEM"})
     assert hop is not None and hop.ca_pem == "PEM" and hop.scheme == "http"
-    assert hop.credentials == CHAIN.hops[0].credentials
+    assert hop.credentials is None
 
 
-def test_a_missing_secret_falls_back_to_the_chain_settings() -> None:
-    hop, _ = _entry({"secretRef": {"name": "gone"}}, {})
-    assert hop is not None and hop.credentials == CHAIN.hops[0].credentials
+def test_a_missing_secret_is_reported_never_replaced_by_the_chain_settings() -> None:
+    with pytest.raises(UnusableSetting) as info:
+        _entry({"secretRef": {"name": "gone"}}, {})
+    assert info.value.reason == "SecretMissing"
+    assert info.value.message == "spec.secretRef: Secret team-a/gone: HTTP 404"
 
 
 def test_service_account_image_pull_secrets_give_the_entry_hop_its_credentials() -> None:
@@ -148,3 +156,134 @@ def test_proxychain_hops_take_a_proxy_a_proxy_secret_and_a_client_certificate() 
     assert edge.proxy == Proxy("http://proxy.corp:3128", "me", "pw")
     assert (edge.client_cert_pem, edge.client_key_pem) == ("CERT", "KEY")
     assert origin.proxy == Proxy("http://other:8080") and origin.client_cert_pem is None
+
+
+# -- the decision, as a table ----------------------------------------------------------------------
+
+ROBOT = Credentials("robot$admin", "chain-pw")
+TENANT = Credentials("tenant", "tenant-pw")
+CHAIN_PROXY = Proxy("http://chain-proxy:3128", "chain-proxy-user", "chain-proxy-pw")
+TENANT_PROXY = Proxy("http://tenant-proxy:3128")
+CHAIN_HOP = Hop.from_url(
+    "edge",
+    "https://a.example/p-core",
+    credentials=ROBOT,
+    ca_pem="CHAIN-CA",
+    insecure=True,
+    proxy=CHAIN_PROXY,
+    client_cert_pem="CHAIN-CERT",
+    client_key_pem="CHAIN-KEY",
+)
+PLAIN_CHAIN_HOP = Hop.from_url("edge", "http://a.example/p-core", credentials=ROBOT)
+CLOUD_CHAIN_HOP = Hop.from_url("edge", "https://a.example/p-core", provider="gcp")
+TENANT_TLS = {"ca_pem": "TENANT-CA"}
+TENANT_MTLS = {"ca_pem": "TENANT-CA", "client_cert_pem": "TENANT-CERT", "client_key_pem": "TENANT-KEY"}
+OWN = {"names_credentials": True, "credentials": TENANT}
+"""The tenant's own secretRef (or serviceAccountName) gave credentials."""
+
+
+def _own_hop(**fields: Any) -> Hop:
+    """The entry hop built from the tenant's settings alone."""
+    return Hop(**{"name": "edge", "scheme": "https", "host": "a.example", "prefix": "p-core", **fields})
+
+
+@pytest.mark.parametrize(
+    ("chain_hop", "tenant", "in_scope", "expected"),
+    [
+        pytest.param(CHAIN_HOP, {}, True, CHAIN_HOP, id="nothing-of-its-own"),
+        pytest.param(
+            CHAIN_HOP, OWN, True, dataclasses.replace(CHAIN_HOP, credentials=TENANT), id="secret-ref-only"
+        ),
+        pytest.param(
+            CHAIN_HOP,
+            {"names_credentials": True},
+            True,
+            dataclasses.replace(CHAIN_HOP, credentials=None),
+            id="secret-ref-without-an-entry-for-the-host",
+        ),
+        pytest.param(
+            CLOUD_CHAIN_HOP,
+            OWN,
+            True,
+            dataclasses.replace(CLOUD_CHAIN_HOP, credentials=TENANT, provider=None),
+            id="secret-ref-replaces-the-chain-provider",
+        ),
+        pytest.param(
+            CHAIN_HOP,
+            {"names_credentials": True, "provider": "aws"},
+            True,
+            dataclasses.replace(CHAIN_HOP, credentials=None, provider="aws"),
+            id="provider-only",
+        ),
+        pytest.param(CHAIN_HOP, {"insecure": True}, True, _own_hop(scheme="http"), id="insecure"),
+        pytest.param(
+            CHAIN_HOP,
+            {"insecure": True, **OWN},
+            True,
+            _own_hop(scheme="http", credentials=TENANT),
+            id="insecure+own",
+        ),
+        pytest.param(
+            PLAIN_CHAIN_HOP, {"insecure": True}, True, PLAIN_CHAIN_HOP, id="insecure-on-an-http-hop"
+        ),
+        pytest.param(CHAIN_HOP, {"tls": TENANT_TLS}, True, _own_hop(ca_pem="TENANT-CA"), id="cert-secret-ca"),
+        pytest.param(
+            CHAIN_HOP,
+            {"tls": TENANT_MTLS, **OWN},
+            True,
+            _own_hop(
+                credentials=TENANT,
+                ca_pem="TENANT-CA",
+                client_cert_pem="TENANT-CERT",
+                client_key_pem="TENANT-KEY",
+            ),
+            id="cert-secret-mtls+own",
+        ),
+        pytest.param(
+            CHAIN_HOP, {"proxy": TENANT_PROXY}, True, _own_hop(proxy=TENANT_PROXY), id="proxy-secret"
+        ),
+        pytest.param(
+            PLAIN_CHAIN_HOP,
+            {"proxy": TENANT_PROXY},
+            True,
+            _own_hop(proxy=TENANT_PROXY),
+            id="proxy-on-an-http-hop",
+        ),
+        pytest.param(
+            CHAIN_HOP,
+            {"proxy": TENANT_PROXY, "names_credentials": True, "provider": "gcp"},
+            True,
+            _own_hop(proxy=TENANT_PROXY, provider="gcp"),
+            id="proxy+provider",
+        ),
+        pytest.param(CHAIN_HOP, {}, False, _own_hop(), id="outside-the-scope"),
+        pytest.param(
+            PLAIN_CHAIN_HOP, {"insecure": True}, False, _own_hop(scheme="http"), id="outside+insecure"
+        ),
+        pytest.param(CHAIN_HOP, OWN, False, _own_hop(credentials=TENANT), id="outside+own"),
+    ],
+)
+def test_resolve_entry_hop(chain_hop: Hop, tenant: dict[str, Any], in_scope: bool, expected: Hop) -> None:
+    resolved = resolve_entry_hop(chain_hop, TenantAccess(**tenant), in_scope=in_scope)
+    assert resolved == expected
+    if resolved != chain_hop:  # the chain's robot goes nowhere but to the chain's own hop
+        assert resolved.credentials != ROBOT
+
+    def transport(hop: Hop) -> tuple[Any, ...]:
+        return (hop.scheme, hop.proxy, hop.ca_pem, hop.insecure)
+
+    if transport(resolved) != transport(chain_hop):  # another transport: none of the chain's secrets
+        assert resolved.proxy != CHAIN_PROXY and resolved.client_cert_pem != "CHAIN-CERT"
+
+
+@pytest.mark.parametrize(
+    ("chain_hop", "tenant"),
+    [
+        pytest.param(CHAIN_HOP, {"insecure": True}, id="insecure"),
+        pytest.param(PLAIN_CHAIN_HOP, {}, id="http-hop"),
+        pytest.param(CHAIN_HOP, {"insecure": True, "proxy": TENANT_PROXY}, id="insecure+proxy"),
+    ],
+)
+def test_a_cloud_token_never_goes_over_plain_http(chain_hop: Hop, tenant: dict[str, Any]) -> None:
+    with pytest.raises(ChainError, match="never sent over plain HTTP"):
+        resolve_entry_hop(chain_hop, TenantAccess(names_credentials=True, provider="gcp", **tenant))

@@ -339,7 +339,7 @@ TEAM_A = Chain(name="corp", hops=CHAIN.hops, namespace_selector={"matchLabels": 
 
 
 @pytest.mark.parametrize(
-    ("labels", "watched"),
+    ("labels", "served"),
     [
         pytest.param({"team": "a", "kubernetes.io/metadata.name": "team-a"}, True, id="labels-match"),
         pytest.param({"team": "b"}, False, id="other-team"),
@@ -347,13 +347,27 @@ TEAM_A = Chain(name="corp", hops=CHAIN.hops, namespace_selector={"matchLabels": 
         pytest.param(None, False, id="namespace-not-seen-yet"),
     ],
 )
-def test_a_namespace_selector_limits_a_chain_to_matching_namespaces(
-    labels: dict[str, str] | None, watched: bool
-) -> None:
+def test_a_namespace_selector_limits_whom_a_chain_serves(labels: dict[str, str] | None, served: bool) -> None:
+    """Outside the selector the object is still watched, but only at its own URL (in_scope False)."""
     selection = choose((TEAM_A,), labels=labels)
-    assert (selection.target is not None) is watched
-    if not watched:
-        assert selection.skipped == "the chain's namespaceSelector excludes this namespace"
+    assert selection.target is not None and selection.chain is TEAM_A
+    assert selection.in_scope is served
+
+
+def test_outside_the_selector_a_chain_that_is_not_ready_says_nothing_about_itself() -> None:
+    selection = select(source(), [TEAM_A], {"team": "b"}, {"corp": "Secret layerwatch/robot: HTTP 404"})
+    assert selection.target is not None and not selection.in_scope
+    assert selection.pending is None and selection.pending_reason == "Pending"
+
+
+def test_a_chain_that_serves_the_namespace_wins_over_a_more_specific_one_that_does_not() -> None:
+    specific = Chain(
+        name="a-specific",
+        hops=(Hop.from_url("edge", "https://a.example/p-core/p-ghcr"), *CHAIN.hops[1:]),
+        namespace_selector={"matchLabels": {"team": "b"}},
+    )
+    selection = choose((specific, TEAM_A), labels={"team": "a"})
+    assert selection.chain is TEAM_A and selection.in_scope
 
 
 def test_a_namespace_selector_sends_each_namespace_to_its_own_chain() -> None:

@@ -2,8 +2,10 @@
 
 The command a Flux user reaches for while debugging. The same code as the operator decides which
 chain, which ref and which credentials apply (``targets.select`` and the operator service's
-chain and entry-hop reading), but it runs once, locally, as the user of the current kubeconfig.
-A Secret the user may not read is reported and skipped: that hop is then checked without it.
+chain and watch planning), but it runs once, locally, as the user of the current kubeconfig.
+A credentials or CA Secret the user may not read is reported and skipped: that hop is then
+checked without it. An OCIRepository setting that cannot be used (a proxy or certificate Secret)
+stops the check with the reason, as it stops source-controller.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from layerwatch.chain import Chain, ChainError, Credentials
 from layerwatch.kube.api import FLUX_GROUP, GROUP, VERSION, KubeApi, SecretError, load_client_config
-from layerwatch.kube.service import OperatorOptions, OperatorService
+from layerwatch.kube.service import OUTSIDE_SCOPE, OperatorOptions, OperatorService
 from layerwatch.kube.targets import FluxSource, select
 from layerwatch.scheduler import Watch
 
@@ -99,8 +101,10 @@ async def _chains(service: OperatorService, api: KubeApi, warn: Warn) -> list[Ch
         name = str((body.get("metadata") or {}).get("name", ""))
         try:
             chains.append(await service.plan_chain(name, body))
-        except ChainError as exc:
+        except (ChainError, SecretError) as exc:
             warn(f"ProxyChain {name} skipped: {exc}")
+        except Exception as exc:  # a parser's odd error: the text may quote a Secret, the type does not
+            warn(f"ProxyChain {name} skipped: a setting cannot be used ({type(exc).__name__})")
     return sorted(chains, key=lambda c: c.name)
 
 
@@ -144,9 +148,12 @@ async def _watches(
         where = f"ocirepository {namespace}/{name}"
         if selection.target is None or selection.chain is None:
             raise ChainError(f"{where} is not watched by layerwatch: {selection.skipped}")
-        if selection.pending:
-            raise ChainError(f"{where}: nothing to check yet: {selection.pending}")
-        reference = selection.target.reference
-        entry = await service.entry_hop(source, selection.chain, reference.registry, reference.repository)
-        watches.append(Watch(selection.target, selection.chain, selection.pinned_digest, entry))
+        watch = await service.plan_watch(source, selection, ready=True)
+        if watch.pending and watch.pending == selection.pending:
+            raise ChainError(f"{where}: nothing to check yet: {watch.pending}")
+        if watch.pending:
+            raise ChainError(f"{where} cannot be checked as source-controller pulls it: {watch.pending}")
+        if not selection.in_scope:
+            warn(OUTSIDE_SCOPE.format(chain=watch.chain.name))
+        watches.append(watch)
     return watches

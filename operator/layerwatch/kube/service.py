@@ -15,14 +15,22 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from layerwatch.chain import Chain, ChainError, Hop, chain_from_spec
-from layerwatch.kube.api import SECRET_REFRESH, KubeApi, SecretError
+from layerwatch.chain import Chain, ChainError, Credentials, Hop, chain_from_spec
+from layerwatch.kube.api import INVALID_SECRET, SECRET_REFRESH, KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
 from layerwatch.kube.notify import FluxNotifier
-from layerwatch.kube.targets import FluxSource, in_shard, select, skeleton_chain
+from layerwatch.kube.targets import (
+    FluxSource,
+    Selection,
+    TenantAccess,
+    in_shard,
+    resolve_entry_hop,
+    select,
+    skeleton_chain,
+)
 from layerwatch.metrics import Metrics
 from layerwatch.registry.proxies import parse_proxy
 from layerwatch.scheduler import Scheduler, Watch
@@ -30,14 +38,25 @@ from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore
 from layerwatch.verdict import CheckResult, Health
 
-__all__ = ["OperatorOptions", "OperatorService"]
+__all__ = ["OUTSIDE_SCOPE", "OperatorOptions", "OperatorService", "UnusableSetting"]
 
 logger = logging.getLogger("layerwatch.operator")
+T = TypeVar("T")
 
 DEBOUNCE = 0.5
 """Seconds to gather a burst of watch events into one re-plan."""
 STATUS_REFRESH = 900.0
 """Seconds after which a ProxyChain's per-hop lastCheckTime is rewritten even if nothing changed."""
+OUTSIDE_SCOPE = "outside ProxyChain {chain}'s namespaceSelector: checked at its own URL with its own settings"
+"""The note on the condition of an OCIRepository the chain does not serve."""
+
+
+class UnusableSetting(Exception):
+    """An OCIRepository's own setting cannot be read or used: its target stays Unknown with this reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +103,11 @@ class OperatorService:
         self._chain_status_dirty = asyncio.Event()
         self._written_chain_status: dict[str, dict[str, Any]] = {}
         self._skipped: dict[tuple[str, str], str] = {}
+        self._unusable: dict[tuple[str, str], str] = {}
+        """OCIRepositories not checked because a setting of their own cannot be used: why."""
+        self._outside: dict[tuple[str, str], str] = {}
+        """OCIRepositories outside their chain's namespaceSelector: the chain's name."""
+        self._unexpected_types: set[str] = set()
         self.notifier = FluxNotifier(options.notification_address) if options.notification_address else None
 
     # -- what kopf tells us ------------------------------------------------------------------------
@@ -199,6 +223,9 @@ class OperatorService:
                 not_ready[name] = (exc.reason, str(exc))
             except ChainError as exc:
                 not_ready[name] = ("InvalidSpec", str(exc))
+            except Exception as exc:  # one chain's odd Secret or field never stops the plan
+                self._unexpected(exc, f"ProxyChain {name}")
+                not_ready[name] = ("InvalidSpec", f"a setting cannot be used ({type(exc).__name__})")
             if self.not_ready.get(name) != not_ready[name]:
                 logger.warning("ProxyChain %s is not ready: %s", name, not_ready[name][1])
             shape = skeleton_chain(name, body.get("spec") or {})
@@ -209,39 +236,41 @@ class OperatorService:
         watches: list[Watch] = []
         pending: list[tuple[FluxSource, dict[str, Any], float]] = []
         skipped: dict[tuple[str, str], str] = {}
+        outside: dict[tuple[str, str], str] = {}
+        unusable: dict[tuple[str, str], str] = {}
         for source in sources:
             selection = select(source, ordered, namespace_labels.get(source.namespace), why)
-            if selection.target is None or selection.chain is None:
+            watch = None
+            if selection.target is not None and selection.chain is not None:
+                try:
+                    watch = await self.plan_watch(source, selection, ready=selection.chain.name in chains)
+                except Exception as exc:  # one object never stops the plan of the others
+                    self._unexpected(exc, f"OCIRepository {source.namespace}/{source.name}")
+                    why_not = f"its settings cannot be planned ({type(exc).__name__})"
+                    watch = Watch(
+                        selection.target, selection.chain, pending=why_not, pending_reason="InvalidSpec"
+                    )
+            if watch is None:
                 skipped[source.key] = selection.skipped or "not selected"
                 if self._skipped.get(source.key) != skipped[source.key]:  # say it once, not every re-plan
                     logger.debug("not watching %s/%s: %s", *source.key, skipped[source.key])
                 continue
-            entry = None
-            if selection.chain.name in chains:
-                entry = await self.entry_hop(
-                    source,
-                    selection.chain,
-                    selection.target.reference.registry,
-                    selection.target.reference.repository,
-                )
-            watches.append(
-                Watch(
-                    selection.target,
-                    selection.chain,
-                    selection.pinned_digest,
-                    entry,
-                    selection.pending,
-                    selection.pending_reason,
-                )
-            )
-            if selection.pending:
+            watches.append(watch)
+            if not selection.in_scope:
+                outside[source.key] = watch.chain.name
+            if watch.pending and watch.pending != selection.pending:  # a setting of its own is unusable
+                unusable[source.key] = watch.pending
+                if self._unusable.get(source.key) != watch.pending:
+                    logger.warning("%s/%s is not checked: %s", *source.key, watch.pending)
+            if watch.pending:
                 condition = desired_condition(
                     None,
                     source.generation,
-                    pending=selection.pending,
-                    pending_reason=selection.pending_reason,
+                    pending=watch.pending,
+                    pending_reason=watch.pending_reason,
                 )
-                pending.append((source, condition, selection.chain.interval))
+                pending.append((source, condition, watch.chain.interval))
+        self._unusable, self._outside = unusable, outside
         self._skipped = skipped
         self.scheduler.update(chains, watches)
         self._show_unplanned(shapes, chains)
@@ -327,9 +356,46 @@ class OperatorService:
             )
         return options
 
-    async def entry_hop(self, source: FluxSource, chain: Chain, host: str, repository: str) -> Hop | None:
-        """The hop the OCIRepository points at, with the OCIRepository's own credentials and TLS."""
-        if not (
+    async def plan_watch(self, source: FluxSource, selection: Selection, *, ready: bool) -> Watch:
+        """How one selected OCIRepository is watched (``ready``: its chain could be planned).
+
+        Outside the chain's scope it is checked at its own URL only, as a chain of that one hop.
+        A setting of its own that cannot be honoured leaves it pending with the reason: it is never
+        checked with other settings than source-controller would use.
+        """
+        target, chain = selection.target, selection.chain
+        if target is None or chain is None:
+            raise ValueError("plan_watch needs a selected target")
+        watch = Watch(
+            target, chain, selection.pinned_digest, None, selection.pending, selection.pending_reason
+        )
+        if selection.in_scope and not ready:
+            return watch
+        reference = target.reference
+        try:
+            hop = await self.entry_hop(
+                source, chain, reference.registry, reference.repository, in_scope=selection.in_scope
+            )
+        except UnusableSetting as exc:
+            return dataclasses.replace(watch, pending=exc.message, pending_reason=exc.reason)
+        if selection.in_scope or hop is None:
+            return dataclasses.replace(watch, entry_hop=hop)
+        own = dataclasses.replace(chain, hops=(hop,), namespace_selector=None, suspend=False)
+        return dataclasses.replace(watch, chain=own)
+
+    async def entry_hop(
+        self, source: FluxSource, chain: Chain, host: str, repository: str, *, in_scope: bool = True
+    ) -> Hop | None:
+        """The hop the OCIRepository points at, as ``resolve_entry_hop`` decides (None: the chain's own).
+
+        UnusableSetting when one of its own settings cannot be read or used.
+        """
+        index = chain.entry(host, repository)
+        if index is None:
+            if in_scope:
+                return None
+            raise UnusableSetting("InvalidSpec", f"no hop of ProxyChain {chain.name} serves {host}")
+        if in_scope and not (
             source.secret_ref
             or source.cert_secret_ref
             or source.insecure
@@ -338,45 +404,76 @@ class OperatorService:
             or source.proxy_secret_ref
         ):
             return None
-        index = chain.entry(host, repository)
-        if index is None:
-            return None
         hop = chain.hops[index]
-        changes: dict[str, Any] = {}
+        access = await self._tenant_access(source, hop.host)
         try:
-            if source.secret_ref:
-                changes["credentials"] = await self.api.credentials(
-                    source.namespace, source.secret_ref, hop.host
-                )
-            if source.service_account and changes.get("credentials") is None:
-                found = await self.api.service_account_credentials(
-                    source.namespace, source.service_account, hop.host
-                )
-                if found is not None:
-                    changes["credentials"] = found
-            # As Flux: the cloud provider only when no Secret gave credentials.
-            if source.provider and changes.get("credentials") is None:
-                changes["provider"] = source.provider
-            if source.cert_secret_ref:
-                changes |= await self.api.client_certificate(source.namespace, source.cert_secret_ref)
-            if source.proxy_secret_ref:
-                changes["proxy"] = await self.api.proxy(source.namespace, source.proxy_secret_ref)
-        except SecretError as exc:
-            logger.warning(
-                "%s/%s: %s; checking with the chain's own settings", source.namespace, source.name, exc
+            return resolve_entry_hop(hop, access, in_scope=in_scope)
+        except ChainError as exc:
+            raise UnusableSetting("InvalidSpec", str(exc)) from None
+
+    async def _tenant_access(self, source: FluxSource, host: str) -> TenantAccess:
+        """The OCIRepository's own Secrets read for ``host``; UnusableSetting names the field that failed."""
+        namespace = source.namespace
+
+        async def read(field: str, name: str, pending: Awaitable[T]) -> T:
+            try:
+                return await pending
+            except SecretError as exc:
+                raise UnusableSetting(exc.reason, f"spec.{field}: {exc}") from None
+            except Exception as exc:  # whatever a parser raises, it stays this object's problem
+                self._unexpected(exc, f"spec.{field} of {namespace}/{source.name}")
+                message = f"spec.{field}: {namespace}/{name} cannot be used ({type(exc).__name__})"
+                raise UnusableSetting(INVALID_SECRET, message) from None
+
+        credentials: Credentials | None = None
+        if source.secret_ref:
+            credentials = await read(
+                "secretRef", source.secret_ref, self.api.credentials(namespace, source.secret_ref, host)
             )
-        if source.insecure:
-            changes["scheme"] = "http"
-        return dataclasses.replace(hop, **changes)
+        if source.service_account and credentials is None:
+            credentials = await read(
+                "serviceAccountName",
+                source.service_account,
+                self.api.service_account_credentials(namespace, source.service_account, host),
+            )
+        tls = proxy = None
+        if source.cert_secret_ref:
+            tls = await read(
+                "certSecretRef",
+                source.cert_secret_ref,
+                self.api.client_certificate(namespace, source.cert_secret_ref),
+            )
+        if source.proxy_secret_ref:
+            proxy = await read(
+                "proxySecretRef", source.proxy_secret_ref, self.api.proxy(namespace, source.proxy_secret_ref)
+            )
+        return TenantAccess(
+            names_credentials=bool(source.secret_ref or source.service_account or source.provider),
+            credentials=credentials,
+            provider=source.provider if credentials is None else None,  # as Flux: Secrets first
+            insecure=source.insecure,
+            tls=tls,
+            proxy=proxy,
+        )
+
+    def _unexpected(self, exc: Exception, where: str) -> None:
+        """Log an error type nobody planned for once (type only: its text may quote a Secret)."""
+        kind = type(exc).__name__
+        if kind not in self._unexpected_types:
+            self._unexpected_types.add(kind)
+            logger.error("unexpected %s while reading %s; reported on that object only", kind, where)
 
     # -- results -----------------------------------------------------------------------------------
 
     async def _on_result(self, watch: Watch, result: CheckResult) -> None:
         source = self.sources.get(watch.target.key)
         if source is not None:
-            await self._write(
-                source, desired_condition(result.judgement, source.generation), watch.chain.interval
-            )
+            judgement = result.judgement
+            chain = self._outside.get(source.key)
+            if chain is not None:
+                note = OUTSIDE_SCOPE.format(chain=chain)
+                judgement = dataclasses.replace(judgement, notes=(*judgement.notes, note))
+            await self._write(source, desired_condition(judgement, source.generation), watch.chain.interval)
         self._chain_status_dirty.set()
 
     async def _write(self, source: FluxSource, desired: Mapping[str, Any], interval: float) -> None:

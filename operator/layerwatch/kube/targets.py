@@ -1,8 +1,8 @@
 """From OCIRepository and ProxyChain objects to what the scheduler watches (pure).
 
-Which chain an OCIRepository belongs to, which ref Flux resolved, which hop its own credentials
-apply to, and whether this replica's shard owns it: decided here from plain dictionaries, so the
-rules are tested without an apiserver.
+Which chain an OCIRepository belongs to, which ref Flux resolved, whose credentials go to its entry
+hop over which transport, and whether this replica's shard owns it: decided here from plain
+dictionaries, so the rules are tested without an apiserver.
 """
 
 from __future__ import annotations
@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerwatch.chain import DEFAULT_INTERVAL, Chain, ChainError, Hop, Mode, Target, parse_duration
+from layerwatch.chain import (
+    DEFAULT_INTERVAL,
+    Chain,
+    ChainError,
+    Credentials,
+    Hop,
+    Mode,
+    Proxy,
+    Target,
+    parse_duration,
+)
 from layerwatch.reference import Reference, ReferenceError, is_digest
 from layerwatch.signatures import Provider, parse_verify
 
@@ -25,8 +35,10 @@ __all__ = [
     "CHAIN_NOT_READY",
     "FluxSource",
     "Selection",
+    "TenantAccess",
     "in_shard",
     "pod_ordinal",
+    "resolve_entry_hop",
     "select",
     "selector_matches",
     "skeleton_chain",
@@ -163,6 +175,8 @@ class Selection:
     pending: str | None = None
     pending_reason: str = "Pending"
     skipped: str | None = None
+    in_scope: bool = True
+    """False when the chain's namespaceSelector excludes the namespace: checked at its own URL only."""
 
 
 def in_shard(namespace: str, name: str, index: int, count: int) -> bool:
@@ -239,7 +253,11 @@ def select(
         if wanted and all(c.name != wanted for c in chains):
             return Selection(None, None, skipped=f"no active ProxyChain named {wanted}")
         return Selection(None, None, skipped="no chain has a hop for this URL")
-    candidates = [c for c in candidates if selector_matches(c.namespace_selector, namespace_labels or {})]
+    serving = [c for c in candidates if selector_matches(c.namespace_selector, namespace_labels or {})]
+    # Outside every candidate's scope the chain only says where the URL's hop is: the object is
+    # checked there with its own settings alone, so a chain never serves a namespace it excludes.
+    in_scope = bool(serving)
+    candidates = serving or [c for c in candidates if c.matches(base)]
     if not candidates:
         return Selection(None, None, skipped="the chain's namespaceSelector excludes this namespace")
     # The most specific hop wins (a plain mirror of a whole host must not take the objects of a
@@ -264,6 +282,8 @@ def select(
         verify=source.verify,
     )
     pinned_digest = pinned if tag else None
+    if not in_scope:
+        return Selection(target, chain, pinned_digest, pending=pending, in_scope=False)
     why = broken.get(chain.name)
     if why is not None:
         # The same target as once the chain is ready, so it then keeps its place in the interval.
@@ -274,6 +294,65 @@ def select(
     except ChainError as exc:
         return Selection(None, chain, skipped=str(exc))
     return Selection(target, chain, pinned_digest=pinned_digest, pending=pending)
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantAccess:
+    """An OCIRepository's own settings for its entry hop, its Secrets already read."""
+
+    names_credentials: bool = False
+    """``secretRef``, ``serviceAccountName`` or ``provider`` is set (even if they gave none for the host)."""
+    credentials: Credentials | None = None
+    provider: str | None = None
+    """The cloud provider, only when no Secret gave credentials (as Flux)."""
+    insecure: bool = False
+    tls: Mapping[str, str] | None = None
+    """What ``certSecretRef`` holds: ``ca_pem``, ``client_cert_pem`` and ``client_key_pem``, those present."""
+    proxy: Proxy | None = None
+
+
+def resolve_entry_hop(hop: Hop, tenant: TenantAccess, *, in_scope: bool = True) -> Hop:
+    """The hop an OCIRepository's URL points at, as it is checked for that OCIRepository.
+
+    The chain's credentials (its robot account, client certificate, cloud provider) go only to the
+    chain's hop over the chain's own transport. A field that changes that transport (``insecure``
+    on an https hop, ``certSecretRef``, ``proxySecretRef``), or a namespace outside the chain's
+    scope, gets a hop made of the OCIRepository's own settings alone, as source-controller pulls:
+    its own credentials or none, its own CA and proxy (else the environment's). Fields that only
+    name credentials keep the chain's transport. ChainError when the fields cannot go together.
+    """
+    own_transport = (
+        not in_scope
+        or (tenant.insecure and hop.scheme == "https")
+        or tenant.tls is not None
+        or tenant.proxy is not None
+    )
+    if not own_transport:
+        resolved = (
+            dataclasses.replace(hop, credentials=tenant.credentials, provider=tenant.provider)
+            if tenant.names_credentials
+            else hop
+        )
+    else:
+        tls = tenant.tls or {}
+        resolved = Hop(
+            name=hop.name,
+            scheme="http" if tenant.insecure else "https",
+            host=hop.host,
+            prefix=hop.prefix,
+            credentials=tenant.credentials,
+            provider=tenant.provider,
+            proxy=tenant.proxy,
+            ca_pem=tls.get("ca_pem"),
+            client_cert_pem=tls.get("client_cert_pem"),
+            client_key_pem=tls.get("client_key_pem"),
+        )
+    if tenant.provider and resolved.scheme == "http":
+        raise ChainError(
+            f"spec.provider {tenant.provider}: the pod's cloud token is never sent over plain HTTP"
+            f" ({'spec.insecure' if tenant.insecure else 'the hop is http://'})"
+        )
+    return resolved
 
 
 def skeleton_chain(name: str, spec: Mapping[str, Any]) -> Chain | None:
