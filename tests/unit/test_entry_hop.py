@@ -21,7 +21,9 @@ from .builders import oci_repository
 CHAIN = Chain(
     name="corp",
     hops=(
-        Hop.from_url("edge", "https://a.example/p-core", credentials=Credentials("chain-robot", "chain-pw")),
+        Hop.from_url(
+            "edge", "https://europe-docker.pkg.dev/p-core", credentials=Credentials("chain-robot", "chain-pw")
+        ),
         Hop.from_url("origin", "https://ghcr.io"),
     ),
 )
@@ -61,7 +63,7 @@ def _entry(
     api = SecretsOnly(secrets)
     service = OperatorService(cast(KubeApi, api), OperatorOptions())
     source = FluxSource.from_body(oci_repository(spec=source_spec))
-    hop = asyncio.run(service.entry_hop(source, CHAIN, "a.example", "p-core/org/app"))
+    hop = asyncio.run(service.entry_hop(source, CHAIN, "europe-docker.pkg.dev", "p-core/org/app"))
     return hop, api
 
 
@@ -74,7 +76,7 @@ def test_the_ocirepository_secret_ref_replaces_the_chain_credentials_for_its_hop
     mine = Credentials("flux-robot", "flux-pw")
     hop, api = _entry({"secretRef": {"name": "pull"}}, {("team-a", "pull"): mine})
     assert hop is not None and hop.name == "edge" and hop.credentials == mine
-    assert api.asked == [("team-a", "pull", "a.example")]
+    assert api.asked == [("team-a", "pull", "europe-docker.pkg.dev")]
 
 
 def test_cert_secret_ref_and_insecure_apply_to_its_hop_without_the_chain_credentials() -> None:
@@ -94,7 +96,7 @@ def test_service_account_image_pull_secrets_give_the_entry_hop_its_credentials()
     mine = Credentials("sa-robot", "sa-pw")
     hop, api = _entry({"serviceAccountName": "puller"}, {("team-a", "serviceaccount/puller"): mine})
     assert hop is not None and hop.credentials == mine and hop.provider is None
-    assert api.asked == [("team-a", "serviceaccount/puller", "a.example")]
+    assert api.asked == [("team-a", "serviceaccount/puller", "europe-docker.pkg.dev")]
 
 
 def test_secret_ref_wins_over_the_service_account() -> None:
@@ -108,8 +110,8 @@ def test_secret_ref_wins_over_the_service_account() -> None:
 
 
 def test_a_cloud_provider_applies_when_no_secret_gives_credentials() -> None:
-    hop, _ = _entry({"provider": "aws"}, {})
-    assert hop is not None and hop.provider == "aws"
+    hop, _ = _entry({"provider": "gcp"}, {})
+    assert hop is not None and hop.provider == "gcp"
     hop, _ = _entry({"provider": "generic"}, {})
     assert hop is None
     hop, _ = _entry(
@@ -143,7 +145,7 @@ def test_proxychain_hops_take_a_proxy_a_proxy_secret_and_a_client_certificate() 
             "hops": [
                 {
                     "name": "edge",
-                    "url": "https://a.example/p-core",
+                    "url": "https://europe-docker.pkg.dev/p-core",
                     "proxy": {"address": "http://proxy.corp:3128", "secretRef": {"name": "proxy-login"}},
                     "certSecretRef": {"name": "mtls"},
                 },
@@ -166,7 +168,7 @@ CHAIN_PROXY = Proxy("http://chain-proxy:3128", "chain-proxy-user", "chain-proxy-
 TENANT_PROXY = Proxy("http://tenant-proxy:3128")
 CHAIN_HOP = Hop.from_url(
     "edge",
-    "https://a.example/p-core",
+    "https://europe-docker.pkg.dev/p-core",
     credentials=ROBOT,
     ca_pem="CHAIN-CA",
     insecure=True,
@@ -174,8 +176,8 @@ CHAIN_HOP = Hop.from_url(
     client_cert_pem="CHAIN-CERT",
     client_key_pem="CHAIN-KEY",
 )
-PLAIN_CHAIN_HOP = Hop.from_url("edge", "http://a.example/p-core", credentials=ROBOT)
-CLOUD_CHAIN_HOP = Hop.from_url("edge", "https://a.example/p-core", provider="gcp")
+PLAIN_CHAIN_HOP = Hop.from_url("edge", "http://europe-docker.pkg.dev/p-core", credentials=ROBOT)
+CLOUD_CHAIN_HOP = Hop.from_url("edge", "https://europe-docker.pkg.dev/p-core", provider="gcp")
 TENANT_TLS = {"ca_pem": "TENANT-CA"}
 TENANT_MTLS = {"ca_pem": "TENANT-CA", "client_cert_pem": "TENANT-CERT", "client_key_pem": "TENANT-KEY"}
 OWN = {"names_credentials": True, "credentials": TENANT}
@@ -184,7 +186,9 @@ OWN = {"names_credentials": True, "credentials": TENANT}
 
 def _own_hop(**fields: Any) -> Hop:
     """The entry hop built from the tenant's settings alone."""
-    return Hop(**{"name": "edge", "scheme": "https", "host": "a.example", "prefix": "p-core", **fields})
+    return Hop(
+        **{"name": "edge", "scheme": "https", "host": "europe-docker.pkg.dev", "prefix": "p-core", **fields}
+    )
 
 
 @pytest.mark.parametrize(
@@ -210,9 +214,9 @@ def _own_hop(**fields: Any) -> Hop:
         ),
         pytest.param(
             CHAIN_HOP,
-            {"names_credentials": True, "provider": "aws"},
+            {"names_credentials": True, "provider": "gcp"},
             True,
-            dataclasses.replace(CHAIN_HOP, credentials=None, provider="aws"),
+            dataclasses.replace(CHAIN_HOP, credentials=None, provider="gcp"),
             id="provider-only",
         ),
         pytest.param(CHAIN_HOP, {"insecure": True}, True, _own_hop(scheme="http"), id="insecure"),
@@ -287,3 +291,12 @@ def test_resolve_entry_hop(chain_hop: Hop, tenant: dict[str, Any], in_scope: boo
 def test_a_cloud_token_never_goes_over_plain_http(chain_hop: Hop, tenant: dict[str, Any]) -> None:
     with pytest.raises(ChainError, match="never sent over plain HTTP"):
         resolve_entry_hop(chain_hop, TenantAccess(names_credentials=True, provider="gcp", **tenant))
+
+
+@pytest.mark.parametrize("provider", ["aws", "azure"])
+def test_a_cloud_provider_for_another_clouds_host_is_refused_before_any_token(provider: str) -> None:
+    """As Flux 2.6+: the pod's cloud identity logs in only to that cloud's registries."""
+    with pytest.raises(
+        ChainError, match=rf"^spec\.provider {provider} logs in only to its cloud's registries"
+    ):
+        resolve_entry_hop(CHAIN_HOP, TenantAccess(names_credentials=True, provider=provider))

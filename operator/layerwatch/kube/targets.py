@@ -23,6 +23,7 @@ from layerwatch.chain import (
     Mode,
     Proxy,
     Target,
+    check_provider_host,
     parse_duration,
 )
 from layerwatch.reference import Reference, ReferenceError, is_digest
@@ -352,6 +353,11 @@ def resolve_entry_hop(hop: Hop, tenant: TenantAccess, *, in_scope: bool = True) 
             f"spec.provider {tenant.provider}: the pod's cloud token is never sent over plain HTTP"
             f" ({'spec.insecure' if tenant.insecure else 'the hop is http://'})"
         )
+    if tenant.provider and resolved.provider == tenant.provider:
+        try:  # as Flux 2.6+: a cloud logs in only to its own registries, and nothing is asked first
+            check_provider_host(tenant.provider, resolved.host)
+        except ChainError as exc:
+            raise ChainError(f"spec.{exc}") from None
     return resolved
 
 
