@@ -36,6 +36,7 @@ from layerwatch.observation import (
 )
 from layerwatch.reference import Reference
 from layerwatch.registry import FetchedManifest, RegistryClient, RegistryError, RegistryNotFound, RetryBudget
+from layerwatch.registry.network import Endpoint
 from layerwatch.signature_lookup import observe_signatures
 from layerwatch.signatures import Verify
 from layerwatch.verdict import CheckResult, classify_blob, judge
@@ -59,8 +60,9 @@ MAX_LAYERS = 1024
 MAX_BLOB_BYTES = 64 * 1024**3
 """A blob declared larger than 64 GiB is refused rather than streamed."""
 
-CacheKey = tuple[str, str, str, str]
-"""(endpoint, repository, digest, credential identity)."""
+CacheKey = tuple[Endpoint, str, str, str]
+"""(endpoint, repository, digest, credential identity). The whole endpoint, not its URL: bytes seen
+through one proxy, CA or client certificate say nothing of what another way to the same URL serves."""
 Asker = tuple[str, str]
 """The target a check is for (namespace, name)."""
 
@@ -143,7 +145,7 @@ class _HopCheck:
         return None, digest, await self.client.fetch_manifest(repository, digest, self.budget)
 
     def _key(self, digest: str) -> CacheKey:
-        return (self.client.base_url, self.target.repository, digest, self.credential)
+        return (self.client.state.endpoint, self.target.repository, digest, self.credential)
 
     async def blob(self, descriptor: manifests.Descriptor, index: int | None) -> BlobCheck:
         """Verify a blob once per check, whatever number of manifests list it."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from layerwatch.chain import Credentials
 from layerwatch.check import BlobCache, credential_id
+from layerwatch.registry.network import Endpoint
 
 DIGEST = "sha256:" + "a" * 64
-KEY = ("https://a.example", "p-core/org/app", DIGEST, "anonymous")
-OTHER_HOP = ("https://b.example", "p-ghcr/org/app", DIGEST, "anonymous")
+KEY = (Endpoint("https://a.example"), "p-core/org/app", DIGEST, "anonymous")
+OTHER_HOP = (Endpoint("https://b.example"), "p-ghcr/org/app", DIGEST, "anonymous")
 APP, OTHER_APP = ("team-a", "app"), ("team-b", "app")
 
 

@@ -32,7 +32,7 @@ from tests.unit.fake_registry import (
     running,
 )
 
-from layerwatch.chain import Chain, ChainError, Hop, Mode, Target
+from layerwatch.chain import Chain, ChainError, Hop, Mode, Proxy, Target
 from layerwatch.check import BlobCache
 from layerwatch.manifest import OCI_INDEX, OCI_MANIFEST
 from layerwatch.metrics import Metrics
@@ -717,3 +717,19 @@ def test_a_fault_never_words_a_secret_or_a_url_query() -> None:
         Fault(FaultKind.HTTP_STATUS, status=502, code="UNKNOWN", registry_message="x", attempts=3)
     )
     assert text == "HTTP 502 after 3 attempts (UNKNOWN: x)"
+
+
+async def test_bytes_seen_through_another_proxy_are_never_trusted_for_the_direct_way() -> None:
+    """A tenant's own proxy may serve good bytes for a URL whose hop has lost them: no false green."""
+    hop, tenant_proxy = FakeRegistry(), FakeRegistry()  # the proxy answers absolute-URI requests itself
+    del hop.blobs[digest(hop.layer)]
+    cache = BlobCache(ttl=300)
+    async with running(hop), running(tenant_proxy):
+        through_proxy = await check(
+            hop.url, cache=cache, asker=("team-a", "app"), proxy=Proxy(tenant_proxy.url)
+        )
+        asked_before = hop.count()
+        direct = await check(hop.url, cache=cache, asker=("team-b", "app"))
+    assert through_proxy.judgement.health is Health.HEALTHY and asked_before == 0
+    assert direct.judgement.verdict is Verdict.LAYER_MISSING
+    assert hop.count("GET", f"/blobs/{digest(hop.layer)}") >= 1
