@@ -615,3 +615,17 @@ def test_a_reload_of_any_file_keeps_the_running_plan_or_runs_the_new_one(
     [record] = caplog.records
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert "\n" not in record.getMessage() and "keeping the running plan" in record.getMessage()
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "http_proxy"])
+def test_the_operator_with_a_proxy_it_cannot_use_stops_at_start_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
+) -> None:
+    """A typo in the Deployment's proxy is a crash loop with the reason, not every check failing."""
+    from layerwatch.kube.main import run_operator
+
+    monkeypatch.setenv(variable, "http://robot:pw@proxy.corp:3l28")
+    assert run_operator([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerwatch operator: ") and "invalid port" in err and "pw" not in err
+    assert len(err.splitlines()) == 1

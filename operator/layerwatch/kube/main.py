@@ -15,11 +15,13 @@ from typing import Any, cast
 
 import kopf
 
+from layerwatch.chain import ChainError
 from layerwatch.kube import notify
 from layerwatch.kube.api import load_client_config
 from layerwatch.kube.service import OperatorOptions
 from layerwatch.kube.targets import pod_ordinal
 from layerwatch.logs import configure_logging
+from layerwatch.registry.proxies import check_environment_proxies
 from layerwatch.settings import EngineSettings, SettingsError
 
 __all__ = ["run_operator"]
@@ -118,7 +120,8 @@ def run_operator(argv: Sequence[str]) -> int:
         _parser().error(f"--shard-index must be in [0, {args.shard_count}), not {shard_index}")
     try:
         engine = EngineSettings.from_args(args)
-    except SettingsError as exc:
+        check_environment_proxies()
+    except (SettingsError, ChainError) as exc:
         print(f"layerwatch operator: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_format, getattr(logging, args.log_level.upper()))

@@ -21,6 +21,7 @@ from layerwatch.chain import ChainError, Hop, Proxy
 
 __all__ = [
     "bypassed",
+    "check_environment_proxies",
     "environment_proxy",
     "hop_proxy",
     "parse_proxy",
@@ -192,6 +193,13 @@ def environment_proxy(hop: Hop, environ: Mapping[str, str] | None = None) -> Pro
         user, colon, secret = userinfo.partition(":")
         username, password = unquote(user), unquote(secret) if colon else ""
     return parse_proxy(f"{scheme}://{host}{tail}", where, username, password)
+
+
+def check_environment_proxies(environ: Mapping[str, str] | None = None) -> None:
+    """ChainError when ``HTTPS_PROXY`` or ``HTTP_PROXY`` cannot be used: a long-running process reads
+    them once at start, so a typo stops it with one line rather than failing every check."""
+    for scheme in ("https", "http"):
+        environment_proxy(Hop.from_url("environment", f"{scheme}://layerwatch.invalid"), environ)
 
 
 def hop_proxy(hop: Hop, environ: Mapping[str, str] | None = None) -> Proxy | None:
