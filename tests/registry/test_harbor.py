@@ -1,0 +1,119 @@
+"""layerwatch against real Harbor v2.15.2 proxy caches: edge Harbor -> core Harbor -> origin registry.
+
+One chain for the whole session (`lab.harbor.HarborChain`, built by ``hack/build-tools.sh harbor``).
+Both Harbor projects are private proxy-cache projects; layerwatch reaches each with that project's
+robot account through Harbor's own token service. Each test pulls a repository no other test
+touched, so every check starts from cold caches at both Harbors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.registry.helpers import chain_file, engine_check, hop_verdicts, run_cli
+
+from lab.artifacts import PushedArtifact, push_flux_artifact
+from lab.harbor import HarborChain, missing_harbor_parts
+from layerwatch.chain import Mode
+
+pytestmark = [pytest.mark.registry, pytest.mark.harbor]
+
+HOPS = {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
+_ORAS = os.environ.get("ORAS") or str(Path.home() / ".cache/layerwatch/bin/oras")
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def harbor_chain() -> Iterator[HarborChain]:
+    """Origin registry <- core Harbor <- edge Harbor, started once; every process stopped at the end."""
+    missing = missing_harbor_parts()
+    if not os.access(_ORAS, os.X_OK):
+        missing.append(f"oras at {_ORAS} (hack/build-tools.sh oras)")
+    if missing:
+        pytest.fail("the real Harbor chain needs: " + "; ".join(missing), pytrace=False)
+    with HarborChain() as chain:
+        yield chain
+
+
+@pytest.fixture
+def pushed(harbor_chain: HarborChain) -> PushedArtifact:
+    """A Flux artifact at the origin under a repository no Harbor has seen (cold at both hops)."""
+    repository = f"org/h{next(_counter)}-{uuid.uuid4().hex[:8]}"
+    return push_flux_artifact(harbor_chain.push_address, repository, "v1")
+
+
+def _token(harbor_chain: HarborChain, hop: str, repository: str, credentials: tuple[str, str] | None) -> str:
+    """A pull token from the hop's own ``/service/token``, as a client gets it after a 401."""
+    harbor = harbor_chain.harbor(hop)
+    path = harbor_chain.repository_at(hop, repository)
+    challenge = httpx.get(f"{harbor.base_url}/v2/{path}/manifests/v1", timeout=10.0)
+    assert challenge.status_code == 401, "a private proxy project answers anonymous pulls with 401"
+    fields = dict(_CHALLENGE.findall(challenge.headers["www-authenticate"]))
+    answer = httpx.get(
+        fields["realm"],
+        params={"service": fields["service"], "scope": f"repository:{path}:pull"},
+        auth=credentials,
+        timeout=10.0,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["token"])
+
+
+def test_a_flux_artifact_through_two_cold_harbors_is_healthy_at_every_hop_in_full_mode(
+    harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
+) -> None:
+    path = chain_file(harbor_chain, tmp_path)
+    run = run_cli(
+        "check",
+        "--chain",
+        str(path),
+        "--output",
+        "json",
+        f"oci://{harbor_chain.reference(pushed.repository, 'v1')}",
+    )
+    assert run.status == 0, run
+    assert hop_verdicts(run.report) == HOPS
+    assert pushed.manifest_digest in run.stdout, "the report names the digest the origin has"
+
+
+def test_head_mode_is_healthy_although_a_cold_harbor_answers_head_404_for_every_blob(
+    harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
+) -> None:
+    edge = harbor_chain.harbor("edge")
+    token = _token(harbor_chain, "edge", pushed.repository, edge.credentials)
+    path = harbor_chain.repository_at("edge", pushed.repository)
+    blob = httpx.head(
+        f"{edge.base_url}/v2/{path}/blobs/{pushed.content_layer.digest}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10.0,
+    )
+    assert blob.status_code == 404, "Harbor v2.15.2 answers HEAD only from its own cache"
+    result = engine_check(
+        chain_file(harbor_chain, tmp_path), harbor_chain.reference(pushed.repository, "v1"), mode=Mode.HEAD
+    )
+    assert hop_verdicts(result) == HOPS, result.judgement
+
+
+def test_without_the_robot_account_the_private_edge_project_is_auth_failed_never_healthy(
+    harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
+) -> None:
+    path = chain_file(harbor_chain, tmp_path, credentials={"edge": None})
+    run = run_cli(
+        "check",
+        "--chain",
+        str(path),
+        "--output",
+        "json",
+        f"oci://{harbor_chain.reference(pushed.repository, 'v1')}",
+    )
+    verdicts = hop_verdicts(run.report)
+    assert verdicts["edge"] == "AuthFailed", run
+    assert verdicts["core"] == verdicts["origin"] == "Healthy", run
