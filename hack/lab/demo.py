@@ -115,9 +115,17 @@ def keep_up_harbor(directory: Path) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_for_interrupt(lines: list[str]) -> None:
-    """Print what is up and how to use it, then wait for Ctrl-C (the caller's ``with`` cleans up)."""
+    """Print what is up and how to use it, then wait for Ctrl-C or SIGTERM (the caller's ``with``
+    cleans up). Both are handled explicitly: a shell starting us in the background ignores SIGINT,
+    and an unhandled SIGTERM would leave every child running."""
     print("\n".join(lines), flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
     print("lab chain stopped")

@@ -16,8 +16,10 @@ so ``org/app`` at the origin is ``p-ghcr/org/app`` at core and ``p-core/p-ghcr/o
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import glob
 import os
 import secrets
@@ -232,6 +234,8 @@ class HarborAdmin:
         self._http.close()
 
     def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        # Basic auth on every call and no session: with Harbor's session cookie, writes need a CSRF token.
+        self._http.cookies.clear()
         response = self._http.request(method, path, json=body)
         if response.status_code >= 300:
             raise LabError(f"Harbor {method} {path}: {response.status_code} {response.text.strip()}")
@@ -423,6 +427,14 @@ class _HarborProcesses:
         wait_http(f"http://{LOOPBACK}:{port}/api/v1/stats", proc, log, timeout)
 
 
+def _all_at_once(calls: Sequence[Callable[[], None]]) -> None:
+    """Run ``calls`` in parallel threads (Harbors start and stop independently; core alone takes ~3 s
+    to shut down), then raise the first error any of them raised."""
+    with concurrent.futures.ThreadPoolExecutor(max(len(calls), 1)) as pool:
+        for done in [pool.submit(call) for call in calls]:
+            done.result()
+
+
 class HarborChain(ChainLayout[HarborHop | OriginHop]):
     """Start (and always stop) origin registry <- core Harbor <- edge Harbor; a context manager.
 
@@ -445,27 +457,30 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
         self.start_seconds = 0.0
 
     def start(self) -> HarborChain:
-        """Origin first, then each Harbor from the inside out, each configured through its API."""
+        """Origin first, then every Harbor's processes at once; then each Harbor from the inside out
+        is configured through its API (an endpoint needs its upstream answering)."""
         started = time.monotonic()
         with self._stack:
             origin_registry = RegistryProcess("origin")
             self._stack.callback(origin_registry.stop)
             origin_registry.start(self._timeout)
+            harbors = [_HarborProcesses(name, secrets.token_urlsafe(12) + "A1a") for name, _ in self._names]
+            self._stack.callback(_all_at_once, [processes.stop for processes in harbors])
+            _all_at_once([functools.partial(processes.start, self._timeout) for processes in harbors])
             upstream: HarborHop | OriginHop = OriginHop(origin_registry)
             hops: list[HarborHop | OriginHop] = [upstream]
-            for name, project in reversed(self._names):
-                upstream = self._harbor(name, project, upstream)
+            for (_, project), processes in reversed(list(zip(self._names, harbors, strict=True))):
+                upstream = self._configure(processes, project, upstream)
                 hops.insert(0, upstream)
             self.hops = hops
             self._stack = self._stack.pop_all()
         self.start_seconds = time.monotonic() - started
         return self
 
-    def _harbor(self, name: str, project: str, upstream: HarborHop | OriginHop) -> HarborHop:
-        processes = _HarborProcesses(name, secrets.token_urlsafe(12) + "A1a")
-        self._stack.callback(processes.stop)
-        processes.start(self._timeout)
-        hop = HarborHop(name, project, processes.port, processes.admin_password)
+    @staticmethod
+    def _configure(processes: _HarborProcesses, project: str, upstream: HarborHop | OriginHop) -> HarborHop:
+        """As an operator: an endpoint for ``upstream``, a private proxy project on it, a pull robot."""
+        hop = HarborHop(processes.name, project, processes.port, processes.admin_password)
         admin = hop.admin()
         try:
             kind = "docker-registry" if isinstance(upstream, OriginHop) else "harbor"

@@ -102,7 +102,7 @@ def test_head_mode_is_healthy_although_a_cold_harbor_answers_head_404_for_every_
     assert hop_verdicts(result) == HOPS, result.judgement
 
 
-def test_without_the_robot_account_the_private_edge_project_is_auth_failed_never_healthy(
+def test_without_the_robot_account_the_private_edge_project_is_auth_failed(
     harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
 ) -> None:
     path = chain_file(harbor_chain, tmp_path, credentials={"edge": None})
@@ -117,3 +117,14 @@ def test_without_the_robot_account_the_private_edge_project_is_auth_failed_never
     verdicts = hop_verdicts(run.report)
     assert verdicts["edge"] == "AuthFailed", run
     assert verdicts["core"] == verdicts["origin"] == "Healthy", run
+
+
+def test_a_wrong_robot_secret_is_auth_failed_although_harbor_hands_out_a_token_for_it(
+    harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
+) -> None:
+    robot, _ = harbor_chain.harbor("edge").credentials or ("", "")
+    path = chain_file(harbor_chain, tmp_path, credentials={"edge": (robot, "not-the-secret")})
+    reference = f"oci://{harbor_chain.reference(pushed.repository, 'v1')}"
+    run = run_cli("check", "--chain", str(path), "--output", "json", reference)
+    assert hop_verdicts(run.report)["edge"] == "AuthFailed", run
+    assert "not-the-secret" not in run.output
