@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 import yaml
 
@@ -78,6 +78,23 @@ class ChainLayout(Generic[HopT]):
     """
 
     hops: list[HopT]
+    _stack: contextlib.ExitStack
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every process, edge first, and delete their storage; safe to call twice."""
+        self._stack.close()
+        self.hops = []
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     def hop(self, name: str) -> HopT:
         """The hop called ``edge``, ``core`` or ``origin``."""
@@ -142,7 +159,7 @@ class LocalChain(ChainLayout[LabHop]):
         self._stack = contextlib.ExitStack()
         self.hops: list[LabHop] = []
 
-    def start(self) -> LocalChain:
+    def start(self) -> Self:
         """Start origin first: a proxy registry panics at start-up if its upstream does not answer."""
         with self._stack:
             origin_registry = self._started(RegistryProcess("origin"))
@@ -168,19 +185,6 @@ class LocalChain(ChainLayout[LabHop]):
         ).start()
         self._stack.callback(gateway.stop)
         return LabHop(name, prefix, gateway, registry, user)
-
-    def stop(self) -> None:
-        """Stop every process, edge first, and delete their storage; safe to call twice."""
-        self._stack.close()
-        self.hops = []
-
-    def __enter__(self) -> LocalChain:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def push_address(self) -> str:

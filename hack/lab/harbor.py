@@ -29,8 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -456,7 +455,7 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
         self.hops: list[HarborHop | OriginHop] = []
         self.start_seconds = 0.0
 
-    def start(self) -> HarborChain:
+    def start(self) -> Self:
         """Origin first, then every Harbor's processes at once; then each Harbor from the inside out
         is configured through its API (an endpoint needs its upstream answering)."""
         started = time.monotonic()
@@ -493,19 +492,6 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
         finally:
             admin.close()
         return hop
-
-    def stop(self) -> None:
-        """Stop every process, edge first, and delete all storage; safe to call twice."""
-        self._stack.close()
-        self.hops = []
-
-    def __enter__(self) -> HarborChain:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def push_address(self) -> str:

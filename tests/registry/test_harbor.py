@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.registry.helpers import chain_file, engine_check, hop_verdicts, run_cli
+from tests.registry.helpers import CliRun, chain_file, engine_check, hop_verdicts, run_cli
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.harbor import HarborChain, missing_harbor_parts
@@ -67,18 +67,17 @@ def _token(harbor_chain: HarborChain, hop: str, repository: str, credentials: tu
     return str(answer.json()["token"])
 
 
+def _check_json(harbor_chain: HarborChain, pushed: PushedArtifact, path: Path) -> CliRun:
+    """``layerwatch check --output json`` of the pushed artifact at the edge, over the chain file."""
+    reference = f"oci://{harbor_chain.reference(pushed.repository, pushed.tag)}"
+    return run_cli("check", "--chain", str(path), "--output", "json", reference)
+
+
 def test_a_flux_artifact_through_two_cold_harbors_is_healthy_at_every_hop_in_full_mode(
     harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
 ) -> None:
     path = chain_file(harbor_chain, tmp_path)
-    run = run_cli(
-        "check",
-        "--chain",
-        str(path),
-        "--output",
-        "json",
-        f"oci://{harbor_chain.reference(pushed.repository, 'v1')}",
-    )
+    run = _check_json(harbor_chain, pushed, path)
     assert run.status == 0, run
     assert hop_verdicts(run.report) == HOPS
     assert pushed.manifest_digest in run.stdout, "the report names the digest the origin has"
@@ -106,14 +105,7 @@ def test_without_the_robot_account_the_private_edge_project_is_auth_failed(
     harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
 ) -> None:
     path = chain_file(harbor_chain, tmp_path, credentials={"edge": None})
-    run = run_cli(
-        "check",
-        "--chain",
-        str(path),
-        "--output",
-        "json",
-        f"oci://{harbor_chain.reference(pushed.repository, 'v1')}",
-    )
+    run = _check_json(harbor_chain, pushed, path)
     verdicts = hop_verdicts(run.report)
     assert verdicts["edge"] == "AuthFailed", run
     assert verdicts["core"] == verdicts["origin"] == "Healthy", run
@@ -124,7 +116,6 @@ def test_a_wrong_robot_secret_is_auth_failed_although_harbor_hands_out_a_token_f
 ) -> None:
     robot, _ = harbor_chain.harbor("edge").credentials or ("", "")
     path = chain_file(harbor_chain, tmp_path, credentials={"edge": (robot, "not-the-secret")})
-    reference = f"oci://{harbor_chain.reference(pushed.repository, 'v1')}"
-    run = run_cli("check", "--chain", str(path), "--output", "json", reference)
+    run = _check_json(harbor_chain, pushed, path)
     assert hop_verdicts(run.report)["edge"] == "AuthFailed", run
     assert "not-the-secret" not in run.output
