@@ -43,6 +43,7 @@ __all__ = [
     "HarborAdmin",
     "HarborChain",
     "HarborHop",
+    "HarborProcesses",
     "OriginHop",
     "harbor_dir",
     "missing_harbor_parts",
@@ -177,12 +178,22 @@ class _Postgres:
 class HarborHop:
     """One running Harbor: its URL, its proxy-cache project (``prefix``) and that project's robot."""
 
-    name: str
     prefix: str
-    port: int
-    admin_password: str
+    processes: HarborProcesses
     credentials: tuple[str, str] | None = None
     registry_id: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.processes.name
+
+    @property
+    def port(self) -> int:
+        return self.processes.port
+
+    @property
+    def admin_password(self) -> str:
+        return self.processes.admin_password
 
     @property
     def address(self) -> str:
@@ -288,15 +299,28 @@ class HarborAdmin:
         return self._call("GET", path).json()
 
 
-class _HarborProcesses:
-    """The five processes of one Harbor, started in dependency order and stopped in reverse."""
+class HarborProcesses:
+    """The five processes of one Harbor, started in dependency order and stopped in reverse.
+
+    Once started: ``port`` is core's, ``redis_port`` the Redis that holds the registry's
+    descriptor cache (db 1), ``registry`` the registry behind core (its storage is
+    ``registry.data_dir``), and ``directory`` holds ``core.log``, ``jobservice.log``, ``redis.log``.
+    """
 
     def __init__(self, name: str, admin_password: str) -> None:
         self.name = name
         self.admin_password = admin_password
         self.port = 0
+        self.redis_port = 0
+        self.registry: RegistryProcess | None = None
         self._stack = contextlib.ExitStack()
         self._dir: Path | None = None
+
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            raise LabError(f"Harbor {self.name} is not started")
+        return self._dir
 
     def start(self, timeout: float) -> None:
         with self._stack:
@@ -305,13 +329,13 @@ class _HarborProcesses:
             postgres = _Postgres(self.name, "registry")
             self._stack.callback(postgres.stop)
             postgres.start(timeout)
-            redis_port = self._redis(timeout)
-            registry = RegistryProcess(f"harbor-{self.name}", redis=(f"{LOOPBACK}:{redis_port}", 1))
-            self._stack.callback(registry.stop)
-            registry.start(timeout)
-            env = self._environment(postgres.port, redis_port, registry.url)
+            self.redis_port = self._redis(timeout)
+            self.registry = RegistryProcess(f"harbor-{self.name}", redis=(f"{LOOPBACK}:{self.redis_port}", 1))
+            self._stack.callback(self.registry.stop)
+            self.registry.start(timeout)
+            env = self._environment(postgres.port, self.redis_port, self.registry.url)
             self._core(env, timeout)
-            self._jobservice(env, redis_port, timeout)
+            self._jobservice(env, self.redis_port, timeout)
             self._stack = self._stack.pop_all()
 
     def stop(self) -> None:
@@ -463,7 +487,7 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
             origin_registry = RegistryProcess("origin")
             self._stack.callback(origin_registry.stop)
             origin_registry.start(self._timeout)
-            harbors = [_HarborProcesses(name, secrets.token_urlsafe(12) + "A1a") for name, _ in self._names]
+            harbors = [HarborProcesses(name, secrets.token_urlsafe(12) + "A1a") for name, _ in self._names]
             self._stack.callback(_all_at_once, [processes.stop for processes in harbors])
             _all_at_once([functools.partial(processes.start, self._timeout) for processes in harbors])
             upstream: HarborHop | OriginHop = OriginHop(origin_registry)
@@ -477,9 +501,9 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
         return self
 
     @staticmethod
-    def _configure(processes: _HarborProcesses, project: str, upstream: HarborHop | OriginHop) -> HarborHop:
+    def _configure(processes: HarborProcesses, project: str, upstream: HarborHop | OriginHop) -> HarborHop:
         """As an operator: an endpoint for ``upstream``, a private proxy project on it, a pull robot."""
-        hop = HarborHop(processes.name, project, processes.port, processes.admin_password)
+        hop = HarborHop(project, processes)
         admin = hop.admin()
         try:
             kind = "docker-registry" if isinstance(upstream, OriginHop) else "harbor"

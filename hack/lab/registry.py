@@ -86,6 +86,13 @@ class RegistryProcess(ManagedChild):
         return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
+    def data_dir(self) -> Path:
+        """The filesystem storage root (``docker/registry/v2/...`` below it)."""
+        if self._dir is None:
+            raise LabError(f"registry {self.name} is not started")
+        return self._dir / "data"
+
+    @property
     def log_path(self) -> Path:
         """Where the child's stdout and stderr go (inside the temp dir, gone after `stop`)."""
         if self._dir is None:
@@ -100,7 +107,7 @@ class RegistryProcess(ManagedChild):
             if self.client_cas is not None:  # mutual TLS: no client certificate, no handshake
                 http["tls"] |= {"clientcas": [str(self.client_cas)]}
         storage: dict[str, object] = {
-            "filesystem": {"rootdirectory": str(self._dir / "data")},
+            "filesystem": {"rootdirectory": str(self.data_dir)},
             "delete": {"enabled": True},
         }
         config: dict[str, object] = {
