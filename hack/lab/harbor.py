@@ -1,4 +1,4 @@
-"""Real Harbor proxy caches on loopback: `HarborHop` (one Harbor) and `HarborChain` (edge -> core -> origin).
+"""Real Harbor (v2.15.2) proxy caches on loopback: `HarborHop` and `HarborChain` (edge -> core -> origin).
 
 One Harbor is five processes, each in this hop's temp dir and on its own loopback port: PostgreSQL
 (Debian ``postgresql``, a throwaway cluster), Redis (Debian ``redis-server``), a distribution
@@ -35,11 +35,11 @@ import httpx
 import yaml
 
 from lab.chain import ChainLayout
+from lab.kube import build_tools_paths
 from lab.process import LOOPBACK, LabError, free_port, log_tail, stop_process, wait_http, wait_tcp
 from lab.registry import RegistryProcess
 
 __all__ = [
-    "HARBOR_VERSION",
     "HarborAdmin",
     "HarborChain",
     "HarborHop",
@@ -49,7 +49,6 @@ __all__ = [
     "missing_harbor_parts",
 ]
 
-HARBOR_VERSION = "2.15.2"
 ADMIN_USER = "admin"
 START_TIMEOUT = 60.0
 """Core applies every migration at its first start (1.5-4 s idle); a busy 2-core box needs more."""
@@ -58,10 +57,13 @@ _REDIS_SERVER = "/usr/bin/redis-server"
 _POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
 
 
+@functools.cache
 def harbor_dir() -> Path:
-    """Where ``hack/build-tools.sh harbor`` puts Harbor: ``$HARBOR_DIR``, else the tool cache."""
-    default = Path.home() / f".cache/layerwatch/harbor/v{HARBOR_VERSION}"
-    return Path(os.environ.get("HARBOR_DIR") or default)
+    """Where Harbor's binaries, views and migrations are: ``$HARBOR_DIR``, else where
+    ``hack/build-tools.sh harbor`` builds them (its ``HARBOR_VERSION`` is the one version)."""
+    if directory := os.environ.get("HARBOR_DIR"):
+        return Path(directory)
+    return Path(build_tools_paths()["HARBOR_DIR"])
 
 
 def _postgres_bin() -> Path | None:
