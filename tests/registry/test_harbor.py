@@ -1,18 +1,14 @@
 """layerwatch against real Harbor v2.15.2 proxy caches: edge Harbor -> core Harbor -> origin registry.
 
-One chain for the whole session (`lab.harbor.HarborChain`, built by ``hack/build-tools.sh harbor``).
-Both Harbor projects are private proxy-cache projects; layerwatch reaches each with that project's
-robot account through Harbor's own token service. Each test pulls a repository no other test
-touched, so every check starts from cold caches at both Harbors.
+One chain for the whole session (the ``harbor_chain`` fixture; Harbor is built by
+``hack/build-tools.sh harbor``). Both Harbor projects are private proxy-cache projects; layerwatch
+reaches each with that project's robot account through Harbor's own token service. Each test pulls
+a repository no other test touched, so every check starts from cold caches at both Harbors.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,34 +16,19 @@ import pytest
 from tests.registry.helpers import CliRun, chain_file, engine_check, hop_verdicts, run_cli
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
-from lab.harbor import HarborChain, missing_harbor_parts
+from lab.harbor import HarborChain
 from layerwatch.chain import Mode
 
 pytestmark = [pytest.mark.registry, pytest.mark.harbor]
 
 HOPS = {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}
-_ORAS = os.environ.get("ORAS") or str(Path.home() / ".cache/layerwatch/bin/oras")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
-_counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def harbor_chain() -> Iterator[HarborChain]:
-    """Origin registry <- core Harbor <- edge Harbor, started once; every process stopped at the end."""
-    missing = missing_harbor_parts()
-    if not os.access(_ORAS, os.X_OK):
-        missing.append(f"oras at {_ORAS} (hack/build-tools.sh oras)")
-    if missing:
-        pytest.fail("the real Harbor chain needs: " + "; ".join(missing), pytrace=False)
-    with HarborChain() as chain:
-        yield chain
 
 
 @pytest.fixture
-def pushed(harbor_chain: HarborChain) -> PushedArtifact:
+def pushed(harbor_chain: HarborChain, fresh_repo: str) -> PushedArtifact:
     """A Flux artifact at the origin under a repository no Harbor has seen (cold at both hops)."""
-    repository = f"org/h{next(_counter)}-{uuid.uuid4().hex[:8]}"
-    return push_flux_artifact(harbor_chain.push_address, repository, "v1")
+    return push_flux_artifact(harbor_chain.push_address, fresh_repo, "v1")
 
 
 def _token(harbor_chain: HarborChain, hop: str, repository: str, credentials: tuple[str, str] | None) -> str:
