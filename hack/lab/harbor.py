@@ -306,7 +306,8 @@ class HarborProcesses:
 
     Once started: ``port`` is core's, ``redis_port`` the Redis that holds the registry's
     descriptor cache (db 1), ``registry`` the registry behind core (its storage is
-    ``registry.data_dir``), and ``directory`` holds ``core.log``, ``jobservice.log``, ``redis.log``.
+    ``registry.data_dir``), ``ports`` every process's listening port by name, and ``directory``
+    holds ``core.log``, ``jobservice.log``, ``redis.log``.
     """
 
     def __init__(self, name: str, admin_password: str) -> None:
@@ -315,6 +316,7 @@ class HarborProcesses:
         self.port = 0
         self.redis_port = 0
         self.registry: RegistryProcess | None = None
+        self.ports: dict[str, int] = {}
         self._stack = contextlib.ExitStack()
         self._dir: Path | None = None
 
@@ -338,6 +340,13 @@ class HarborProcesses:
             env = self._environment(postgres.port, self.redis_port, self.registry.url)
             self._core(env, timeout)
             self._jobservice(env, self.redis_port, timeout)
+            self.ports = {
+                "core": self.port,
+                "jobservice": int(env["JOBSERVICE_PORT"]),
+                "registry": self.registry.port,
+                "redis": self.redis_port,
+                "postgres": postgres.port,
+            }
             self._stack = self._stack.pop_all()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ a repository no other test touched, so every check starts from cold caches at bo
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -100,3 +101,17 @@ def test_a_wrong_robot_secret_is_auth_failed_although_harbor_hands_out_a_token_f
     run = _check_json(harbor_chain, pushed, path)
     assert hop_verdicts(run.report)["edge"] == "AuthFailed", run
     assert "not-the-secret" not in run.output
+
+
+def test_every_process_of_every_harbor_listens_on_loopback_only(harbor_chain: HarborChain) -> None:
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    addresses: dict[int, set[str]] = {}
+    for line in listening.splitlines():
+        host, _, port = line.split()[3].rpartition(":")
+        addresses.setdefault(int(port), set()).add(host)
+    for harbor in harbor_chain.harbors:
+        assert set(harbor.processes.ports) == {"core", "jobservice", "registry", "redis", "postgres"}
+        for name, port in harbor.processes.ports.items():
+            assert addresses.get(port) == {"127.0.0.1"}, (
+                f"{harbor.name} {name} listens on {addresses.get(port)}"
+            )
