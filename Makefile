@@ -8,6 +8,9 @@ export PATH := $(HOME)/.cache/layerwatch/bin:$(PATH)
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 DEMO_PACKAGES := docker-registry python3-venv
+# make lab HARBOR=1: real Harbor v2.15.2 hops (built by hack/build-tools.sh harbor) instead of gateways.
+HARBOR ?=
+LAB_PACKAGES := $(DEMO_PACKAGES) $(if $(HARBOR),postgresql redis-server)
 # make release-manifests RELEASE_REPOSITORY=registry.example.com/platform/layerwatch-manifests
 RELEASE_REPOSITORY ?= ghcr.io/layerwatch/manifests/layerwatch
 RELEASE_FLAGS ?=
@@ -17,8 +20,9 @@ RELEASE_FLAGS ?=
 help:
 	@echo "make demo     run a check on a local three-hop chain with one faulty hop (in $(VENV)/)"
 	@echo "make lab      start that chain with a healthy and a broken artifact; Ctrl-C stops it"
+	@echo "make lab HARBOR=1  start edge Harbor -> core Harbor -> origin instead (real Harbor v2.15.2)"
 	@echo "make deps     install Debian packages and Python dependencies (needs root for apt)"
-	@echo "make tools    build kube-apiserver, etcd, oras, source-controller, helm into ~/.cache/layerwatch"
+	@echo "make tools    build kube-apiserver, etcd, oras, source-controller, helm, harbor... into ~/.cache/layerwatch"
 	@echo "make test     lint, type-check and run all tests (unit, registry, k8s, e2e, install, prometheus, browser, image)"
 	@echo "make chart    regenerate charts/layerwatch from manifests/ (make lint checks it is current)"
 	@echo "make release-manifests  push manifests/ as a Flux OCI artifact to RELEASE_REPOSITORY"
@@ -67,10 +71,11 @@ demo: demo-deps
 	hack/build-tools.sh oras
 	PYTHONPATH=hack $(VENV_PYTHON) -m lab.demo
 
-lab: demo-deps
+lab:
+	hack/install-deps.sh $(LAB_PACKAGES)
 	$(MAKE) $(VENV)/.installed
-	hack/build-tools.sh oras
-	PYTHONPATH=hack $(VENV_PYTHON) -m lab.demo --keep
+	hack/build-tools.sh oras $(if $(HARBOR),harbor)
+	PYTHONPATH=hack $(VENV_PYTHON) -m lab.demo --keep $(if $(HARBOR),--harbor)
 
 chart:
 	PYTHONPATH=hack $(PYTHON) hack/chart.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|cosign|notation|all]...
+#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|cosign|notation|harbor|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -16,6 +16,13 @@ NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
 HELM_VERSION=${HELM_VERSION:-4.3.2}
 COSIGN_VERSION=${COSIGN_VERSION:-3.1.3}
 NOTATION_VERSION=${NOTATION_VERSION:-1.3.2}
+HARBOR_VERSION=${HARBOR_VERSION:-2.15.2}
+# Harbor's source tarball (src/, api/, make/migrations/, tools/swagger/, Makefile at its root or one
+# folder down, as in a release's "Source code" archive). Defaults to ../shared/harbor/ next to the
+# repository when that exists.
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HARBOR_SHARED=${HARBOR_SHARED:-$REPO_ROOT/../shared/harbor}
+HARBOR_SRC=${HARBOR_SRC:-$HARBOR_SHARED/harbor-src-v$HARBOR_VERSION.tar.gz}
 CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
 BIN=$CACHE/bin
 export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
@@ -210,6 +217,51 @@ build_signing_tools() {
   log "cosign v$COSIGN_VERSION + notation v$NOTATION_VERSION: built in $((SECONDS - start)) s"
 }
 
+# Harbor (the lab's real proxy-cache hops): harbor_core and harbor_jobservice from Harbor's source,
+# plus what core reads at run time (views/, migrations/postgresql/). Harbor is not on the module
+# proxy, so the source comes from HARBOR_SRC: ../shared/harbor/ when present, else download Harbor's
+# release source (https://github.com/goharbor/harbor/archive/refs/tags/vVERSION.tar.gz) and point
+# HARBOR_SRC at it. go.pinniped.dev, refused by some module proxies, is replaced by the local
+# pinniped-pkce/ module when $HARBOR_SHARED has one. The v2.0 API server is generated with
+# go-swagger at the version Harbor's Makefile names. jobservice is patched to listen on loopback.
+build_harbor() {
+  local out=$CACHE/harbor/v$HARBOR_VERSION
+  if [ -x "$out/harbor_core" ] && [ -x "$out/harbor_jobservice" ] && [ -d "$out/migrations/postgresql" ]; then
+    log "harbor v$HARBOR_VERSION: cached"; return; fi
+  if [ ! -f "$HARBOR_SRC" ]; then
+    log "harbor v$HARBOR_VERSION: no source at $HARBOR_SRC; download Harbor's release source" \
+      "(https://github.com/goharbor/harbor/archive/refs/tags/v$HARBOR_VERSION.tar.gz) and set HARBOR_SRC"
+    return 1; fi
+  log "harbor v$HARBOR_VERSION: building from $HARBOR_SRC (cold builds take 10-20 min on 2 cores)"
+  local start=$SECONDS
+  ( local work root swagger_version swagger
+    work=$(mktemp -d "${TMPDIR:-/tmp}/lw-harbor.XXXXXX"); trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
+    tar -xzf "$HARBOR_SRC" -C "$work"
+    root=$work; [ -d "$root/src" ] || root=$(find "$work" -mindepth 2 -maxdepth 2 -type d -name src -printf '%h\n' | head -n 1)
+    [ -d "$root/src" ] || { log "harbor: no src/ in $HARBOR_SRC"; exit 1; }
+    if [ -d "$HARBOR_SHARED/pinniped-pkce" ]; then
+      cp -r "$HARBOR_SHARED/pinniped-pkce" "$root/pinniped-pkce"
+      (cd "$root/src" && go mod edit -replace=go.pinniped.dev=../pinniped-pkce); fi
+    swagger_version=$(awk -F= '$1=="SWAGGER_VERSION"{print $2; exit}' "$root/Makefile")
+    swagger=$CACHE/go-swagger/$swagger_version/swagger
+    if [ ! -x "$swagger" ]; then
+      (cd /tmp && GOBIN="$(dirname "$swagger").tmp" go install "github.com/go-swagger/go-swagger/cmd/swagger@$swagger_version")
+      rm -rf "$(dirname "$swagger")"; mv "$(dirname "$swagger").tmp" "$(dirname "$swagger")"; fi
+    (cd "$root" && "$swagger" generate server --template-dir=tools/swagger/templates --exclude-main \
+      --additional-initialism=CVE --additional-initialism=GC --additional-initialism=OIDC \
+      -f api/v2.0/swagger.yaml -A harbor --target src/server/v2.0)
+    sed -i 's/fmt.Sprintf(":%d", cfg.Port)/fmt.Sprintf("127.0.0.1:%d", cfg.Port)/' "$root/src/jobservice/api/server.go"
+    grep -q '"127.0.0.1:%d"' "$root/src/jobservice/api/server.go" || { log "harbor: jobservice listen patch did not apply"; exit 1; }
+    local ld="-w -s -X github.com/goharbor/harbor/src/pkg/version.ReleaseVersion=v$HARBOR_VERSION"
+    rm -rf "$out.tmp"; mkdir -p "$out.tmp/migrations"
+    (cd "$root/src" && go build -trimpath -ldflags "$ld" -o "$out.tmp/harbor_core" ./core \
+      && go build -trimpath -ldflags "$ld" -o "$out.tmp/harbor_jobservice" ./jobservice)
+    cp -r "$root/make/migrations/postgresql" "$out.tmp/migrations/postgresql"
+    cp -r "$root/src/core/views" "$out.tmp/views"
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  log "harbor v$HARBOR_VERSION: built in $((SECONDS - start)) s"
+}
+
 # Flux's CRDs alone (for the operator tests): from the module, no build needed.
 flux_crds() {
   local out=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
@@ -231,6 +283,7 @@ FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
 HELM=$CACHE/helm/v$HELM_VERSION/helm
 COSIGN=$CACHE/cosign/v$COSIGN_VERSION/cosign
 NOTATION=$CACHE/notation/v$NOTATION_VERSION/notation
+HARBOR_DIR=$CACHE/harbor/v$HARBOR_VERSION
 P
 }
 
@@ -245,8 +298,9 @@ for what in "$@"; do
     notification-controller) build_notification_controller ;;
     helm) build_helm ;;
     cosign|notation) build_signing_tools ;;
+    harbor) build_harbor ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools ;;
+    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools; build_harbor ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done

@@ -19,13 +19,14 @@ import contextlib
 import dataclasses
 from pathlib import Path
 from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
 
 import yaml
 
 from lab.control import FaultClient, GatewayProcess
 from lab.registry import RegistryProcess
 
-__all__ = ["EDGE_USER", "LabHop", "LocalChain"]
+__all__ = ["EDGE_USER", "ChainHop", "ChainLayout", "LabHop", "LocalChain"]
 
 EDGE_USER = ("robot$lab+edge", "lab-edge-secret")
 """Robot credentials the edge gateway accepts at its token endpoint (Harbor robot naming)."""
@@ -52,7 +53,100 @@ class LabHop:
         return self.gateway.address
 
 
-class LocalChain:
+class ChainHop(Protocol):
+    """What addressing a chain needs of a hop, whatever serves it (a gateway, a real Harbor)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def credentials(self) -> tuple[str, str] | None: ...
+
+
+HopT = TypeVar("HopT", bound=ChainHop)
+
+
+class ChainLayout(Generic[HopT]):
+    """Hop lookup, per-hop repository paths and the ProxyChain document of a started lab chain.
+
+    ``hops`` runs edge first; each hop's ``prefix`` is the project it adds in front of the path.
+    """
+
+    hops: list[HopT]
+    _stack: contextlib.ExitStack
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every process, edge first, and delete their storage; safe to call twice."""
+        self._stack.close()
+        self.hops = []
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def hop(self, name: str) -> HopT:
+        """The hop called ``edge``, ``core`` or ``origin``."""
+        for hop in self.hops:
+            if hop.name == name:
+                return hop
+        raise KeyError(f"no hop {name!r}; hops: {[h.name for h in self.hops]}")
+
+    @property
+    def edge_url(self) -> str:
+        return self.hop("edge").url
+
+    @property
+    def core_url(self) -> str:
+        return self.hop("core").url
+
+    @property
+    def origin_url(self) -> str:
+        return self.hop("origin").url
+
+    def repository_at(self, hop: str, repository: str) -> str:
+        """The path of origin ``repository`` at ``hop``: every prefix from that hop to the origin, joined."""
+        names = [h.name for h in self.hops]
+        prefixes = [h.prefix for h in self.hops[names.index(hop) :] if h.prefix]
+        return "/".join([*prefixes, repository])
+
+    def reference(self, repository: str, tag: str, hop: str = "edge") -> str:
+        """``127.0.0.1:PORT/<path at hop>:tag``, e.g. for ``oci://`` URLs and CLI arguments."""
+        return f"{self.hop(hop).address}/{self.repository_at(hop, repository)}:{tag}"
+
+    def chain_document(self, name: str = "lab") -> dict[str, object]:
+        """A ProxyChain for this chain, with each hop's credentials inline (CLI file format)."""
+        hops: list[dict[str, str]] = []
+        for hop in self.hops:
+            entry = {"name": hop.name, "url": hop.url}
+            if hop.credentials is not None:
+                entry |= {"username": hop.credentials[0], "password": hop.credentials[1]}
+            hops.append(entry)
+        return {
+            "apiVersion": "layerwatch.io/v1alpha1",
+            "kind": "ProxyChain",
+            "metadata": {"name": name},
+            "spec": {"hops": hops},
+        }
+
+    def write_chain_yaml(self, path: Path, name: str = "lab") -> Path:
+        """Write `chain_document` as YAML to ``path`` (for ``layerwatch check --chain``)."""
+        path.write_text(yaml.safe_dump(self.chain_document(name), sort_keys=False))
+        return path
+
+
+class LocalChain(ChainLayout[LabHop]):
     """Start (and always stop) the three-hop chain; usable as a context manager.
 
     ``edge_auth`` is the edge gateway's ``--auth`` (``required``: only `EDGE_USER` gets tokens;
@@ -65,7 +159,7 @@ class LocalChain:
         self._stack = contextlib.ExitStack()
         self.hops: list[LabHop] = []
 
-    def start(self) -> LocalChain:
+    def start(self) -> Self:
         """Start origin first: a proxy registry panics at start-up if its upstream does not answer."""
         with self._stack:
             origin_registry = self._started(RegistryProcess("origin"))
@@ -92,73 +186,11 @@ class LocalChain:
         self._stack.callback(gateway.stop)
         return LabHop(name, prefix, gateway, registry, user)
 
-    def stop(self) -> None:
-        """Stop every process, edge first, and delete their storage; safe to call twice."""
-        self._stack.close()
-        self.hops = []
-
-    def __enter__(self) -> LocalChain:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def hop(self, name: str) -> LabHop:
-        """The hop called ``edge``, ``core`` or ``origin``."""
-        for hop in self.hops:
-            if hop.name == name:
-                return hop
-        raise KeyError(f"no hop {name!r}; hops: {[h.name for h in self.hops]}")
-
-    @property
-    def edge_url(self) -> str:
-        return self.hop("edge").url
-
-    @property
-    def core_url(self) -> str:
-        return self.hop("core").url
-
-    @property
-    def origin_url(self) -> str:
-        return self.hop("origin").url
-
     @property
     def push_address(self) -> str:
         """``127.0.0.1:PORT`` of the origin registry itself (gateways refuse pushes, as Harbor proxies do)."""
         return self.hop("origin").registry.address
 
-    def repository_at(self, hop: str, repository: str) -> str:
-        """The path of origin ``repository`` at ``hop``: every prefix from that hop to the origin, joined."""
-        names = [h.name for h in self.hops]
-        prefixes = [h.prefix for h in self.hops[names.index(hop) :] if h.prefix]
-        return "/".join([*prefixes, repository])
-
-    def reference(self, repository: str, tag: str, hop: str = "edge") -> str:
-        """``127.0.0.1:PORT/<path at hop>:tag``, e.g. for ``oci://`` URLs and CLI arguments."""
-        return f"{self.hop(hop).address}/{self.repository_at(hop, repository)}:{tag}"
-
     def faults(self, hop: str) -> FaultClient:
         """Admin client of ``hop``'s gateway."""
         return self.hop(hop).gateway.faults
-
-    def chain_document(self, name: str = "lab") -> dict[str, object]:
-        """A ProxyChain for this chain, with the edge credentials inline (CLI file format)."""
-        hops: list[dict[str, str]] = []
-        for hop in self.hops:
-            entry = {"name": hop.name, "url": hop.url}
-            if hop.credentials is not None:
-                entry |= {"username": hop.credentials[0], "password": hop.credentials[1]}
-            hops.append(entry)
-        return {
-            "apiVersion": "layerwatch.io/v1alpha1",
-            "kind": "ProxyChain",
-            "metadata": {"name": name},
-            "spec": {"hops": hops},
-        }
-
-    def write_chain_yaml(self, path: Path, name: str = "lab") -> Path:
-        """Write `chain_document` as YAML to ``path`` (for ``layerwatch check --chain``)."""
-        path.write_text(yaml.safe_dump(self.chain_document(name), sort_keys=False))
-        return path

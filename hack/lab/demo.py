@@ -6,6 +6,8 @@ gateway before anything pulls it (so the edge cannot have it cached), then runs
 
 ``--keep`` (``make lab``) instead keeps the chain up until Ctrl-C, with a healthy and a broken
 artifact, a chain file and a ``layerwatch serve`` config, and prints the commands to try.
+``--keep --harbor`` (``make lab HARBOR=1``) keeps real Harbors up instead: edge Harbor -> core
+Harbor -> origin registry (`lab.harbor.HarborChain`), with a healthy artifact and each hop's robot.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import yaml
 
 from lab.artifacts import push_flux_artifact
 from lab.chain import LocalChain
+from lab.harbor import HarborChain, missing_harbor_parts
 
 __all__ = ["main"]
 
@@ -77,11 +80,55 @@ def keep_up(directory: Path) -> int:
             f"  {command} inspect --chain {chain_file} oci://{chain.reference('org/app', 'v1')}",
             f"  {command} serve --config {watch} --metrics-port 9090   # then http://127.0.0.1:9090/",
         ]
-        print("\n".join(lines), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    print("lab chain stopped")
+        _wait_for_interrupt(lines)
     return 0
+
+
+def keep_up_harbor(directory: Path) -> int:
+    """``make lab HARBOR=1``: real Harbors with ``org/app:v1``, until Ctrl-C. Writes ``chain.yaml``."""
+    missing = missing_harbor_parts()
+    if missing:
+        print("the Harbor lab needs: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    with HarborChain() as chain:
+        push_flux_artifact(chain.push_address, "org/app", "v1")
+        chain_file = chain.write_chain_yaml(directory / "chain.yaml", name="lab")
+        command = " ".join(layerwatch_command())
+        hops = []
+        for hop in chain.hops:
+            robot = f"  robot {hop.credentials[0]} / {hop.credentials[1]}" if hop.credentials else ""
+            hops.append(f"  {hop.name:<7} {hop.url}{robot}")
+        lines = [
+            f"The Harbor lab chain is up after {chain.start_seconds:.0f}s (Ctrl-C stops and deletes it all):",
+            *hops,
+            *(
+                f"  {h.name} admin: {h.base_url}/api/v2.0/ as admin / {h.admin_password}"
+                for h in chain.harbors
+            ),
+            f"  push to the origin registry: oras push --plain-http {chain.push_address}/org/NAME:TAG ...",
+            "Artifacts: org/app:v1.",
+            "Try:",
+            f"  {command} check --chain {chain_file} oci://{chain.reference('org/app', 'v1')}",
+            f"  {command} check --chain {chain_file} --mode head oci://{chain.reference('org/app', 'v1')}",
+        ]
+        _wait_for_interrupt(lines)
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_for_interrupt(lines: list[str]) -> None:
+    """Print what is up and how to use it, then wait for Ctrl-C or SIGTERM (the caller's ``with``
+    cleans up). Both are handled explicitly: a shell starting us in the background ignores SIGINT,
+    and an unhandled SIGTERM would leave every child running."""
+    print("\n".join(lines), flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
+    print("lab chain stopped")
 
 
 def run(repository: str = "org/app", tag: str = "v1", output: str = "text") -> int:
@@ -116,10 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="v1")
     parser.add_argument("--output", choices=["text", "json"], default="text")
     parser.add_argument("--keep", action="store_true", help="keep the chain up until Ctrl-C (make lab)")
+    parser.add_argument(
+        "--harbor", action="store_true", help="with --keep: real Harbor hops (make lab HARBOR=1)"
+    )
     args = parser.parse_args(argv)
     if args.keep:
         with tempfile.TemporaryDirectory(prefix="layerwatch-lab-") as tmp:
-            sys.exit(keep_up(Path(tmp)))
+            sys.exit((keep_up_harbor if args.harbor else keep_up)(Path(tmp)))
     status = run(args.repository, args.tag, args.output)
     if status == 1:
         sys.exit(0)  # "some hop unhealthy" is what the demo sets out to show

@@ -74,7 +74,7 @@ class Tools:
     flux_crds: Path | None
 
 
-def _build_tools_paths() -> dict[str, str]:
+def build_tools_paths() -> dict[str, str]:
     """Ask ``hack/build-tools.sh paths`` where it builds things (one source of truth for versions)."""
     env = {k: v for k, v in os.environ.items() if k != "KUBEBUILDER_ASSETS"}
     out = subprocess.run(
@@ -85,7 +85,7 @@ def _build_tools_paths() -> dict[str, str]:
 
 def _locate() -> tuple[dict[str, Path | None], Path | None]:
     """Find each binary: ``KUBEBUILDER_ASSETS`` (or ``TEST_ASSET_*``) wins, then the build cache."""
-    paths = _build_tools_paths()
+    paths = build_tools_paths()
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     cache = {"kube-apiserver": paths["KUBE_DIR"], "kubectl": paths["KUBE_DIR"], "etcd": paths["ETCD_DIR"]}
     found: dict[str, Path | None] = {}
@@ -123,7 +123,7 @@ def find_tools(build: bool = True, log: IO[str] | None = None) -> Tools:
 
 def _build(targets: list[str], log: IO[str] | None) -> None:
     """Run build-tools.sh under a lock, so concurrent test sessions do not build the same thing twice."""
-    cache = Path(_build_tools_paths()["FLUX_CRDS"]).parents[1]
+    cache = Path(build_tools_paths()["FLUX_CRDS"]).parents[1]
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".lab-kube-build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other session's build may finish what we miss

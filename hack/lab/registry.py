@@ -46,7 +46,9 @@ class RegistryProcess(ManagedChild):
     Give ``remote_url`` to make it a pull-through proxy of that upstream (optionally with
     ``username``/``password`` for the upstream's token auth); without it, it is a plain registry.
     ``tls`` (certificate and key files) makes it serve HTTPS; ``client_cas`` (a CA file) then makes
-    it require client certificates signed by that CA (``http.tls.clientcas``).
+    it require client certificates signed by that CA (``http.tls.clientcas``). ``redis`` (a Redis
+    ``host:port`` and db index) gives it Harbor's shape: the blob descriptor cache in that Redis
+    (``storage.cache.layerinfo: redis``), which decides how Harbor behaves when blob data is lost.
     """
 
     def __init__(
@@ -58,11 +60,13 @@ class RegistryProcess(ManagedChild):
         password: str | None = None,
         tls: tuple[Path, Path] | None = None,
         client_cas: Path | None = None,
+        redis: tuple[str, int] | None = None,
         binary: str = DOCKER_REGISTRY,
     ) -> None:
         self.name = name
         self.tls = tls
         self.client_cas = client_cas
+        self.redis = redis
         self.remote_url = remote_url
         self._username = username
         self._password = password
@@ -82,6 +86,13 @@ class RegistryProcess(ManagedChild):
         return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
+    def data_dir(self) -> Path:
+        """The filesystem storage root (``docker/registry/v2/...`` below it)."""
+        if self._dir is None:
+            raise LabError(f"registry {self.name} is not started")
+        return self._dir / "data"
+
+    @property
     def log_path(self) -> Path:
         """Where the child's stdout and stderr go (inside the temp dir, gone after `stop`)."""
         if self._dir is None:
@@ -95,16 +106,21 @@ class RegistryProcess(ManagedChild):
             http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
             if self.client_cas is not None:  # mutual TLS: no client certificate, no handshake
                 http["tls"] |= {"clientcas": [str(self.client_cas)]}
+        storage: dict[str, object] = {
+            "filesystem": {"rootdirectory": str(self.data_dir)},
+            "delete": {"enabled": True},
+        }
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {
-                "filesystem": {"rootdirectory": str(self._dir / "data")},
-                "delete": {"enabled": True},
-            },
+            "storage": storage,
             "http": http,
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.redis is not None:
+            storage["cache"] = {"layerinfo": "redis"}
+            config["redis"] = {"addr": self.redis[0], "db": self.redis[1], "dialtimeout": "10s"}
+            config["validation"] = {"disabled": True}
         if self.remote_url is not None:
             proxy = {"remoteurl": self.remote_url}
             if self._username is not None and self._password is not None:

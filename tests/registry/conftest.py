@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.chain import LocalChain
+from lab.harbor import HarborChain, missing_harbor_parts
 from lab.registry import DOCKER_REGISTRY
 
 _ORAS = os.environ.get("ORAS") or str(Path.home() / ".cache/layerwatch/bin/oras")
@@ -26,6 +27,19 @@ def local_chain() -> Iterator[LocalChain]:
     if not os.access(_ORAS, os.X_OK):
         pytest.fail(f"oras missing at {_ORAS} (hack/build-tools.sh oras)", pytrace=False)
     with LocalChain() as chain:
+        yield chain
+
+
+@pytest.fixture(scope="session")
+def harbor_chain() -> Iterator[HarborChain]:
+    """Origin registry <- core Harbor <- edge Harbor (real Harbor v2.15.2, private proxy projects,
+    a robot each), started once per session; every process is stopped even on failure."""
+    missing = missing_harbor_parts()
+    if not os.access(_ORAS, os.X_OK):
+        missing.append(f"oras at {_ORAS} (hack/build-tools.sh oras)")
+    if missing:
+        pytest.fail("the real Harbor chain needs: " + "; ".join(missing), pytrace=False)
+    with HarborChain() as chain:
         yield chain
 
 

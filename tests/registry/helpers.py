@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lab.chain import LocalChain
+from lab.chain import ChainLayout
 from layerwatch.chain import Mode
 from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
@@ -58,14 +58,14 @@ def closed_port_url() -> str:
 
 
 def chain_file(
-    chain: LocalChain,
+    chain: ChainLayout[Any],
     directory: Path,
     *,
     urls: Mapping[str, str] | None = None,
     credentials: Mapping[str, tuple[str, str] | None] | None = None,
     name: str = "lab",
 ) -> Path:
-    """Write the lab's ProxyChain (edge credentials inline) to ``directory/chain.yaml``.
+    """Write the lab's ProxyChain (hop credentials inline) to ``directory/chain.yaml``.
 
     ``urls`` replaces hop URLs (e.g. a closed port), ``credentials`` replaces or removes a hop's
     ``username``/``password``. An empty docker config sits beside it so nothing from ``~/.docker``
