@@ -4,4 +4,5 @@ import sys
 
 from layerwatch.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the package's modules one by one (the image build) runs nothing
+    sys.exit(main())

@@ -756,22 +756,22 @@ def test_check_with_a_ca_file_that_is_not_pem_says_so_in_one_line(
         assert run.status == 3 and set(hop_verdicts(run.report).values()) == {"Unreachable"}, why(run)
 
 
-def test_serve_with_a_ca_file_that_is_not_pem_keeps_checking_and_stays_live(
-    local_chain: LocalChain, fresh_repo: str, tmp_path: Path, tls_proxy: str
+def test_serve_with_a_ca_file_that_is_not_pem_refuses_to_start_with_one_line(
+    tmp_path: Path, tls_proxy: str
 ) -> None:
-    pushed = push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
+    """A CA that TLS cannot trust is a typo to fix (exit 2), never a quiet check with no CA at all."""
     chain = {
         "apiVersion": "layerwatch.io/v1alpha1",
         "kind": "ProxyChain",
         "metadata": {"name": "tls"},
         "spec": {"interval": "5s", "hops": [{"name": "proxy", "url": f"https://{tls_proxy}"}]},
     }
-    app = {"kind": "Target", "name": "app", "chain": "tls", "url": f"oci://{tls_proxy}/{pushed.repository}"}
+    app = {"kind": "Target", "name": "app", "chain": "tls", "url": f"oci://{tls_proxy}/org/app"}
     documents = [chain, {**app, "ref": {"tag": "v1"}}]
 
-    with serving(tmp_path, documents, "--ca-file", str(not_pem(tmp_path))) as serve:
-        first = serve.artifacts()["app"]["checkedAt"]
-        serve.wait(lambda: serve.artifacts()["app"]["checkedAt"] != first, 30, "a second check")
-        assert serve.get("/healthz").status_code == 200
-        assert serve.artifacts()["app"]["verdict"] == "Unreachable"
-    assert "Traceback" not in serve.log.read_text()
+    with (
+        pytest.raises(LabError, match=r"exited with 2") as refused,
+        serving(tmp_path, documents, "--ca-file", str(not_pem(tmp_path))),
+    ):
+        pass
+    assert "holds no PEM certificate" in str(refused.value) and "Traceback" not in str(refused.value)

@@ -57,8 +57,12 @@ class HopClient:
         """Accept plus the current token, if any."""
         return {**ACCEPT, "Authorization": f"Bearer {self.token}"} if self.token else dict(ACCEPT)
 
-    def request(self, method: str, path: str, *, follow_redirects: bool = False) -> httpx.Response:
-        response = self.http.request(method, path, headers=self.headers(), follow_redirects=follow_redirects)
+    def request(
+        self, method: str, path: str, *, follow_redirects: bool = False, timeout: float = 30.0
+    ) -> httpx.Response:
+        response = self.http.request(
+            method, path, headers=self.headers(), follow_redirects=follow_redirects, timeout=timeout
+        )
         if response.status_code == 401 and response.headers.get("www-authenticate", "").startswith("Bearer "):
             challenge = dict(_CHALLENGE.findall(response.headers["www-authenticate"]))
             params = {"service": challenge["service"], "scope": challenge["scope"]}
@@ -66,7 +70,7 @@ class HopClient:
             token.raise_for_status()
             self.token = token.json()["token"]
             response = self.http.request(
-                method, path, headers=self.headers(), follow_redirects=follow_redirects
+                method, path, headers=self.headers(), follow_redirects=follow_redirects, timeout=timeout
             )
         return response
 
@@ -439,7 +443,8 @@ def test_big_blob_streams_through_the_chain(local_chain: LocalChain, fresh_repo:
     digest = hashlib.sha256()
     received = 0
     path = f"/v2/{local_chain.repository_at('edge', fresh_repo)}/blobs/{pushed.layer_digests[0]}"
-    assert client.request("HEAD", path).status_code == 200  # gets the token the stream below carries
+    # gets the token the stream below carries; a cold HEAD may wait for the proxies to fetch the blob
+    assert client.request("HEAD", path, timeout=120.0).status_code == 200
     with client.http.stream("GET", path, headers=client.headers(), timeout=120.0) as response:
         assert response.status_code == 200 and int(response.headers["content-length"]) == size
         for chunk in response.iter_bytes(1 << 20):
