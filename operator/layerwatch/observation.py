@@ -79,6 +79,8 @@ class Fault:
     registry_message: str | None = None
     attempts: int = 1
     subject: str = ""
+    anonymous: bool = False
+    """The refused request carried no credentials: none are configured for the hop."""
 
 
 class ManifestFault(enum.StrEnum):

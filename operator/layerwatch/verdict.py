@@ -195,7 +195,11 @@ def describe_fault(fault: Fault) -> str:
     ):
         text = f"HTTP {fault.status}{attempts}{_registry_said(fault)}"
         if fault.kind is FaultKind.AUTH_REJECTED:
-            text += " with the configured credentials"
+            text += (
+                " without credentials (none configured)"
+                if fault.anonymous
+                else " with the configured credentials"
+            )
     elif fault.kind is FaultKind.RATE_LIMITED:
         text = f"HTTP 429{attempts}{_registry_said(fault)}; {fault.detail}".rstrip("; ")
     elif fault.kind is FaultKind.HOP_DOWN:

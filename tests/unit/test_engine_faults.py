@@ -32,7 +32,7 @@ from tests.unit.fake_registry import (
     running,
 )
 
-from layerwatch.chain import Chain, ChainError, Hop, Mode, Proxy, Target
+from layerwatch.chain import Chain, ChainError, Credentials, Hop, Mode, Proxy, Target
 from layerwatch.check import BlobCache
 from layerwatch.manifest import OCI_INDEX, OCI_MANIFEST
 from layerwatch.metrics import Metrics
@@ -733,3 +733,31 @@ async def test_bytes_seen_through_another_proxy_are_never_trusted_for_the_direct
     assert through_proxy.judgement.health is Health.HEALTHY and asked_before == 0
     assert direct.judgement.verdict is Verdict.LAYER_MISSING
     assert hop.count("GET", f"/blobs/{digest(hop.layer)}") >= 1
+
+
+@pytest.mark.parametrize(
+    ("credentials", "wording"),
+    [(None, "without credentials (none configured)"), (Credentials("robot", "pw"), "with the configured")],
+)
+async def test_a_refusal_says_whether_any_credentials_were_sent(
+    credentials: Credentials | None, wording: str
+) -> None:
+    """A private project asked anonymously needs a Secret, not a new robot password.
+
+    As Harbor does: its token service hands a token to anyone, and ``/v2/`` refuses that token.
+    """
+    registry = FakeRegistry()
+
+    async def refuse(request: web.Request) -> web.Response:
+        if request.path == "/token":
+            return web.json_response({"token": "t"})
+        if "authorization" not in request.headers:
+            realm = f'Bearer realm="{registry.url}/token",service="harbor-registry"'
+            return web.Response(status=401, headers={"WWW-Authenticate": realm})
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="harbor"'})
+
+    registry.hooks.append(refuse)
+    async with running(registry):
+        result = await check(registry.url, credentials=credentials)
+    assert result.judgement.verdict is Verdict.AUTH_FAILED
+    assert wording in result.judgement.hops[0].message and "pw" not in result.judgement.hops[0].message

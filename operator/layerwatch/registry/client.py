@@ -491,7 +491,14 @@ class RegistryClient:
             if status == 404:
                 raise RegistryNotFound(404, code, message)
             kind = FaultKind.AUTH_REJECTED if status in (401, 403) else FaultKind.HTTP_STATUS
-            raise RegistryError(Fault(kind, "", status, code, message, attempt + 1))
+            raise RegistryError(
+                Fault(kind, "", status, code, message, attempt + 1, anonymous=self._anonymous)
+            )
+
+    @property
+    def _anonymous(self) -> bool:
+        """No credentials of any kind are configured for this hop."""
+        return self.credentials is None and self.provider is None
 
     def _backoff(self, budget: RetryBudget, attempt: int) -> float | None:
         """A jittered delay for the next attempt, paid from the budget; None when no retry is left."""
@@ -692,7 +699,9 @@ class RegistryClient:
                 kind = (
                     FaultKind.AUTH_REJECTED if response.status_code in (401, 403) else FaultKind.HTTP_STATUS
                 )
-                raise RegistryError(Fault(kind, "", response.status_code, subject="token endpoint"))
+                raise RegistryError(
+                    Fault(kind, "", response.status_code, subject="token endpoint", anonymous=self._anonymous)
+                )
             if _encoding(response) is not None:
                 raise RegistryError(
                     Fault(
