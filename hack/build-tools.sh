@@ -18,10 +18,10 @@ COSIGN_VERSION=${COSIGN_VERSION:-3.1.3}
 NOTATION_VERSION=${NOTATION_VERSION:-1.3.2}
 HARBOR_VERSION=${HARBOR_VERSION:-2.15.2}
 # Harbor's source tarball (src/, api/, make/migrations/, tools/swagger/, Makefile at its root or one
-# folder down, as in a release's "Source code" archive). Defaults to ../shared/harbor/ next to the
-# repository when that exists.
+# folder down, as in a release's "Source code" archive). Defaults to the harbor/ folder of a
+# shared/ folder beside the checkout, where the build machines keep it.
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HARBOR_SHARED=${HARBOR_SHARED:-$REPO_ROOT/../shared/harbor}
+HARBOR_SHARED=${HARBOR_SHARED:-$(dirname "$REPO_ROOT")/shared/harbor}
 HARBOR_SRC=${HARBOR_SRC:-$HARBOR_SHARED/harbor-src-v$HARBOR_VERSION.tar.gz}
 CACHE=${LAYERWATCH_CACHE:-$HOME/.cache/layerwatch}
 BIN=$CACHE/bin
@@ -219,7 +219,7 @@ build_signing_tools() {
 
 # Harbor (the lab's real proxy-cache hops): harbor_core and harbor_jobservice from Harbor's source,
 # plus what core reads at run time (views/, migrations/postgresql/). Harbor is not on the module
-# proxy, so the source comes from HARBOR_SRC: ../shared/harbor/ when present, else download Harbor's
+# proxy, so the source comes from HARBOR_SRC (by default in HARBOR_SHARED), else download Harbor's
 # release source (https://github.com/goharbor/harbor/archive/refs/tags/vVERSION.tar.gz) and point
 # HARBOR_SRC at it. go.pinniped.dev, refused by some module proxies, is replaced by the local
 # pinniped-pkce/ module when $HARBOR_SHARED has one. The v2.0 API server is generated with
