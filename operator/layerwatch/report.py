@@ -24,7 +24,7 @@ from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
 from layerwatch.signatures import signatures_json
 from layerwatch.text import one_line
-from layerwatch.verdict import CheckResult, Health, HopVerdict
+from layerwatch.verdict import CheckResult, Diagnosis, Health, HopVerdict
 
 __all__ = [
     "Children",
@@ -63,6 +63,12 @@ def _manifest_json(check: ManifestCheck) -> dict[str, Any]:
     }
 
 
+def _diagnosis_json(diagnosis: Diagnosis | None) -> dict[str, Any] | None:
+    if diagnosis is None:
+        return None
+    return {"name": diagnosis.name.value, "heals": diagnosis.heals, "remedy": diagnosis.remedy}
+
+
 def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": observation.hop,
@@ -70,6 +76,8 @@ def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any
         "repository": observation.repository,
         "verdict": verdict.verdict.value,
         "message": verdict.message,
+        "inheritedFrom": verdict.inherited_from,
+        "diagnosis": _diagnosis_json(verdict.diagnosis),
         "manifestDigest": observation.digest,
         "tagDigest": observation.tag_digest,
         "durationSeconds": round(observation.duration, 3),
@@ -155,7 +163,13 @@ def to_text(result: CheckResult) -> str:
     lines += [f"note: {note}" for note in judgement.notes]
     lines.append("")
     if judgement.blame:
-        lines.append(f"verdict {judgement.verdict.value}, blame: hop {judgement.blame}")
+        cause = judgement.blamed_verdict
+        passed_on = (
+            f" ({cause.value} there; hops in front of it pass it on)"
+            if cause is not judgement.verdict
+            else ""
+        )
+        lines.append(f"verdict {judgement.verdict.value}, blame: hop {judgement.blame}{passed_on}")
     else:
         lines.append("verdict Healthy: every hop serves the artifact intact")
     return _lines(lines)
