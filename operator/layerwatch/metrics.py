@@ -7,7 +7,9 @@ series are bounded: one per artifact x hop, never per layer or per error string.
 Blame is in the metrics so that alerts can page once per broken hop: ``layerwatch_artifact_blame``
 exists only on the hop an artifact's current verdict is blamed on, and
 ``layerwatch_hop_blamed_artifacts`` counts those artifacts per chain, hop and verdict. Hops that
-only pass an upstream failure on have neither.
+only pass an upstream failure on have neither. The ``verdict`` label is the blamed hop's own verdict,
+the cause: an edge answering ``404`` because core is down pages as core ``Unreachable`` (which
+``LayerwatchHopDown`` covers), not as a ``ManifestMissing`` at core.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class Metrics:
         for status in statuses:
             judgement = status.result.judgement if status.result is not None else None
             if judgement is not None and judgement.blame is not None:
-                blamed[(status.chain, judgement.blame, judgement.verdict.value)] += 1
+                blamed[(status.chain, judgement.blame, judgement.blamed_verdict.value)] += 1
         small = [
             _family(
                 GaugeMetricFamily,
@@ -313,7 +315,7 @@ def _blame_rows(status: TargetStatus, _: ChainHops) -> Iterator[Row]:
     if status.result is not None:
         judgement = status.result.judgement
         if judgement.blame is not None:
-            yield judgement.blame, judgement.verdict.value, 1.0
+            yield judgement.blame, judgement.blamed_verdict.value, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
