@@ -24,7 +24,7 @@ from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
 from layerwatch.signatures import signatures_json
 from layerwatch.text import one_line
-from layerwatch.verdict import CheckResult, Diagnosis, Health, HopVerdict
+from layerwatch.verdict import CheckResult, Health, HopVerdict, diagnosis_json
 
 __all__ = [
     "Children",
@@ -63,12 +63,6 @@ def _manifest_json(check: ManifestCheck) -> dict[str, Any]:
     }
 
 
-def _diagnosis_json(diagnosis: Diagnosis | None) -> dict[str, Any] | None:
-    if diagnosis is None:
-        return None
-    return {"name": diagnosis.name.value, "heals": diagnosis.heals, "remedy": diagnosis.remedy}
-
-
 def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": observation.hop,
@@ -77,7 +71,7 @@ def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any
         "verdict": verdict.verdict.value,
         "message": verdict.message,
         "inheritedFrom": verdict.inherited_from,
-        "diagnosis": _diagnosis_json(verdict.diagnosis),
+        "diagnosis": diagnosis_json(verdict.diagnosis),
         "manifestDigest": observation.digest,
         "tagDigest": observation.tag_digest,
         "durationSeconds": round(observation.duration, 3),

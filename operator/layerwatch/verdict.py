@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from layerwatch.chain import Mode
 from layerwatch.manifest import FLUX_CONTENT, Descriptor, flux_layer
@@ -44,6 +44,7 @@ __all__ = [
     "classify_blob",
     "describe_fault",
     "describe_manifest_problem",
+    "diagnosis_json",
     "judge",
     "not_found",
     "verdict_of",
@@ -105,6 +106,13 @@ class Diagnosis:
         """The diagnosis as the hop's message says it."""
         heals = "heals by itself" if self.heals else "never heals by itself"
         return f"{self.name.value}: {self.what}; {heals}; {self.remedy}"
+
+
+def diagnosis_json(diagnosis: Diagnosis | None) -> dict[str, Any] | None:
+    """A diagnosis as the JSON report and the status API carry it."""
+    if diagnosis is None:
+        return None
+    return {"name": diagnosis.name.value, "heals": diagnosis.heals, "remedy": diagnosis.remedy}
 
 
 @dataclasses.dataclass(frozen=True)

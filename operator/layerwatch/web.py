@@ -25,6 +25,7 @@ from layerwatch.chain import Chain
 from layerwatch.metrics import Metrics
 from layerwatch.signatures import signatures_json
 from layerwatch.store import ResultStore, TargetStatus
+from layerwatch.verdict import diagnosis_json
 
 __all__ = ["RUNBOOKS", "WebServer", "runbook_url", "status_document"]
 
@@ -111,6 +112,8 @@ def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
                 "verdict": verdict.verdict.value,
                 "health": verdict.verdict.health.name.lower(),
                 "message": verdict.message,
+                "inheritedFrom": verdict.inherited_from,
+                "diagnosis": diagnosis_json(verdict.diagnosis),
                 "manifestDigest": observation.digest,
                 "since": _iso(status.hop_since.get(verdict.hop)),
                 "runbook": runbook_url(verdict.verdict.value),
@@ -181,6 +184,7 @@ td.unhealthy{background:#ffebe9;border-left-color:#cf222e}
 td.unknown{background:#fff8c5;border-left-color:#bf8700}
 td.waiting,td.none{background:#f6f8fa;color:#57606a}
 td.blamed{outline:3px solid #cf222e;outline-offset:-3px}
+.diag{margin:.3rem 0}
 td.unknown.blamed{outline-color:#bf8700}
 td.passed{opacity:.72}
 .verdict{font-weight:700;font-size:15px}
@@ -246,6 +250,16 @@ def _signatures_line(signatures: Mapping[str, Any] | None) -> str:
     return f'<div class="sigs">{text}</div>'
 
 
+def _diagnosis_line(diagnosis: Mapping[str, Any] | None) -> str:
+    """The named cause first, then whether it heals and what to do: what an on-call reads first."""
+    if diagnosis is None:
+        return ""
+    name = html.escape(diagnosis["name"])
+    heals = "heals by itself" if diagnosis["heals"] else "never heals by itself"
+    remedy = html.escape(diagnosis["remedy"])
+    return f'<div class="diag" data-diagnosis="{name}"><b>{name}</b>: {heals}; {remedy}</div>'
+
+
 def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) -> str:
     if hop is None:
         return '<td class="none">not on pull path</td>'
@@ -253,13 +267,14 @@ def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) 
     if health == "waiting":
         return f'<td class="waiting" data-hop="{html.escape(name)}">{html.escape(hop["message"])}</td>'
     blamed = health != "healthy" and name == blame
-    passed = health != "healthy" and not blamed and blame is not None
+    passed: str | None = hop.get("inheritedFrom") if health != "healthy" and not blamed else None
     body = f'<div class="verdict">{html.escape(hop["verdict"])}'
     if blamed:
-        body += '<span class="badge" title="the hop nearest the origin with this problem">blamed</span>'
+        body += '<span class="badge" title="the hop whose own answer explains the problem">blamed</span>'
     body += "</div>"
-    if passed:
-        body += f'<div class="when">passes on the fault of hop {html.escape(blame)}</div>'
+    if passed is not None:
+        body += f'<div class="when">passes on the fault of hop {html.escape(passed)}</div>'
+    body += _diagnosis_line(hop.get("diagnosis"))
     if health != "healthy":
         body += f'<div class="msg">{html.escape(hop["message"])}</div>'
     body += _signatures_line(hop.get("signatures"))
@@ -268,7 +283,7 @@ def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) 
         f'<div class="when">checked {html.escape(artifact["checkedAt"] or "-")}'
         f"{_runbook(hop.get('runbook'))}</div>"
     )
-    classes = " ".join([health, *(["blamed"] if blamed else []), *(["passed"] if passed else [])])
+    classes = " ".join([health, *(["blamed"] if blamed else []), *(["passed"] if passed is not None else [])])
     attributes = (
         f'class="{classes}" data-hop="{html.escape(name)}" data-verdict="{html.escape(hop["verdict"])}"'
         + (' data-blamed="true"' if blamed else "")
@@ -343,9 +358,10 @@ def status_page(document: Mapping[str, Any]) -> str:
     if document["chains"]:
         parts.append(
             '<p class="legend">Each cell is the artifact as a client pulling through that hop gets it. '
-            "Broken rows come first. <b>blamed</b> (outlined) marks the hop nearest the origin with the "
-            'problem: hops in front of it only pass it on (faded). "since" is the first check that '
-            "gave the verdict. Times are UTC.</p>"
+            "Broken rows come first. <b>blamed</b> (outlined) marks the hop whose own answer explains "
+            "the problem: hops in front of it that fail only because it does pass it on (faded), "
+            'and a named diagnosis says whether it heals and what to do. "since" is the first check '
+            "that gave the verdict. Times are UTC.</p>"
         )
     else:
         parts.append("<p>No chains configured yet.</p>")
