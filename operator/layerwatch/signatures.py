@@ -52,9 +52,12 @@ COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_REFERRERS = 64
 """Referrers followed at most per digest (an index of hundreds is an attack, not signatures)."""
 HARBOR_HINT = (
-    "a Harbor proxy-cache project passes the referrers API on to its upstream only when its "
-    "proxy_referrer_api setting is on (Harbor 2.16+); otherwise it answers from what it holds itself"
+    "a Harbor proxy-cache project (up to v2.15.2) answers the referrers API only from what it has "
+    "cached and never asks its upstream: a signature shows there about 20 s after something pulled it "
+    "by digest through this hop; the proxy_referrer_api setting that forwards it exists only on "
+    "Harbor's main, in no release up to v2.15.2"
 )
+"""True of Harbor v2.15.2, measured on it: what a cold Harbor hop's referrers API says, and why."""
 
 
 class Provider(enum.StrEnum):

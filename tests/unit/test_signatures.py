@@ -122,6 +122,15 @@ def test_a_referrers_api_that_does_not_list_the_bundle_names_the_harbor_setting_
     assert "proxy_referrer_api" in judgement.message
 
 
+def test_the_referrers_hint_says_what_a_harbor_release_does_not_a_setting_no_release_has() -> None:
+    """Harbor up to v2.15.2 never forwards the referrers API: no setting to turn on, only a pull by digest."""
+    message = judge(chain_with((), (), (BUNDLE,))).message
+    assert "answers the referrers API only from what it has cached and never asks its upstream" in message
+    assert "about 20 s after something pulled it by digest through this hop" in message
+    assert "exists only on Harbor's main, in no release up to v2.15.2" in message
+    assert "2.16" not in message
+
+
 def test_a_lost_sig_tag_gets_no_referrers_hint() -> None:
     assert "referrers API" not in judge(chain_with((), (), (SIG,))).message
 
