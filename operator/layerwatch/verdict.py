@@ -604,10 +604,14 @@ def _data_lost(blob: BlobCheck) -> bool:
     return blob.facts.received == 0 and fault is not None and fault.kind is FaultKind.BODY_CUT
 
 
-def _diagnose(obs: HopObservation, verdict: Verdict) -> Diagnosis | None:
-    """A named Harbor failure at a proxy hop (one with an upstream) whose failure is its own."""
+def _diagnose(obs: HopObservation, verdict: Verdict, *, passed_on: bool) -> Diagnosis | None:
+    """A named Harbor failure at a proxy hop (one with an upstream).
+
+    Damaged bytes a hop only passes on are its upstream's to name; a ``manifests`` segment breaks
+    every Harbor hop of the path on its own, so a hop passing the 404s on is named too.
+    """
     blobs = [blob for check in obs.manifests for blob in check.blobs]
-    if verdict is Verdict.LAYER_CORRUPT:
+    if verdict is Verdict.LAYER_CORRUPT and not passed_on:
         corrupt = next(blob for blob in blobs if blob.status is BlobStatus.CORRUPT)
         if _empty_body(corrupt):
             return COLD_UPSTREAM
@@ -641,8 +645,8 @@ def _hop_verdict(
         suffix = f"; passed on from hop {root} ({cause.value} there)"
         down = [at for at, why in inherited.roots.values() if why is Verdict.UNREACHABLE]
         diagnosis = _upstream_down(observations[max(down)].hop) if down else None
-    elif position < len(observations) - 1:
-        diagnosis = _diagnose(obs, verdict)
+    if diagnosis is None and position < len(observations) - 1:
+        diagnosis = _diagnose(obs, verdict, passed_on=inherited is not None)
     if diagnosis is not None:
         suffix += f"; {diagnosis.words}"
     head = f"hop {obs.hop} ({obs.location}): "

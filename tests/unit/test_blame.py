@@ -118,6 +118,24 @@ DOWN = DiagnosisName.UPSTREAM_DOWN
 
 # (object, inner at core, outer at edge) -> edge verdict, inherited, blame, overall verdict, edge diagnosis
 Row = tuple[Verdict, bool, str | None, Verdict, DiagnosisName | None]
+
+
+def unchecked_core(what: str, missing: Verdict, corrupt: Verdict) -> dict[tuple[str, str, str], Row]:
+    """Core refuses layerwatch's credentials or rate-limits it: that says nothing about what it
+    serves the edge, so the edge's failures stay its own (and blame stays deepest-unknown)."""
+    return {
+        (what, unknown, outer): row
+        for unknown, verdict in (("auth-failed", A), ("rate-limited", R))
+        for outer, row in {
+            "healthy": (H, False, "core", verdict, None),
+            "404": (missing, False, "edge", missing, None),
+            "5xx": (U, False, "core", verdict, None),
+            "corrupt": (corrupt, False, "edge", corrupt, None),
+            "own-stale-tag": (DM, False, "edge", DM, None),
+        }.items()
+    }
+
+
 TABLE: dict[tuple[str, str, str], Row] = {
     # -- a blob (layer 0) --------------------------------------------------------------------------
     ("blob", "healthy", "healthy"): (H, False, None, H, None),
@@ -148,17 +166,7 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("blob", "corrupt", "5xx"): (LC, True, "core", LC, None),
     ("blob", "corrupt", "corrupt"): (LC, True, "core", LC, None),
     ("blob", "corrupt", "own-stale-tag"): (DM, False, "core", LC, None),
-    **{
-        ("blob", unknown, outer): row
-        for unknown, verdict in (("auth-failed", A), ("rate-limited", R))
-        for outer, row in {
-            "healthy": (H, False, "core", verdict, None),
-            "404": (LM, False, "edge", LM, None),
-            "5xx": (U, False, "core", verdict, None),
-            "corrupt": (LC, False, "edge", LC, None),
-            "own-stale-tag": (DM, False, "edge", DM, None),
-        }.items()
-    },
+    **unchecked_core("blob", LM, LC),
     # -- the manifest (tag v1) ---------------------------------------------------------------------
     ("manifest", "healthy", "healthy"): (H, False, None, H, None),
     ("manifest", "healthy", "404"): (MM, False, "edge", MM, None),
@@ -186,17 +194,7 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("manifest", "corrupt", "5xx"): (MC, True, "core", MC, None),
     ("manifest", "corrupt", "corrupt"): (MC, True, "core", MC, None),
     ("manifest", "corrupt", "own-stale-tag"): (DM, False, "core", MC, None),
-    **{
-        ("manifest", unknown, outer): row
-        for unknown, verdict in (("auth-failed", A), ("rate-limited", R))
-        for outer, row in {
-            "healthy": (H, False, "core", verdict, None),
-            "404": (MM, False, "edge", MM, None),
-            "5xx": (U, False, "core", verdict, None),
-            "corrupt": (MC, False, "edge", MC, None),
-            "own-stale-tag": (DM, False, "edge", DM, None),
-        }.items()
-    },
+    **unchecked_core("manifest", MM, MC),
 }
 OUTCOMES = {"blob": BLOB, "manifest": MANIFEST}
 
@@ -360,7 +358,9 @@ def test_every_blob_404_under_a_manifests_path_segment_names_the_repository_name
         "by itself; rename the repository so that no path segment is 'manifests', or pull it from a "
         "non-proxy project"
     ) in judgement.message
-    assert edge.inherited_from == "core" and edge.diagnosis is None
+    # The edge's own path has the segment too: it passes core's 404s on and would fail alone.
+    assert edge.inherited_from == "core"
+    assert edge.diagnosis is not None and edge.diagnosis.name is DiagnosisName.MANIFESTS_PATH_SEGMENT
 
 
 @pytest.mark.parametrize(
@@ -395,3 +395,27 @@ def test_a_long_registry_message_never_pushes_the_diagnosis_out_of_the_one_line_
     edge = judgement.hops[EDGE]
     assert len(edge.message) <= MESSAGE_LIMIT and "\n" not in edge.message
     assert edge.message.endswith("bring hop core back; nothing to fix at this hop")
+
+
+@pytest.mark.parametrize(
+    "edge",
+    [
+        pytest.param(lambda: blob_5xx(EDGE), id="edge-answers-500"),
+        pytest.param(
+            lambda: corrupt_at(EDGE, CUT_AT_0, "truncated: 0 of 151 bytes (connection closed)")[EDGE],
+            id="edge-streams-the-same-cut",
+        ),
+    ],
+)
+def test_data_lost_at_core_is_named_at_core_and_only_passed_on_by_the_edge(
+    edge: Callable[[], HopObservation],
+) -> None:
+    observations = corrupt_at(CORE, CUT_AT_0, "truncated: 0 of 151 bytes (connection closed)")
+    observations[EDGE] = edge()
+    judgement = judge(observations)
+    edge_verdict, core_verdict, _ = judgement.hops
+    assert (judgement.verdict, judgement.blame) == (LC, "core")
+    assert (edge_verdict.verdict, edge_verdict.inherited_from, edge_verdict.diagnosis) == (LC, "core", None)
+    assert core_verdict.diagnosis is not None
+    assert core_verdict.diagnosis.name is DiagnosisName.CACHED_DATA_LOST
+    assert "cached-data-lost" in judgement.message and judgement.message.startswith("hop core ")
