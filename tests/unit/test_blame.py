@@ -46,12 +46,13 @@ Outcome = Callable[[int], HopObservation]
 
 
 def with_blob(
-    obs: HopObservation, index: int, status: BlobStatus, detail: str, facts: BlobFacts
+    obs: HopObservation, index: int | None, status: BlobStatus, detail: str, facts: BlobFacts
 ) -> HopObservation:
-    """``obs`` with layer ``index`` of its manifest answered as ``facts`` say."""
+    """``obs`` with layer ``index`` (None: the config) of its manifest answered as ``facts`` say."""
     check = obs.manifests[0]
     blobs = list(check.blobs)
-    blobs[index + 1] = BlobCheck(blobs[index + 1].descriptor, index, status, detail, facts)
+    at = 0 if index is None else index + 1
+    blobs[at] = BlobCheck(blobs[at].descriptor, index, status, detail, facts)
     return dataclasses.replace(obs, manifests=(ManifestCheck(check.digest, check.manifest, tuple(blobs)),))
 
 
@@ -338,7 +339,7 @@ MANIFESTS_REPOSITORY = "p-ghcr/flux/manifests/podinfo"
 
 def all_blobs_404(position: int, repository: str) -> HopObservation:
     obs = dataclasses.replace(observe(position), repository=repository)
-    for index in range(-1, len(obs.manifests[0].manifest.layers)):
+    for index in (None, *range(len(obs.manifests[0].manifest.layers))):
         obs = with_blob(obs, index, BlobStatus.MISSING, "missing (404 BLOB_UNKNOWN)", BlobFacts(404))
     return obs
 
