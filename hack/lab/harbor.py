@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -221,6 +222,29 @@ class HarborHop:
     def admin(self) -> HarborAdmin:
         """An admin REST client of this Harbor."""
         return HarborAdmin(self.base_url, self.admin_password)
+
+    def stored_tags(self, repository: str) -> set[str]:
+        """The tags this Harbor has stored for ``repository`` (the path inside its project), as its
+        own API lists them (empty while it stores nothing for it)."""
+        encoded = urllib.parse.quote(urllib.parse.quote(repository, safe=""), safe="")  # Harbor: %252F
+        admin = self.admin()
+        try:
+            path = f"/projects/{self.prefix}/repositories/{encoded}/artifacts"
+            artifacts = admin.get(f"{path}?with_tag=true&page_size=100")
+        except LabError:  # 404 until the repository exists here
+            return set()
+        finally:
+            admin.close()
+        return {str(tag["name"]) for artifact in artifacts for tag in artifact.get("tags") or []}
+
+    def wait_tag_stored(self, repository: str, tag: str, timeout: float = STORE_TIMEOUT) -> None:
+        """Poll until this Harbor has stored ``repository:tag`` it proxied: Harbor stores a manifest
+        only after the pull, once its blobs are stored too (about 20 s measured)."""
+        deadline = time.monotonic() + timeout
+        while tag not in self.stored_tags(repository):
+            if time.monotonic() > deadline:
+                raise LabError(f"Harbor {self.name} did not store {repository}:{tag} within {timeout:.0f}s")
+            time.sleep(0.5)
 
     def pull_token(self, path: str) -> str:
         """A pull token for repository ``path`` (project included) from this Harbor's own

@@ -134,28 +134,42 @@ def test_a_cold_chain_empty_blob_is_named_differently_from_lost_data(
     assert diagnosis["heals"] is True, run
 
 
-def test_a_manifests_path_segment_makes_every_blob_404_and_the_report_names_the_repository_as_cause(
+def _blob_statuses(hop: dict[str, Any]) -> list[str]:
+    """The status of every blob a hop's report lists (config first)."""
+    blobs = [hop["config"], *hop["layers"]] if hop["config"] is not None else hop["layers"]
+    return [str(blob["status"]) for blob in blobs]
+
+
+def test_a_manifests_path_segment_makes_blobs_404_and_the_report_names_the_repository_as_cause(
     harbor_chain: HarborChain, fresh_repo: str, tmp_path: Path
 ) -> None:
-    """Harbor's route for manifests also matches a blob URL under ``…/manifests/…`` (measured: 11 of
-    11 two-hop chains fail, but not every core start does). So: each Harbor hop whose blobs are 404
-    must carry the diagnosis, and at least one hop must have shown the fault."""
+    """Under a ``…/manifests/…`` repository Harbor routes a blob request as a manifest request on
+    some requests and not on others (measured: each blob GET is 404 about 2 times in 3 at core and
+    more often at the edge, whatever the same blob got before). So: whenever a Harbor hop's report
+    has a blob missing, that hop is LayerMissing with the diagnosis; a hop that got every blob is
+    Healthy; and within a few fresh repositories the fault must show at least once."""
     owner, name = fresh_repo.split("/")
-    pushed = push_flux_artifact(harbor_chain.push_address, f"{owner}/manifests/{name}", "v1")
-    run = _check(harbor_chain, pushed, tmp_path)
-    verdicts = hop_verdicts(run.report)
-    assert verdicts["origin"] == "Healthy", run
-    failing = [hop for hop in ("edge", "core") if verdicts[hop] != "Healthy"]
-    assert failing, f"Harbor served blobs under a manifests segment this time: {run!r}"
-    for hop in failing:
-        with _client(harbor_chain, hop, pushed.repository) as client:
-            served = client.get(f"manifests/{pushed.tag}", headers={"Accept": MANIFEST_ACCEPT})
-            blob = client.get(f"blobs/{pushed.content_layer.digest}")
-        assert (served.status_code, blob.status_code) == (200, 404), hop
-        assert verdicts[hop] == "LayerMissing", run
-        assert _diagnosis(run, hop) == "manifests-path-segment", run
-        assert _hops(run)[hop]["diagnosis"]["heals"] is False, run
-    assert "edge" in failing, run
+    seen = 0
+    for attempt in range(3):
+        repository = f"{owner}/manifests/{name}-{attempt}"
+        pushed = push_flux_artifact(harbor_chain.push_address, repository, "v1")
+        run = _check(harbor_chain, pushed, tmp_path)
+        hops = _hops(run)
+        assert hops["origin"]["verdict"] == "Healthy", run
+        for hop in ("edge", "core"):
+            statuses = _blob_statuses(hops[hop])
+            assert hops[hop]["manifestDigest"] == pushed.manifest_digest, run
+            if "missing" not in statuses:
+                assert hops[hop]["verdict"] == "Healthy", run
+                continue
+            seen += 1
+            assert set(statuses) <= {"ok", "missing"}, run
+            assert hops[hop]["verdict"] == "LayerMissing", run
+            assert _diagnosis(run, hop) == "manifests-path-segment", run
+            assert hops[hop]["diagnosis"]["heals"] is False, run
+        if seen:
+            break
+    assert seen, "Harbor served every blob under a manifests segment in 3 checks"
 
 
 def test_core_down_an_artifact_the_edge_never_cached_is_inherited_at_the_edge_and_blamed_on_core(
@@ -196,22 +210,33 @@ def test_core_serving_lost_data_to_a_cold_edge_is_a_500_at_the_edge_inherited_fr
 
 
 def test_the_origin_down_reports_what_each_hop_serves_and_blames_the_origin(
-    harbor_chain: HarborChain, pushed: PushedArtifact, tmp_path: Path
+    harbor_chain: HarborChain, pushed: PushedArtifact, fresh_repo: str, tmp_path: Path
 ) -> None:
+    cached = push_flux_artifact(harbor_chain.push_address, f"{fresh_repo}-cached", "v1")
+    _pull(harbor_chain, "edge", cached)  # through both Harbors; wait until both stored it
+    harbor_chain.harbor("core").wait_tag_stored(cached.repository, "v1")
+    harbor_chain.harbor("edge").wait_tag_stored(harbor_chain.repository_at("core", cached.repository), "v1")
     with harbor_chain.down("origin"):
         answers = {}
         for hop in ("edge", "core"):
             with _client(harbor_chain, hop, pushed.repository) as client:
                 answers[hop] = client.get(f"manifests/{pushed.tag}", headers={"Accept": MANIFEST_ACCEPT})
         run = _check(harbor_chain, pushed, tmp_path, "--timeout", "10")
+        warm = _check(harbor_chain, cached, tmp_path, "--timeout", "10")
     assert {hop: answer.status_code for hop, answer in answers.items()} == {"edge": 404, "core": 404}, {
         hop: answer.text for hop, answer in answers.items()
     }
+    # what the Harbors cached they serve: that is what a client there gets
+    assert hop_verdicts(warm.report) == {"edge": "Healthy", "core": "Healthy", "origin": "Unreachable"}, warm
+    assert warm.report["blame"] == "origin", warm
+    # what they did not cache: no hop is Healthy for it, and the origin is to blame
     verdicts = hop_verdicts(run.report)
     assert verdicts == {"edge": "ManifestMissing", "core": "ManifestMissing", "origin": "Unreachable"}, run
     assert run.report["blame"] == "origin", run
-    assert _hops(run)["core"]["inheritedFrom"] == "origin", run
-    assert _diagnosis(run, "core") == "upstream-down", run
+    hops = _hops(run)
+    assert hops["core"]["inheritedFrom"] == "origin", run
+    assert hops["edge"]["inheritedFrom"] in ("core", "origin"), run
+    assert _diagnosis(run, "core") == _diagnosis(run, "edge") == "upstream-down", run
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -291,17 +316,7 @@ def test_a_harbor_tag_list_merges_upstream_and_cached_tags_and_shows_only_cached
 ) -> None:
     old = push_flux_artifact(harbor_chain.push_address, fresh_repo, "v1")
     _pull(harbor_chain, "core", old)
-    core = harbor_chain.harbor("core")
-    project, _, repository = harbor_chain.repository_at("core", fresh_repo).partition("/")
-    admin = core.admin()
-    try:  # Harbor stores a proxied manifest some seconds after the pull: poll its own API for the tag
-        artifacts = f"/projects/{project}/repositories/{repository.replace('/', '%252F')}/artifacts"
-        deadline = time.monotonic() + 90.0
-        while not any(t["name"] == "v1" for a in _artifacts(admin, artifacts) for t in a.get("tags") or []):
-            assert time.monotonic() < deadline, "core did not store the pulled tag"
-            time.sleep(1.0)
-    finally:
-        admin.close()
+    harbor_chain.harbor("core").wait_tag_stored(fresh_repo, "v1")
     origin = f"http://{harbor_chain.push_address}/v2/{fresh_repo}"
     httpx.delete(f"{origin}/manifests/{old.manifest_digest}", timeout=30.0).raise_for_status()
     push_flux_artifact(harbor_chain.push_address, fresh_repo, "v2")
@@ -310,14 +325,6 @@ def test_a_harbor_tag_list_merges_upstream_and_cached_tags_and_shows_only_cached
         assert _tags(client) == (200, ["v1", "v2"]), "the upstream's v2 and the cached v1"
         with harbor_chain.down("origin"):
             assert _tags(client) == (200, ["v1"]), "only what core cached, answered 200"
-
-
-def _artifacts(admin: Any, path: str) -> list[dict[str, Any]]:
-    try:
-        found: list[dict[str, Any]] = admin.get(path)
-    except LabError:  # 404 until the repository exists at core
-        return []
-    return found
 
 
 def test_harbor_lists_a_dead_upstream_as_healthy_while_its_ping_says_unhealthy(
