@@ -25,7 +25,7 @@ from tests.registry.helpers import CliRun, chain_file, hop_verdicts, run_cli
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.harbor import HarborChain, HarborHop
 from lab.process import LabError
-from lab.signing import Signer, cosign_path
+from lab.signing import Signer, cosign_path, notation_path
 
 pytestmark = [pytest.mark.registry, pytest.mark.harbor]
 
@@ -244,20 +244,26 @@ def test_the_origin_down_reports_what_each_hop_serves_and_blames_the_origin(
 
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    """Keys for the module; a missing cosign fails the test (never skips it)."""
+    """Keys for the module; a missing cosign or notation fails the test (never skips it)."""
     try:
-        cosign_path()
+        cosign_path(), notation_path()
     except LabError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield Signer(tmp_path_factory.mktemp("keys"))
 
 
-def test_a_cold_harbor_hides_a_cosign_bundle_from_the_referrers_api_until_it_was_pulled_by_digest(
-    harbor_chain: HarborChain, pushed: PushedArtifact, signer: Signer, tmp_path: Path
+@pytest.mark.parametrize("provider", ["cosign", "notation"])
+def test_a_cold_harbor_hides_a_signature_from_the_referrers_api_until_it_was_pulled_by_digest(
+    harbor_chain: HarborChain, pushed: PushedArtifact, signer: Signer, tmp_path: Path, provider: str
 ) -> None:
+    """A cosign v3 bundle or a notation signature: both are found only through the referrers API."""
     subject = pushed.manifest_digest
-    signer.cosign_sign(f"{harbor_chain.push_address}/{pushed.repository}@{subject}", bundle=True)
-    cold = _check(harbor_chain, pushed, tmp_path, "--verify", "cosign")
+    signed = f"{harbor_chain.push_address}/{pushed.repository}@{subject}"
+    if provider == "notation":
+        signer.notation_sign(signed)
+    else:
+        signer.cosign_sign(signed, bundle=True)
+    cold = _check(harbor_chain, pushed, tmp_path, "--verify", provider)
     verdicts = hop_verdicts(cold.report)
     assert verdicts == {"edge": "SignatureMissing", "core": "SignatureMissing", "origin": "Healthy"}, cold
     assert cold.report["blame"] == "core", cold
@@ -275,7 +281,7 @@ def test_a_cold_harbor_hides_a_cosign_bundle_from_the_referrers_api_until_it_was
     while bundle not in _referrers(edge, path, subject):
         assert time.monotonic() < deadline, f"the bundle did not appear in {REFERRERS_APPEAR:.0f}s"
         time.sleep(1.0)
-    warm = _check(harbor_chain, pushed, tmp_path, "--verify", "cosign")
+    warm = _check(harbor_chain, pushed, tmp_path, "--verify", provider)
     assert hop_verdicts(warm.report) == {"edge": "Healthy", "core": "Healthy", "origin": "Healthy"}, warm
 
     for hop in ("edge", "core"):
