@@ -181,6 +181,7 @@ def test_core_down_an_artifact_the_edge_never_cached_is_inherited_at_the_edge_an
         assert answer.status_code == 404, answer.text
         assert "repository" in answer.text and "not found" in answer.text, answer.text
         run = _check(harbor_chain, pushed, tmp_path, "--timeout", "10")
+    _pull(harbor_chain, "edge", pushed)  # it heals: with core back the edge serves the artifact
     verdicts = hop_verdicts(run.report)
     assert verdicts == {"edge": "ManifestMissing", "core": "Unreachable", "origin": "Healthy"}, run
     assert run.report["blame"] == "core", run
@@ -223,6 +224,7 @@ def test_the_origin_down_reports_what_each_hop_serves_and_blames_the_origin(
                 answers[hop] = client.get(f"manifests/{pushed.tag}", headers={"Accept": MANIFEST_ACCEPT})
         run = _check(harbor_chain, pushed, tmp_path, "--timeout", "10")
         warm = _check(harbor_chain, cached, tmp_path, "--timeout", "10")
+    _pull(harbor_chain, "edge", pushed)  # it heals: with the origin back every hop serves it
     assert {hop: answer.status_code for hop, answer in answers.items()} == {"edge": 404, "core": 404}, {
         hop: answer.text for hop, answer in answers.items()
     }
