@@ -12,6 +12,12 @@ Everything after start-up is done through Harbor's REST API as an operator would
 a registry endpoint for the upstream, a private proxy-cache project on it, a pull-only robot account
 for that project. The edge's endpoint is the core Harbor, authenticated with core's robot account,
 so ``org/app`` at the origin is ``p-ghcr/org/app`` at core and ``p-core/p-ghcr/org/app`` at edge.
+
+Faults the tests make Harbor produce itself: `HarborProcesses.lose_blob` deletes a stored blob's
+bytes while the Redis descriptor cache keeps listing it; `HarborChain.down` stops a Harbor's core
+(or the origin) for a ``with`` block and starts it again, same port and state;
+`HarborHop.wait_tag_stored` and `HarborProcesses.wait_blob_stored` wait for what Harbor stores only
+after a pull.
 """
 
 from __future__ import annotations
