@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,7 @@ from tests.registry.helpers import CliRun, chain_file, hop_verdicts, run_cli
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.harbor import HarborChain, HarborHop
-from lab.process import LabError
-from lab.signing import Signer, cosign_path, notation_path
+from lab.signing import Signer
 
 pytestmark = [pytest.mark.registry, pytest.mark.harbor]
 
@@ -242,16 +240,6 @@ def test_the_origin_down_reports_what_each_hop_serves_and_blames_the_origin(
 
 
 # -- signatures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    """Keys for the module; a missing cosign or notation fails the test (never skips it)."""
-    try:
-        cosign_path(), notation_path()
-    except LabError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield Signer(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.mark.parametrize("provider", ["cosign", "notation"])
