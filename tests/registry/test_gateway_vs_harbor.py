@@ -20,15 +20,15 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.registry.helpers import lose_blob_data
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
-from lab.harbor import HarborChain, HarborHop
+from lab.harbor import HarborChain
 
 pytestmark = [pytest.mark.registry, pytest.mark.harbor]
 
@@ -271,16 +271,6 @@ def test_the_empty_body_fault_answers_as_an_edge_harbor_in_front_of_a_cold_harbo
         return fetch(edge.url(path, "blobs", layer.digest), edge.bearer(path))
 
     assert same(edges, ask) == Fetched(200, "0", 0, True), "200, Content-Length 0, no bytes, no error"
-
-
-def lose_blob_data(hop: HarborHop, digest: str) -> Path:
-    """Delete a blob's bytes from a Harbor's registry storage; its Redis descriptor cache keeps it."""
-    registry = hop.processes.registry
-    assert registry is not None
-    hexdigest = digest.removeprefix("sha256:")
-    data = registry.data_dir / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
-    data.unlink()
-    return data
 
 
 def test_cut_to_nothing_answers_as_a_harbor_whose_storage_lost_a_cached_blob(edges: list[Edge]) -> None:
