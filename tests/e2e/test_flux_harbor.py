@@ -9,6 +9,7 @@ One Harbor chain for this module (a chain is ~11 processes on a shared 2-core bo
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -19,7 +20,13 @@ import httpx
 import pytest
 from kubernetes import client
 from tests.e2e.conftest import CHAIN_INTERVAL
-from tests.e2e.flux_harness import both_healthy, create_ocirepository, holds, wait_conditions
+from tests.e2e.flux_harness import (
+    both_healthy,
+    create_ocirepository,
+    holds,
+    wait_conditions,
+    wait_proxy_unhealthy,
+)
 from tests.e2e.source_controller import EDGE_PULL_SECRET, SourceController, poll
 from tests.k8s.operator_harness import CONDITION, LW, Operator, metric_value
 from tests.registry.helpers import lose_blob_data
@@ -118,72 +125,72 @@ def _cached_at_edge(harbor: HarborChain, pushed: PushedArtifact) -> None:
     poll("the edge Harbor to store the layer", stored, CACHE_WAIT)
 
 
-def test_flux_pulls_through_two_real_harbors_and_layerwatch_reports_every_hop_healthy(
+@dataclasses.dataclass(frozen=True)
+class HarborApp:
+    """A fresh artifact behind OCIRepository ``app`` at the Harbor edge, Ready and ProxyHealthy."""
+
+    pushed: PushedArtifact
+    url: str
+    namespace: str
+    body: dict[str, Any]
+    conditions: dict[str, dict[str, Any]]
+    controllers: tuple[SourceController, Operator]
+
+
+@pytest.fixture
+def harbor_app(
     harbor: HarborChain,
     source_controller: SourceController,
     layerwatch: Operator,
     custom: client.CustomObjectsApi,
     harbor_namespace: str,
-) -> None:
+) -> HarborApp:
     controllers = (source_controller, layerwatch)
     pushed, url = _pushed(harbor)
     create_ocirepository(custom, harbor_namespace, "app", url, "v1")
-
     body, conditions = wait_conditions(
         custom, harbor_namespace, "app", "both healthy", both_healthy, controllers
     )
+    return HarborApp(pushed, url, harbor_namespace, body, conditions, controllers)
 
-    assert body["status"]["artifact"]["revision"].endswith(pushed.manifest_digest), body["status"]
-    assert conditions[CONDITION]["reason"] == "Healthy", conditions
-    hops = poll(
-        "every hop's series healthy",
-        lambda: (
-            hops
-            if set((hops := _hop_health(layerwatch, harbor_namespace, "app")).values()) == {1.0}
-            else None
-        ),
-        60,
-    )
-    assert hops == {"edge": 1.0, "core": 1.0, "origin": 1.0}
+
+def test_flux_pulls_through_two_real_harbors_and_layerwatch_reports_every_hop_healthy(
+    harbor_app: HarborApp, layerwatch: Operator
+) -> None:
+    status = harbor_app.body["status"]
+    assert status["artifact"]["revision"].endswith(harbor_app.pushed.manifest_digest), status
+    assert harbor_app.conditions[CONDITION]["reason"] == "Healthy", harbor_app.conditions
+
+    def all_healthy() -> dict[str, float | None] | None:
+        hops = _hop_health(layerwatch, harbor_app.namespace, "app")
+        return hops if set(hops.values()) == {1.0} else None
+
+    assert poll("every hop's series healthy", all_healthy, 60) == {"edge": 1.0, "core": 1.0, "origin": 1.0}
 
 
 def test_a_layer_whose_data_the_edge_harbor_lost_fails_flux_and_is_layer_corrupt_at_the_edge(
-    harbor: HarborChain,
-    source_controller: SourceController,
-    layerwatch: Operator,
-    custom: client.CustomObjectsApi,
-    harbor_namespace: str,
+    harbor: HarborChain, harbor_app: HarborApp, layerwatch: Operator, custom: client.CustomObjectsApi
 ) -> None:
     """Data gone from the edge's storage while its Redis descriptor cache lists the blob: Harbor
     answers 200, the full length, no bytes, on every pull. A new OCIRepository for the artifact
     cannot be fetched; layerwatch blames the edge (core and origin stay healthy)."""
-    controllers = (source_controller, layerwatch)
-    pushed, url = _pushed(harbor)
-    create_ocirepository(custom, harbor_namespace, "app", url, "v1")
-    wait_conditions(custom, harbor_namespace, "app", "both healthy", both_healthy, controllers)
+    pushed, namespace, controllers = harbor_app.pushed, harbor_app.namespace, harbor_app.controllers
     _cached_at_edge(harbor, pushed)
 
     lose_blob_data(harbor.harbor("edge"), pushed.content_layer.digest)
 
-    _, conditions = wait_conditions(
-        custom,
-        harbor_namespace,
-        "app",
-        "ProxyHealthy=False",
-        lambda c: holds(c, CONDITION, "False"),
-        controllers,
-    )
+    _, conditions = wait_proxy_unhealthy(custom, namespace, "app", controllers)
     proxy = conditions[CONDITION]
     assert proxy["reason"] == "LayerCorrupt", proxy
     assert proxy["message"].startswith(f"hop edge ({harbor.hop('edge').address}/"), proxy
     assert "0 of" in proxy["message"], proxy
-    hops = _hop_health(layerwatch, harbor_namespace, "app")
+    hops = _hop_health(layerwatch, namespace, "app")
     assert hops["core"] == hops["origin"] == 1.0, hops
 
-    create_ocirepository(custom, harbor_namespace, "again", url, "v1")
+    create_ocirepository(custom, namespace, "again", harbor_app.url, "v1")
     _, again = wait_conditions(
         custom,
-        harbor_namespace,
+        namespace,
         "again",
         "Flux fails to pull",
         lambda c: holds(c, "Ready", "False") and holds(c, CONDITION, "False"),
