@@ -40,6 +40,7 @@ from .fake_registry import FAST, PushRegistry, digest, running_all
 
 REPOSITORY = "layerwatch/canary"
 PUSHER = ("canary-bot", "s3cret-push")
+PUSH_CREDENTIALS = Credentials(*PUSHER)
 BASIC = "Basic " + base64.b64encode(":".join(PUSHER).encode()).decode()
 
 
@@ -50,7 +51,7 @@ class Lab:
     origin: PushRegistry
     log: list[tuple[str, str, str, str]]
 
-    def chain(self, *, keep: int = 3, credentials: Credentials | None = Credentials(*PUSHER)) -> Chain:
+    def chain(self, *, keep: int = 3, credentials: Credentials | None = PUSH_CREDENTIALS) -> Chain:
         hops = (
             Hop.from_url("edge", f"{self.edge.url}/p-core"),
             Hop.from_url("core", f"{self.core.url}/p-ghcr"),
@@ -290,11 +291,16 @@ async def test_metrics_and_status_page_show_the_cold_path_per_chain() -> None:
     blamed = {"chain": "corp", "hop": "edge", "verdict": "LayerCorrupt"}
     assert scraped(metrics, "layerwatch_canary_blame", blamed) == 1.0
     assert scraped(metrics, "layerwatch_canary_verdict", blamed) == 1.0
-    assert scraped(metrics, "layerwatch_canary_verdict", {"chain": "corp", "hop": "core", "verdict": "Healthy"})
-    assert scraped(metrics, "layerwatch_canary_last_run_timestamp_seconds", {"chain": "corp"}) == result.finished
+    core = {"chain": "corp", "hop": "core", "verdict": "Healthy"}
+    assert scraped(metrics, "layerwatch_canary_verdict", core) == 1.0
+    assert (
+        scraped(metrics, "layerwatch_canary_last_run_timestamp_seconds", {"chain": "corp"}) == result.finished
+    )
     document = status_document(store, {"corp": chain}, {})
     canary = document["chains"][0]["canary"]
-    assert canary["health"] == "unhealthy" and canary["reason"] == "LayerCorrupt" and canary["blame"] == "edge"
+    assert (
+        canary["health"] == "unhealthy" and canary["reason"] == "LayerCorrupt" and canary["blame"] == "edge"
+    )
     assert canary["tag"] == result.tag
     page = status_page(json.loads(json.dumps(document)))
     assert "cold path (canary): <b>LayerCorrupt</b>" in page
