@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.registry.helpers import chain_file, empty_docker_config, engine_check
+from tests.registry.helpers import chain_file, empty_docker_config, engine_check, run_cli
 from tests.serve_harness import serving
 
 from lab.artifacts import push_flux_artifact
@@ -104,6 +104,27 @@ def test_a_canary_origin_that_refuses_pushes_is_unknown_not_broken(
     condition = result.condition(1)
     assert condition["status"] == "Unknown" and condition["reason"] == PUSH_FAILED
     assert "HTTP 403 (DENIED: can not push artifact to a proxy project)" in str(condition["message"])
+
+
+def test_layerwatch_canary_runs_the_chain_files_canary_once_and_exits_by_its_verdict(
+    local_chain: LocalChain, tmp_path: Path
+) -> None:
+    origin = local_chain.hop("origin").registry.url
+    path = chain_file(local_chain, tmp_path, urls={"origin": origin})
+    plain = run_cli("canary", "--chain", str(path))
+    assert plain.status == 2 and "has no spec.canary" in plain.stderr, plain
+    repository = f"canary/{uuid.uuid4().hex[:8]}"
+    with_canary(path, repository)
+    run = run_cli("canary", "--chain", str(path), "-o", "json")
+    assert run.status == 0, run
+    assert run.report["condition"]["status"] == "True"
+    assert [hop["verdict"] for hop in run.report["report"]["hops"]] == ["Healthy"] * 3
+    assert origin_tags(origin, repository) == [run.report["tag"]]
+    refused = with_canary(chain_file(local_chain, tmp_path), repository)  # the origin's gateway
+    assert refused.canary is not None
+    text = run_cli("canary", "--chain", str(tmp_path / "chain.yaml"))
+    assert text.status == 3, text
+    assert text.stdout.startswith("cold path of chain lab: CanaryPushFailed: canary push to the origin"), text
 
 
 def _wait_for(what: str, poll: Callable[[], Any], timeout: float, log: Path) -> Any:
