@@ -401,3 +401,12 @@ async def test_the_proxychain_gets_a_cold_path_condition_from_the_last_canary() 
     later = _settle(first, service.chain_status("corp"), time.time())
     assert later["conditions"][1] == condition
     assert again.message != broken.message
+
+
+async def test_with_shards_only_shard_zero_runs_the_canary_and_reads_its_secret() -> None:
+    api = SecretsOnly()
+    other = OperatorService(cast(KubeApi, api), OperatorOptions(shard_index=1, shard_count=3))
+    assert (await other.plan_chain("corp", CANARY_BODY)).canary is None
+    assert api.asked == []
+    first = OperatorService(cast(KubeApi, api), OperatorOptions(shard_index=0, shard_count=3))
+    assert (await first.plan_chain("corp", CANARY_BODY)).canary is not None

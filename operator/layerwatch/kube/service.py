@@ -338,6 +338,8 @@ class OperatorService:
                 )
             hop_options |= await self._hop_network(raw)
             options[raw.get("name", "")] = hop_options
+        if self.options.shard_index:  # one canary per chain: shard 0 runs it, the others never push
+            return dataclasses.replace(chain_from_spec(name, spec, hop_options=options), canary=None)
         return chain_from_spec(
             name, spec, hop_options=options, canary_credentials=await self._canary_credentials(spec)
         )
