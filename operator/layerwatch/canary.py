@@ -163,9 +163,12 @@ class CanaryResult:
 async def _cleanup(
     client: RegistryClient, repository: str, keep: int, deadline: float
 ) -> tuple[str | None, int]:
-    """Delete canary tags but the newest ``keep - 1`` (this run adds one): (warning, tags left)."""
+    """Delete canary tags but the newest ``keep - 1`` (this run adds one): (warning, tags left).
+
+    Tags that cannot even be listed count as a full pile: what cannot be cleaned up is not pushed.
+    """
     budget = client.budget()
-    left = 0
+    left = PILE_LIMIT
     try:
         async with asyncio.timeout(deadline):
             tags = await list_tags(client, repository, budget)
@@ -181,6 +184,8 @@ async def _cleanup(
         return f"old canary tags not cleaned up at the origin: deadline of {deadline:.0f}s passed", left
     except RegistryError as exc:
         what = describe_fault(exc.fault)
+        if left >= PILE_LIMIT:
+            return f"old canary tags not cleaned up at the origin ({what})", left
         return f"old canary tags not cleaned up at the origin ({what}); {left} canary tags left", left
     return None, left
 
@@ -222,7 +227,8 @@ async def run_canary(
         async with asyncio.timeout(deadline):
             digest = await _push(push_client, canary.repository, artifact)
     except (TimeoutError, RegistryError) as exc:
-        fault = exc.fault if isinstance(exc, RegistryError) else Fault(FaultKind.DEADLINE, f"{deadline:.0f}s")
+        passed = Fault(FaultKind.DEADLINE, f"push deadline of {deadline:.0f}s passed")
+        fault = exc.fault if isinstance(exc, RegistryError) else passed
         why = describe_fault(fault)
         message = f"canary push to the origin {location} failed: {why}; cold path not checked"
         return CanaryResult(

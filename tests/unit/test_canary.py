@@ -410,3 +410,16 @@ async def test_with_shards_only_shard_zero_runs_the_canary_and_reads_its_secret(
     assert api.asked == []
     first = OperatorService(cast(KubeApi, api), OperatorOptions(shard_index=0, shard_count=3))
     assert (await first.plan_chain("corp", CANARY_BODY)).canary is not None
+
+
+async def test_tags_that_cannot_be_listed_are_not_piled_up_further() -> None:
+    async with lab() as hops:
+
+        async def no_listing(request: web.Request) -> web.StreamResponse | None:
+            return web.Response(status=403) if "/tags/list" in request.path else None
+
+        hops.origin.hooks.append(no_listing)
+        result = await run(hops.chain())
+        assert hops.origin.tags(REPOSITORY) == []
+    assert result.health is Health.UNKNOWN and result.reason == CLEANUP_REFUSED
+    assert "HTTP 403" in result.message and "pushes no more" in result.message
