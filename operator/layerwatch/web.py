@@ -140,6 +140,12 @@ def _canary(run: CanaryResult | None) -> dict[str, Any]:
     }
 
 
+_CANARY_RUNBOOKS = {
+    "unhealthy": f"{RUNBOOKS}#layerwatchcoldpathbroken",
+    "unknown": f"{RUNBOOKS}#layerwatchcanaryunknown",
+}
+
+
 def _canary_line(canary: Mapping[str, Any] | None) -> str:
     """One line under a chain's heading: what the last fresh artifact met on its way to the edge."""
     if canary is None:
@@ -151,7 +157,7 @@ def _canary_line(canary: Mapping[str, Any] | None) -> str:
     return (
         f'<div class="canary {health}">cold path (canary): <b>{html.escape(canary["reason"])}</b>'
         f" · {html.escape(canary['message'])}{tag} · at {html.escape(canary['finishedAt'])}"
-        f"{_runbook(f'{RUNBOOKS}#layerwatchcoldpathbroken' if health != 'healthy' else None)}</div>"
+        f"{_runbook(_CANARY_RUNBOOKS.get(health))}</div>"
     )
 
 

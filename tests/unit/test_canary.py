@@ -304,6 +304,7 @@ async def test_metrics_and_status_page_show_the_cold_path_per_chain() -> None:
     assert canary["tag"] == result.tag
     page = status_page(json.loads(json.dumps(document)))
     assert "cold path (canary): <b>LayerCorrupt</b>" in page
+    assert "runbooks.md#layerwatchcoldpathbroken" in page
     # no series per OCIRepository comes from the canary
     assert "layerwatch_artifact_hop_verdict{" not in metrics.exposition().decode()
 
