@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from layerwatch import __version__
+from layerwatch.canary import CanaryResult
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import CheckResult, Health
 
@@ -178,6 +179,7 @@ class Metrics:
                 blamed,
             ),
             *counters,
+            *_canary_families(self.store.canaries()),
         ]
         lines = itertools.chain(
             *(family.lines(statuses, chain_hops) for family in _ARTIFACT_FAMILIES),
@@ -264,6 +266,53 @@ class Metrics:
             ["version"],
             {(__version__,): 1.0},
         )
+
+
+def _canary_families(canaries: Mapping[str, CanaryResult]) -> Iterator[Metric]:
+    """The cold-path canary's series: per chain, and per hop of the chain (bounded by its hops)."""
+    healthy: dict[tuple[str], float] = {}
+    verdicts: dict[tuple[str, str, str], float] = {}
+    blame: dict[tuple[str, str, str], float] = {}
+    last: dict[tuple[str], float] = {}
+    for chain, run in canaries.items():
+        last[(chain,)] = run.finished
+        if run.health is not Health.UNKNOWN:
+            healthy[(chain,)] = 1.0 if run.health is Health.HEALTHY else 0.0
+        if run.result is None:
+            verdicts[(chain, "", run.reason)] = 1.0
+            continue
+        judgement = run.result.judgement
+        verdicts |= {(chain, hop.hop, hop.verdict.value): 1.0 for hop in judgement.hops}
+        if judgement.blame is not None:
+            blame[(chain, judgement.blame, judgement.verdict.value)] = 1.0
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_cold_path_healthy",
+        "Canary: 1 when the last fresh artifact came through every hop intact, 0 when not; absent if unknown",
+        ["chain"],
+        healthy,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_verdict",
+        "Canary: 1 for each hop's verdict on the last fresh artifact (hop empty: nothing pulled, and why)",
+        ["chain", "hop", "verdict"],
+        verdicts,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_blame",
+        "Canary: 1 on the hop the last run's (not healthy) verdict is blamed on; absent elsewhere",
+        ["chain", "hop", "verdict"],
+        blame,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_last_run_timestamp_seconds",
+        "Canary: end of the chain's last canary run (Unix time)",
+        ["chain"],
+        last,
+    )
 
 
 def _family(

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from layerwatch import __version__
+from layerwatch.canary import CanaryResult
 from layerwatch.chain import Chain
 from layerwatch.metrics import Metrics
 from layerwatch.signatures import signatures_json
@@ -125,6 +126,44 @@ def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
     return data
 
 
+def _canary(run: CanaryResult | None) -> dict[str, Any]:
+    """A chain's cold-path canary as the API shows it (``health`` waiting before its first run)."""
+    if run is None:
+        empty: dict[str, Any] = dict.fromkeys(("reason", "message", "tag", "digest", "blame", "finishedAt"))
+        return empty | {"health": "waiting"}
+    blame = run.result.judgement.blame if run.result is not None else None
+    return {
+        "health": run.health.name.lower(),
+        "reason": run.reason,
+        "message": run.message,
+        "tag": run.tag,
+        "digest": run.digest,
+        "blame": blame,
+        "finishedAt": _iso(run.finished),
+    }
+
+
+_CANARY_RUNBOOKS = {
+    "unhealthy": f"{RUNBOOKS}#layerwatchcoldpathbroken",
+    "unknown": f"{RUNBOOKS}#layerwatchcanaryunknown",
+}
+
+
+def _canary_line(canary: Mapping[str, Any] | None) -> str:
+    """One line under a chain's heading: what the last fresh artifact met on its way to the edge."""
+    if canary is None:
+        return ""
+    health = canary["health"]
+    if health == "waiting":
+        return '<div class="canary waiting">cold path (canary): not run yet; it runs once per interval</div>'
+    tag = f" · {html.escape(canary['tag'])}" if canary["tag"] else ""
+    return (
+        f'<div class="canary {health}">cold path (canary): <b>{html.escape(canary["reason"])}</b>'
+        f" · {html.escape(canary['message'])}{tag} · at {html.escape(canary['finishedAt'])}"
+        f"{_runbook(_CANARY_RUNBOOKS.get(health))}</div>"
+    )
+
+
 def status_document(
     store: ResultStore,
     chains: Mapping[str, Chain],
@@ -135,6 +174,7 @@ def status_document(
 
     Artifacts are grouped by chain, broken ones first (then unknown, waiting, healthy).
     """
+    canaries = store.canaries()
     artifacts = sorted(
         (_artifact(s, chains.get(s.chain)) for s in store.snapshot()),
         key=lambda a: (a["chain"], _ORDER[a["health"]], a["namespace"], a["name"]),
@@ -154,6 +194,7 @@ def status_document(
                 "hops": [
                     {"name": h.name, "url": h.url, "up": hop_up.get((name, h.name))} for h in chain.hops
                 ],
+                "canary": _canary(canaries.get(name)) if chain.canary is not None else None,
             }
             for name, chain in sorted(chains.items())
         ],
@@ -204,6 +245,10 @@ td.unknown .badge{background:#9a6700}
 .pill.good{background:#dafbe1;color:#116329}
 .notready{background:#fff8c5;border:1px solid #bf8700;padding:.5rem .75rem;margin:.5rem 0}
 .legend{color:#57606a;font-size:12px;margin-top:.5rem}
+.canary{padding:.35rem .75rem;margin:.25rem 0 .5rem;border-left:5px solid #d0d7de;background:#fff}
+.canary.healthy{border-left-color:#2da44e}
+.canary.unhealthy{border-left-color:#cf222e;background:#ffebe9}
+.canary.unknown{border-left-color:#bf8700;background:#fff8c5}
 """
 
 _REFRESH = (
@@ -337,6 +382,7 @@ def status_page(document: Mapping[str, Any]) -> str:
             f"<small>{len(hops)} hops, edge first · checked every {chain['interval']:g}s"
             f" · mode {html.escape(chain['mode'])}</small></h2>"
         )
+        parts.append(_canary_line(chain.get("canary")))
         parts.append('<table><colgroup><col class="artifact"></colgroup><thead><tr><th>artifact</th>')
         for hop in hops:
             up = hop["up"]

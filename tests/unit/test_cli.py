@@ -218,7 +218,7 @@ def test_help_texts_are_plain_text_without_markup(cli: Cli, command: Sequence[st
 
 def test_the_top_level_help_lists_every_command(cli: Cli) -> None:
     text = cli("--help").stdout
-    for command in ("check", "inspect", "serve", "operator", "completion"):
+    for command in ("check", "inspect", "canary", "serve", "operator", "completion"):
         assert f"    {command}" in text
 
 
@@ -242,7 +242,7 @@ def _shell(name: str) -> str:
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
-        (["layerwatch", ""], {"check", "inspect", "serve", "operator", "completion"}),
+        (["layerwatch", ""], {"check", "inspect", "canary", "serve", "operator", "completion"}),
         (["layerwatch", "check", "--mo"], {"--mode"}),
         (["layerwatch", "check", "--mode", ""], {"full", "head"}),
         (["layerwatch", "check", "-o", "j"], {"json"}),
@@ -281,7 +281,7 @@ def test_bash_completes_file_names_for_chain_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("layerwatch ", {"check", "inspect", "serve", "operator", "completion"}),
+        ("layerwatch ", {"check", "inspect", "canary", "serve", "operator", "completion"}),
         ("layerwatch check --mode ", {"full", "head"}),
         ("layerwatch check --verb", {"--verbose"}),
         ("layerwatch completion ", {"bash", "zsh", "fish"}),
@@ -327,7 +327,7 @@ listing has been drawn. No sleeps to tune on a loaded machine."""
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("layerwatch ", ["check", "inspect", "serve", "operator", "completion"]),
+        ("layerwatch ", ["check", "inspect", "canary", "serve", "operator", "completion"]),
         ("layerwatch check --mode ", ["full", "head"]),
         ("layerwatch completion ", ["bash", "zsh", "fish"]),
     ],

@@ -49,6 +49,7 @@ __all__ = [
     "FetchedManifest",
     "RegistryClient",
     "RequestHook",
+    "Upload",
     "endpoint_of",
     "retry_after",
 ]
@@ -79,6 +80,14 @@ _LENGTH = re.compile(r"[0-9]{1,19}")
 _DELTA_SECONDS = re.compile(r"[0-9]{1,9}")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
 _HEADERS = {"Accept": ACCEPT, "User-Agent": "layerwatch", "Accept-Encoding": "identity"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """A body a request sends (a blob or a manifest pushed), with its media type."""
+
+    body: bytes = dataclasses.field(repr=False)
+    media_type: str = "application/octet-stream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +369,49 @@ class RegistryClient:
         except RegistryError as exc:
             return BlobFacts(status=exc.status, fault=exc.fault)
 
+    # -- what a push asks (``registry.push``) ---------------------------------------------------
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        budget: RetryBudget,
+        *,
+        upload: Upload | None = None,
+        actions: str,
+        cap: int = _MAX_ERROR_BYTES,
+    ) -> bytes:
+        """One request within the endpoint's limit, retried like any other; the 2xx answer's small body.
+
+        For ``registry.push``: the token asked for has ``actions`` scope (``pull,push``, ``delete``).
+        """
+        async with self.state.limit:
+            response = await self._request(method, url, repository, budget, upload=upload, actions=actions)
+            try:
+                return await self._read(response, cap)
+            finally:
+                await response.aclose()
+
+    async def send_for_location(
+        self, method: str, url: str, repository: str, budget: RetryBudget, *, actions: str
+    ) -> str:
+        """A request whose 2xx answer names where to go next (a blob upload session): that URL,
+        refused unless it is on this registry (the credentials must not follow it elsewhere)."""
+        async with self.state.limit:
+            response = await self._request(method, url, repository, budget, actions=actions)
+            await response.aclose()
+        location = response.headers.get("location", "")
+        target = _redirect_target(url, location) if location else ""
+        if not target or not _same_origin(target, self.base_url):
+            raise RegistryError(
+                Fault(FaultKind.BAD_REDIRECT, "upload location missing or elsewhere", response.status_code)
+            )
+        return target
+
+    def url(self, repository: str, kind: str, ref: str) -> str:
+        return self._url(repository, kind, ref)
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def _url(self, repository: str, kind: str, ref: str) -> str:
@@ -440,9 +492,19 @@ class RegistryClient:
             # one retry: a cut can be the network; twice is the hop
         return facts
 
-    async def _request(self, method: str, url: str, repository: str, budget: RetryBudget) -> httpx.Response:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        budget: RetryBudget,
+        *,
+        upload: Upload | None = None,
+        actions: str = "pull",
+    ) -> httpx.Response:
         """One logical request: retries for network errors, 5xx and 429 within the budget.
 
+        ``upload`` is a body to send (``registry.push``); ``actions`` the token scope asked for.
         Returns a 2xx response with an unread body (the caller closes it); raises otherwise.
         """
         attempt = 0
@@ -460,7 +522,7 @@ class RegistryClient:
                     )
                 await asyncio.sleep(held)
             try:
-                response = await self._exchange(method, url, repository)
+                response = await self._exchange(method, url, repository, upload=upload, actions=actions)
             except RegistryError as exc:
                 delay = self._backoff(budget, attempt) if exc.fault.kind in _RETRY_FAULTS else None
                 if delay is not None:
@@ -521,18 +583,29 @@ class RegistryClient:
             await response.aclose()
 
     async def _exchange(
-        self, method: str, url: str, repository: str | None, *, answer_challenge: bool = True
+        self,
+        method: str,
+        url: str,
+        repository: str | None,
+        *,
+        answer_challenge: bool = True,
+        upload: Upload | None = None,
+        actions: str = "pull",
     ) -> httpx.Response:
         """Send, answering one auth challenge and following redirects (Authorization stays home)."""
         headers = dict(_HEADERS)
+        content = None
+        if upload is not None:
+            content = upload.body
+            headers["Content-Type"] = upload.media_type
         seen = self._source.generation
-        authorization = await self._authorization(repository) if repository else None
+        authorization = await self._authorization(repository, actions=actions) if repository else None
         if authorization:
             headers["Authorization"] = authorization
         challenged = not answer_challenge  # a ping only asks whether the registry answers
         renewed = False
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send(method, url, headers)
+            response = await self._send(method, url, headers, content=content)
             if response.status_code in _REDIRECTS and "location" in response.headers:
                 await response.aclose()
                 target = _redirect_target(url, response.headers["location"])
@@ -549,7 +622,7 @@ class RegistryClient:
                 challenged = True
                 await response.aclose()
                 self._learn(response.headers["www-authenticate"])
-                authorization = await self._authorization(repository, fresh=True)
+                authorization = await self._authorization(repository, fresh=True, actions=actions)
                 if authorization:
                     headers["Authorization"] = authorization
                     continue
@@ -563,7 +636,7 @@ class RegistryClient:
             if _refused(response) and "Authorization" in headers and not renewed:
                 renewed = True  # once: expired helper or cloud credentials are asked for anew
                 if await self._renewed(response, seen):
-                    authorization = await self._authorization(repository, fresh=True)
+                    authorization = await self._authorization(repository, fresh=True, actions=actions)
                     headers["Authorization"] = authorization or headers["Authorization"]
                     continue
             return response
@@ -641,7 +714,9 @@ class RegistryClient:
                 Fault(FaultKind.AUTH_UNANSWERABLE, f"cannot answer the registry's challenge: {exc}", 401)
             ) from None
 
-    async def _authorization(self, repository: str | None, *, fresh: bool = False) -> str | None:
+    async def _authorization(
+        self, repository: str | None, *, fresh: bool = False, actions: str = "pull"
+    ) -> str | None:
         """The Authorization header for a repository, from what the hop's last challenge asked."""
         challenge = self._challenge
         if challenge is None:
@@ -649,7 +724,7 @@ class RegistryClient:
         if challenge.scheme == "basic":
             credentials = await self._source.get()
             return auth.basic_header(credentials) if credentials else None
-        scope = f"repository:{repository}:pull" if repository else challenge.scope
+        scope = f"repository:{repository}:{actions}" if repository else challenge.scope
         key = (challenge.realm, challenge.service, scope)
         if fresh:
             self._tokens.forget(key)
