@@ -27,7 +27,7 @@ from layerwatch.report import passed_on, to_json, to_text
 from layerwatch.settings import EngineSettings
 from layerwatch.verdict import CheckResult
 
-from .fake_registry import REPOSITORY, TAG, FakeRegistry, digest, running
+from .fake_registry import REPOSITORY, TAG, FakeRegistry, check, digest, running
 
 HOPS = ("edge", "core", "origin")
 SETTINGS = EngineSettings(timeout=5.0, retries=1, retry_budget=2.0, backoff=0.01, check_deadline=20.0)
@@ -216,3 +216,21 @@ async def test_the_report_counts_per_hop_what_it_passed_on_and_never_at_the_orig
     text = to_text(result)
     assert "edge passed 1 manifest and 2 blobs on from its upstream (not cached at edge)" in text
     assert "core passed" not in text and "origin passed" not in text
+
+
+async def test_a_blobs_facts_keep_the_length_etag_and_digest_header_its_get_was_answered_with() -> None:
+    registry = FakeRegistry()
+
+    async def empty(request: web.Request) -> web.StreamResponse | None:
+        if request.path.endswith(registry.layer_digest):
+            return web.Response(body=b"", headers={"ETag": registry.layer_digest})
+        return None
+
+    registry.hooks.append(empty)
+    async with running(registry):
+        result = await check(registry.url)
+    config, layer = result.observations[0].manifests[0].blobs
+    assert (layer.facts.received, layer.facts.declared) == (0, 0)
+    assert layer.facts.answer == Answer(0, registry.layer_digest, None)
+    assert config.facts.answer == Answer(2, f'"{digest(registry.config)}"', digest(registry.config))
+    assert result.observations[0].manifest_answers[0].declared == len(registry.manifest)
