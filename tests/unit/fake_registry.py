@@ -109,7 +109,11 @@ class FakeRegistry:
             if ref not in self.manifests:
                 return oci_error(404, "MANIFEST_UNKNOWN", "manifest unknown")
             body, media_type = self.manifests[ref]
-            headers = {"Docker-Content-Digest": digest(body), "Content-Type": media_type}
+            headers = {
+                "Docker-Content-Digest": digest(body),
+                "ETag": f'"{digest(body)}"',
+                "Content-Type": media_type,
+            }
             return web.Response(body=b"" if request.method == "HEAD" else body, headers=headers)
         if path.startswith(prefix + "blobs/"):
             ref = path.removeprefix(prefix + "blobs/")
@@ -118,7 +122,8 @@ class FakeRegistry:
             body = self.blobs[ref]
             if request.method == "HEAD":
                 return web.Response(headers={"Content-Length": str(len(body))})
-            return web.Response(body=body, content_type="application/octet-stream")
+            headers = {"Docker-Content-Digest": ref, "ETag": f'"{ref}"'}  # as the registry sends them
+            return web.Response(body=body, content_type="application/octet-stream", headers=headers)
         return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
 
 

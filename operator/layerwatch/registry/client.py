@@ -30,7 +30,7 @@ import httpx
 from layerwatch.chain import Credentials, Hop
 from layerwatch.documents import json_object
 from layerwatch.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor
-from layerwatch.observation import BlobFacts, Fault, FaultKind
+from layerwatch.observation import Answer, BlobFacts, Fault, FaultKind
 from layerwatch.reference import is_digest
 from layerwatch.registry import auth, credhelpers, providers, proxies
 from layerwatch.registry.errors import RegistryError, RegistryNotFound
@@ -105,6 +105,8 @@ class FetchedManifest:
     """The connection closed before the body ended (twice): ``body`` is what arrived."""
     declared: int | None = None
     """The Content-Length the hop announced, when it did."""
+    answer: Answer | None = None
+    """The headers that say how the hop came by the bytes (a 2xx answer's)."""
 
     def digest(self, algorithm: str = "sha256") -> str:
         return f"{algorithm}:{hashlib.new(algorithm, self.body).hexdigest()}"
@@ -134,6 +136,16 @@ def _encoding(response: httpx.Response) -> str | None:
 def _digest_header(response: httpx.Response) -> str | None:
     value = response.headers.get("docker-content-digest", "").strip()
     return value if is_digest(value) else None
+
+
+def _sent(response: httpx.Response, name: str) -> str | None:
+    """A header as sent, made safe to keep ("" when sent empty), or None when not sent."""
+    value = response.headers.get(name)
+    return None if value is None else clean_text(value.strip(), 100)
+
+
+def _answer(response: httpx.Response) -> Answer:
+    return Answer(_length(response), _sent(response, "etag"), _sent(response, "docker-content-digest"))
 
 
 MAX_RETRY_AFTER = 900.0
@@ -333,7 +345,8 @@ class RegistryClient:
             media_type = clean_text(response.headers.get("content-type", ""), 200)
             digest_header = _digest_header(response)
             encoding = _encoding(response)
-            declared = _length(response)
+            answer = _answer(response)
+            declared = answer.declared
             if encoding is not None:
                 return FetchedManifest(b"", media_type, digest_header, encoding=encoding)
             if declared is not None and declared > MAX_MANIFEST_BYTES:
@@ -347,7 +360,9 @@ class RegistryClient:
         if fault is not None and fault.kind is not FaultKind.BODY_CUT:
             raise RegistryError(fault)
         cut = fault is not None
-        return FetchedManifest(bytes(body), media_type, digest_header, cut=cut, declared=declared)
+        return FetchedManifest(
+            bytes(body), media_type, digest_header, cut=cut, declared=declared, answer=answer
+        )
 
     async def fetch_blob(
         self, repository: str, descriptor: Descriptor, *, download: bool, budget: RetryBudget
@@ -472,19 +487,19 @@ class RegistryClient:
         facts = BlobFacts()
         for attempt in range(2):
             response = await self._request("GET", url, repository, budget)
-            status = response.status_code
+            status, answer = response.status_code, _answer(response)
             encoding = _encoding(response)
             if encoding is not None:
                 await response.aclose()
-                return BlobFacts(status=status, encoding=encoding)
+                return BlobFacts(status=status, encoding=encoding, answer=answer)
             hasher = hashlib.new(algorithm)
             try:
                 received, fault = await self._body(response, descriptor.size, hasher.update, descriptor.size)
             finally:
                 await response.aclose()
             if received > descriptor.size:
-                return BlobFacts(status=status, received=received, overflow=True)
-            facts = BlobFacts(status=status, received=received, fault=fault)
+                return BlobFacts(status=status, received=received, overflow=True, answer=answer)
+            facts = BlobFacts(status=status, received=received, fault=fault, answer=answer)
             if fault is None:
                 return dataclasses.replace(facts, actual=f"{algorithm}:{hasher.hexdigest()}")
             if fault.kind is not FaultKind.BODY_CUT or attempt:
