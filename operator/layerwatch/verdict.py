@@ -568,8 +568,9 @@ CACHED_DATA_LOST = Diagnosis(
 )
 MANIFESTS_PATH_SEGMENT = Diagnosis(
     DiagnosisName.MANIFESTS_PATH_SEGMENT,
-    "serves the manifest but answers 404 for every blob, and the repository path has a 'manifests' "
-    "segment: Harbor's proxy-cache routes the blob URL as a manifest URL",
+    "serves the manifest but answers 404 for blobs, and the repository path has a 'manifests' segment: "
+    "Harbor's proxy-cache routes a blob URL under a 'manifests' path segment as a manifest URL, so blob "
+    "requests fail (not on every request)",
     False,
     "rename the repository so that no path segment is 'manifests', or pull it from a non-proxy project",
 )
@@ -608,7 +609,8 @@ def _diagnose(obs: HopObservation, verdict: Verdict, *, passed_on: bool) -> Diag
     """A named Harbor failure at a proxy hop (one with an upstream).
 
     Damaged bytes a hop only passes on are its upstream's to name; a ``manifests`` segment breaks
-    every Harbor hop of the path on its own, so a hop passing the 404s on is named too.
+    every Harbor hop of the path on its own, so a hop passing the 404s on is named too. Harbor
+    decides that 404 per request (the same blob alternates 404 and 200), so one 404 blob is enough.
     """
     blobs = [blob for check in obs.manifests for blob in check.blobs]
     if verdict is Verdict.LAYER_CORRUPT and not passed_on:
@@ -619,8 +621,7 @@ def _diagnose(obs: HopObservation, verdict: Verdict, *, passed_on: bool) -> Diag
             return CACHED_DATA_LOST
     if (
         verdict is Verdict.LAYER_MISSING
-        and blobs
-        and all(blob.status is BlobStatus.MISSING for blob in blobs)
+        and any(blob.status is BlobStatus.MISSING for blob in blobs)
         and "manifests" in obs.repository.split("/")
     ):
         return MANIFESTS_PATH_SEGMENT

@@ -16,7 +16,6 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from kubernetes import client
 from tests.e2e.conftest import CHAIN_INTERVAL
@@ -29,7 +28,6 @@ from tests.e2e.flux_harness import (
 )
 from tests.e2e.source_controller import EDGE_PULL_SECRET, SourceController, poll
 from tests.k8s.operator_harness import CONDITION, LW, Operator, metric_value
-from tests.registry.helpers import lose_blob_data
 
 from lab.artifacts import PushedArtifact, oras_path, push_flux_artifact
 from lab.harbor import HarborChain, missing_harbor_parts
@@ -38,8 +36,6 @@ from lab.kube import ControlPlane, basic_auth_secret
 pytestmark = [pytest.mark.e2e, pytest.mark.harbor]
 
 CHAIN = "e2e-harbor"
-CACHE_WAIT = 60.0
-"""Seconds Harbor may take to store a blob it proxied (in the background, after the pull)."""
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +109,6 @@ def _hop_health(operator: Operator, namespace: str, name: str) -> dict[str, floa
     }
 
 
-def _cached_at_edge(harbor: HarborChain, pushed: PushedArtifact) -> None:
-    """Wait until the edge Harbor has stored the content layer (HEAD answers from its storage only)."""
-    edge = harbor.harbor("edge")
-    path = harbor.repository_at("edge", pushed.repository)
-    url = f"{edge.base_url}/v2/{path}/blobs/{pushed.content_layer.digest}"
-
-    def stored() -> bool | None:
-        return httpx.head(url, auth=edge.credentials, timeout=10.0).status_code == 200 or None
-
-    poll("the edge Harbor to store the layer", stored, CACHE_WAIT)
-
-
 @dataclasses.dataclass(frozen=True)
 class HarborApp:
     """A fresh artifact behind OCIRepository ``app`` at the Harbor edge, Ready and ProxyHealthy."""
@@ -173,17 +157,18 @@ def test_a_layer_whose_data_the_edge_harbor_lost_fails_flux_and_is_layer_corrupt
 ) -> None:
     """Data gone from the edge's storage while its Redis descriptor cache lists the blob: Harbor
     answers 200, the full length, no bytes, on every pull. A new OCIRepository for the artifact
-    cannot be fetched; layerwatch blames the edge (core and origin stay healthy)."""
+    cannot be fetched; layerwatch blames the edge (core and origin stay healthy) and its condition
+    names the diagnosis ``cached-data-lost``."""
     pushed, namespace, controllers = harbor_app.pushed, harbor_app.namespace, harbor_app.controllers
-    _cached_at_edge(harbor, pushed)
-
-    lose_blob_data(harbor.harbor("edge"), pushed.content_layer.digest)
+    layer = pushed.content_layer
+    harbor.harbor("edge").processes.lose_blob(layer.digest, layer.size)  # once the edge has stored it
 
     _, conditions = wait_proxy_unhealthy(custom, namespace, "app", controllers)
     proxy = conditions[CONDITION]
     assert proxy["reason"] == "LayerCorrupt", proxy
     assert proxy["message"].startswith(f"hop edge ({harbor.hop('edge').address}/"), proxy
     assert "0 of" in proxy["message"], proxy
+    assert "cached-data-lost: " in proxy["message"] and "never heals by itself" in proxy["message"], proxy
     hops = _hop_health(layerwatch, namespace, "app")
     assert hops["core"] == hops["origin"] == 1.0, hops
 

@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 
 from lab.chain import ChainLayout
-from lab.harbor import HarborHop
 from layerwatch.chain import Mode
 from layerwatch.check import check_target
 from layerwatch.config import FileSettings, load_chain_file
@@ -42,7 +41,6 @@ __all__ = [
     "engine_check_async",
     "hop_verdicts",
     "layerwatch_command",
-    "lose_blob_data",
     "run_cli",
 ]
 
@@ -87,17 +85,6 @@ def chain_file(
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     empty_docker_config(directory)
     return path
-
-
-def lose_blob_data(hop: HarborHop, digest: str) -> Path:
-    """Delete a blob's bytes from a Harbor's registry storage while its Redis descriptor cache
-    (``layerinfo``) still lists it: Harbor then answers 200, the full length, and no bytes."""
-    registry = hop.processes.registry
-    assert registry is not None, f"Harbor {hop.name} is not started"
-    hexdigest = digest.removeprefix("sha256:")
-    data = Path(registry.data_dir) / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
-    data.unlink()
-    return data
 
 
 def empty_docker_config(directory: Path) -> Path:

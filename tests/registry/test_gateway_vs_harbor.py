@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.registry.helpers import lose_blob_data
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
@@ -285,7 +284,7 @@ def test_cut_to_nothing_answers_as_a_harbor_whose_storage_lost_a_cached_blob(edg
         assert fetch(url, auth).complete
         assert head_when_cached(edge, url, auth).status_code == 200
         if isinstance(edge.chain, HarborChain):
-            lose_blob_data(edge.chain.harbor("edge"), layer.digest)
+            edge.chain.harbor("edge").processes.lose_blob(layer.digest, layer.size)
         else:
             edge.chain.faults("edge").set([{"kind": "cut", "keep": 0, "digest": layer.digest}])
         pulls = [fetch(url, auth) for _ in range(2)]

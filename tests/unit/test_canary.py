@@ -36,7 +36,7 @@ from layerwatch.verdict import Health
 from layerwatch.web import status_document, status_page
 
 from .builders import scraped
-from .fake_registry import FAST, PushRegistry, digest, running_all
+from .fake_registry import FAST, PushRegistry, digest, running, running_all
 
 REPOSITORY = "layerwatch/canary"
 PUSHER = ("canary-bot", "s3cret-push")
@@ -165,6 +165,32 @@ async def test_the_push_credentials_go_to_the_origin_only() -> None:
         assert all(auth is None for _, _, auth in hops.edge.requests + hops.core.requests)
         assert all(auth is None for method, _, auth in hops.origin.requests if method in ("GET", "HEAD"))
     assert PUSHER[1] not in result.message
+
+
+async def test_an_upload_location_on_another_host_is_refused_and_the_credentials_never_go_there() -> None:
+    """The origin (or whoever answers in its name) sends the upload elsewhere: the canary's push
+    credentials stay with the origin, and the run says why the cold path was not checked."""
+    elsewhere = PushRegistry("elsewhere")  # records every request that reaches it
+    async with lab() as hops, running(elsewhere):
+
+        async def redirect_upload(request: web.Request) -> web.StreamResponse | None:
+            if request.method != "POST" or request.headers.get("Authorization") != BASIC:
+                return None
+            location = f"http://localhost:{elsewhere.port}/v2/{REPOSITORY}/blobs/uploads/s1?_state=x"
+            return web.Response(status=202, headers={"Location": location})
+
+        hops.origin.hooks.append(redirect_upload)
+        result = await run(hops.chain())
+        edge_requests = list(hops.edge.requests)
+    assert elsewhere.requests == []
+    assert result.health is Health.UNKNOWN
+    condition = result.condition(1)
+    assert condition["status"] == "Unknown" and condition["reason"] == PUSH_FAILED
+    assert "canary push to the origin" in str(condition["message"])
+    assert "upload location missing or elsewhere" in str(condition["message"])
+    assert "cold path not checked" in str(condition["message"])
+    assert PUSHER[1] not in str(condition["message"])
+    assert edge_requests == []
 
 
 async def test_old_canary_tags_are_deleted_by_digest_keeping_the_newest() -> None:
