@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|cosign|notation|harbor|all]...
+#   hack/build-tools.sh [kube|etcd|oras|crane|source-controller|notification-controller|helm|cosign|notation|harbor|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -11,6 +11,7 @@ set -euo pipefail
 KUBE_VERSION=${KUBE_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 ORAS_VERSION=${ORAS_VERSION:-1.3.6}
+CRANE_VERSION=${CRANE_VERSION:-0.22.1}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.9.6}
 NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
 HELM_VERSION=${HELM_VERSION:-4.3.2}
@@ -84,6 +85,22 @@ build_oras() {
     rm -rf "$out"; mv "$out.tmp" "$out" )
   ln -sf "$out/oras" "$BIN/oras"
   log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
+}
+
+# crane (bench/peers.py runs `crane validate --remote` beside layerwatch): one small module, no cgo.
+build_crane() {
+  local out=$CACHE/crane/v$CRANE_VERSION
+  if [ -x "$out/crane" ]; then log "crane v$CRANE_VERSION: cached"; ln -sf "$out/crane" "$BIN/crane"; return; fi
+  log "crane v$CRANE_VERSION: building"
+  local start=$SECONDS
+  ( throwaway crane
+    go get "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" >/dev/null
+    mkdir -p "$out.tmp"
+    go build -trimpath -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=v$CRANE_VERSION" \
+      -o "$out.tmp/crane" github.com/google/go-containerregistry/cmd/crane
+    rm -rf "$out"; mv "$out.tmp" "$out" )
+  ln -sf "$out/crane" "$BIN/crane"
+  log "crane v$CRANE_VERSION: built in $((SECONDS - start)) s"
 }
 
 build_helm() {
@@ -277,6 +294,7 @@ paths() {
 KUBE_DIR=${KUBEBUILDER_ASSETS:-$CACHE/kube/v$KUBE_VERSION}
 ETCD_DIR=${KUBEBUILDER_ASSETS:-$CACHE/etcd/v$ETCD_VERSION}
 ORAS=$CACHE/oras/v$ORAS_VERSION/oras
+CRANE=$CACHE/crane/v$CRANE_VERSION/crane
 SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
 NOTIFICATION_CONTROLLER_DIR=$CACHE/notification-controller/v$NOTIFICATION_CONTROLLER_VERSION
 FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
@@ -293,6 +311,7 @@ for what in "$@"; do
     kube) build_kube ;;
     etcd) build_etcd ;;
     oras) build_oras ;;
+    crane) build_crane ;;
     flux-crds) flux_crds ;;
     source-controller) build_source_controller ;;
     notification-controller) build_notification_controller ;;
@@ -300,7 +319,7 @@ for what in "$@"; do
     cosign|notation) build_signing_tools ;;
     harbor) build_harbor ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools; build_harbor ;;
+    all) build_oras; build_crane; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools; build_harbor ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done
