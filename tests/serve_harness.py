@@ -43,6 +43,7 @@ __all__ = [
     "missing_tools",
     "running_serve",
     "serve_lab",
+    "serving",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,35 @@ def _wait_first_checks(lab: ServeLab, timeout: float) -> None:
 
 
 @contextlib.contextmanager
+def serving(config: Path, workdir: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    """``layerwatch serve --config CONFIG`` on a free loopback port: (port, log, process); stopped on exit."""
+    port = free_port()
+    log = workdir / "serve.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), env.get("PYTHONPATH")]))
+    command = [
+        *_layerwatch(),
+        "serve",
+        "--config",
+        str(config),
+        "--metrics-port",
+        str(port),
+        "--metrics-address",
+        LOOPBACK,
+        "--timeout",
+        "10",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        yield port, log, process
+    finally:
+        stop_process(process)
+
+
+@contextlib.contextmanager
 def running_serve(workdir: Path | None = None, *, interval: str = "5s") -> Iterator[ServeLab]:
     """Start chain, pushes, faults and ``layerwatch serve``; yield once every target was checked."""
     if reason := missing_tools():
@@ -184,27 +214,7 @@ def running_serve(workdir: Path | None = None, *, interval: str = "5s") -> Itera
             ]
         )
         config = write_config(chain, workdir / "serve.yaml", interval)
-        port = free_port()
-        log = workdir / "serve.log"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), env.get("PYTHONPATH")]))
-        command = [
-            *_layerwatch(),
-            "serve",
-            "--config",
-            str(config),
-            "--metrics-port",
-            str(port),
-            "--metrics-address",
-            LOOPBACK,
-            "--timeout",
-            "10",
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        stack.callback(stop_process, process)
+        port, log, process = stack.enter_context(serving(config, workdir))
         lab = ServeLab(chain, f"http://{LOOPBACK}:{port}", port, config, log, artifacts, process)
         _wait_first_checks(lab, START_TIMEOUT + FIRST_CHECK_TIMEOUT)
         yield lab

@@ -474,6 +474,34 @@ def build_dashboard() -> dict[str, Any]:
         .span(8)
     )
 
+    cold_path = (
+        table_b.Panel()
+        .title("Cold path (canary)")
+        .description(
+            "Does a new artifact come through the chain intact? For chains with spec.canary: the hop the "
+            "last fresh artifact (pushed at the origin, pulled edge first) broke at, and the verdict. Warm "
+            "artifacts can all be healthy while the next release's first pull fails here."
+        )
+        .datasource(datasource)
+        .with_target(
+            query(
+                'max by (chain, hop, verdict) (layerwatch_canary_blame{chain=~"$chain"}) '
+                'and on (chain) (layerwatch_cold_path_healthy{chain=~"$chain"} == 0)',
+                table=True,
+            )
+        )
+        .with_transformation(
+            dash_m.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True, "Value": True}},
+            )
+        )
+        .override_by_name("hop", [status_page_link("Open the chain on the status page")])
+        .no_value("No canary finds the cold path broken (or no chain has spec.canary).")
+        .height(5)
+        .span(24)
+    )
+
     builder = (
         dash_b.Dashboard("layerwatch / proxy chains")
         .uid(DASHBOARD_UID)
@@ -551,6 +579,7 @@ def build_dashboard() -> dict[str, Any]:
         .with_panel(watched_count)
         .with_panel(version)
         .with_panel(healthy_share)
+        .with_panel(cold_path)
         .with_row(dash_b.Row("Checks and registry traffic"))
         .with_panel(durations)
         .with_panel(checks)

@@ -23,7 +23,12 @@ Kinds and their own fields:
                       digest makes an index's child missing
 ``corrupt``           flip the byte at ``offset`` (default: the middle) of the body, same length
 ``truncate``          serve only ``keep`` bytes (default: half) with a matching Content-Length
-``cut``               declare the full Content-Length, send ``keep`` bytes, close the connection
+``cut``               declare the full Content-Length, send ``keep`` bytes, close the connection;
+                      ``keep: 0`` is Harbor's lost data (storage lost the blob, its Redis
+                      descriptor cache still lists it: 200, full length, 0 bytes, every time)
+``empty-body``        200 with ``Content-Length: 0`` and no bytes: what an edge Harbor v2.15.2
+                      answers for a blob its cold upstream Harbor streams without a length
+                      (goharbor/harbor#23373)
 ``reorder``           manifest by tag served with ``layers`` reversed (a new digest, also served by
                       that digest afterwards)
 ``many-layers``       manifest by tag served with ``layers`` more distinct (absent) layers appended
@@ -87,6 +92,7 @@ KINDS = frozenset(
         "corrupt",
         "truncate",
         "cut",
+        "empty-body",
         "reorder",
         "many-layers",
         "layer-size",

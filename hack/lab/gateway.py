@@ -6,16 +6,33 @@ are bound it prints ``{"port": P, "blob_port": B}`` as one JSON line on stdout.
 
 What it copies from a Harbor proxy-cache project:
 
-- ``/v2/<prefix>/<rest>/...`` is forwarded upstream as ``/v2/<rest>/...``; other repositories get
-  404 ``NAME_UNKNOWN``; an empty prefix is a transparent mirror. Pushes get 403 ``DENIED``.
-- With auth on, every ``/v2/`` request without a valid Bearer token gets 401 and
-  ``Bearer realm="http://<Host>/service/token",service="harbor-registry",scope="repository:<repo>:pull"``.
-  ``GET /service/token`` issues random tokens (``token``, ``access_token``, ``expires_in``) scoped to
-  the requested repositories; anonymously only with ``--auth anonymous`` and a scope, else with
-  Basic credentials equal to ``--user``. Tokens expire after ``--token-ttl``. Basic credentials
-  sent straight to ``/v2/`` are not accepted (Harbor would accept them; clients use tokens).
+- ``/v2/<prefix>/<rest>/...`` is forwarded upstream as ``/v2/<rest>/...``; other projects get 401
+  ``UNAUTHORIZED`` "project … not found" with an empty ``WWW-Authenticate`` (as Harbor answers);
+  an empty prefix is a transparent mirror. Pushes get 403 ``DENIED``.
+- With auth on, a ``/v2/`` request without credentials gets 401 and
+  ``Bearer realm="http://<Host>/service/token",service="harbor-registry",scope="repository:<repo>:pull"``;
+  one whose credentials do not allow it gets 401 ``Basic realm="harbor"`` (Harbor's answer to any
+  request that carried an ``Authorization`` header). ``GET /service/token`` hands out a random token
+  (``token``, ``access_token``, ``expires_in``) to anyone, as Harbor does, but it allows the requested
+  repositories only for Basic credentials equal to ``--user``, or anonymously with ``--auth
+  anonymous``. Tokens expire after ``--token-ttl``. Basic credentials equal to ``--user`` sent
+  straight to ``/v2/`` are accepted too.
 
-Differences that are on purpose: no caching here (the registry behind does that), one upstream,
+What a proxy project (a non-empty prefix) answers as Harbor v2.15.2 does, measured side by side in
+``tests/registry/test_gateway_vs_harbor.py``:
+
+- ``HEAD`` of a blob this hop has not yet served by ``GET`` is 404 (Harbor answers ``HEAD`` from its
+  own storage only).
+- ``GET`` of a manifest by tag within `MANIFEST_CACHE_SECONDS` of its first pull carries empty
+  ``Docker-Content-Digest`` and ``ETag`` headers (Harbor passes its upstream's answer on until it has
+  stored the manifest itself); ``HEAD`` and by-digest answers carry the digest.
+- An unknown tag or blob upstream is 404 ``NOT_FOUND`` with Harbor's messages.
+- Requests from the lab's own downstream proxy registries (distribution's client sends
+  ``User-Agent: Go-http-client/…``) get the plain upstream answers: distribution's proxy sends ``HEAD``
+  for a blob before it pulls it, which Harbor's proxy never does, so a 404 there would break the lab.
+
+Differences that are on purpose: no caching here (the registry behind does that; the gateway only
+remembers which blobs it served), one upstream,
 ``Range`` is passed through but faults shape bytes relative to the start of whatever is served.
 The admin API (``/_lab/faults``, ``/_lab/requests``) is described in `lab.faults` and `FaultClient`.
 A second listener, the *blob host*, serves ``/blobs/<upstream repo>/<digest>`` without auth: it is
@@ -59,6 +76,11 @@ API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 CHUNK = 64 * 1024
 MANIFEST_LIMIT = 8 * 1024 * 1024
 LOG_LIMIT = 10_000
+MANIFEST_CACHE_SECONDS = 20.0
+"""Seconds after a tag's first pull during which a proxy project passes the upstream's manifest on
+(empty digest headers): Harbor stores a proxied manifest about 20 s after the first pull."""
+DOWNSTREAM_PROXY_AGENT = "Go-http-client/"
+"""User-Agent prefix of distribution's proxy client: the lab's own proxy registries asking upstream."""
 HANG_LIMIT = 600.0
 """Seconds a ``trickle`` or ``blackhole`` answer holds a connection at most (clients leave sooner)."""
 DRIP_TICK = 0.1
@@ -96,6 +118,8 @@ class _Grant:
 
     repositories: frozenset[str]
     expires_at: float
+    authenticated: bool = True
+    """False for a token handed out to wrong or missing credentials (Harbor issues those too)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,13 +158,18 @@ class _Shaper:
         self.keep = half if fault is None or fault.keep is None else fault.keep
 
     def declared_length(self, length: int | None) -> int | None:
-        """The Content-Length to announce: shorter only for ``truncate`` (``cut`` lies on purpose)."""
+        """The Content-Length to announce: shorter only for ``truncate`` and ``empty-body`` (``cut``
+        lies on purpose)."""
+        if self.kind == "empty-body":
+            return 0
         if self.kind == "truncate" and length is not None:
             return min(self.keep, length)
         return length
 
     def shape(self, chunk: bytes) -> bytes:
         start, self.position = self.position, self.position + len(chunk)
+        if self.kind == "empty-body":
+            return b""
         if self.kind == "corrupt" and start <= self.flip_at < self.position:
             i = self.flip_at - start
             return chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
@@ -151,7 +180,7 @@ class _Shaper:
     @property
     def finished(self) -> bool:
         """True once a shortening fault has sent all it will send."""
-        return self.kind in ("truncate", "cut") and self.position >= self.keep
+        return self.kind == "empty-body" or (self.kind in ("truncate", "cut") and self.position >= self.keep)
 
 
 class _Drip:
@@ -201,6 +230,10 @@ class Gateway:
         self._tokens: dict[str, _Grant] = {}
         self._synthesized: dict[str, tuple[bytes, str]] = {}
         self._bombs: dict[int, bytes] = {}
+        self._served_blobs: set[tuple[str, str]] = set()
+        """(upstream repository, digest) of blobs served by GET: what a Harbor here would have stored."""
+        self._first_pulled: dict[tuple[str, str], float] = {}
+        """(upstream repository, tag) -> monotonic time of its first manifest GET."""
         self._session: aiohttp.ClientSession | None = None
 
     # -- applications --------------------------------------------------------------------------
@@ -303,6 +336,11 @@ class Gateway:
     # -- auth ----------------------------------------------------------------------------------
 
     def _challenge(self, request: web.Request, repository: str | None) -> web.Response:
+        """Harbor's 401: a Bearer challenge without credentials, else ``Basic realm="harbor"``."""
+        if "Authorization" in request.headers:
+            action = f": {repository}, action: pull" if repository is not None else ""
+            message = f"unauthorized to access repository{action}"
+            return registry_error(401, "UNAUTHORIZED", message, {"WWW-Authenticate": 'Basic realm="harbor"'})
         value = f'Bearer realm="http://{request.host}/service/token",service="{SERVICE}"'
         if repository is not None:
             value += f',scope="repository:{repository}:pull"'
@@ -311,11 +349,11 @@ class Gateway:
         )
 
     def _authorized(self, request: web.Request, repository: str | None) -> bool:
-        if self.auth == "none":
+        if self.auth == "none" or self._basic_user(request):
             return True
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         grant = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-        if grant is None:
+        if grant is None or not grant.authenticated:
             return False
         if grant.expires_at < time.monotonic():
             del self._tokens[token.strip()]
@@ -348,12 +386,9 @@ class Gateway:
             return await self._before_auth(request, fault, target)
         if fault is not None and (immediate := await self._apply_fault(request, target, fault)) is not None:
             return immediate
-        authenticated = self._basic_user(request)
+        user = self._basic_user(request)
         scopes = request.query.getall("scope", [])
-        if authenticated is False or (authenticated is None and (self.auth == "required" or not scopes)):
-            return registry_error(
-                401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": 'Basic realm="harbor"'}
-            )
+        authenticated = user is True or (user is None and self.auth == "anonymous" and bool(scopes))
         repositories = set()
         for scope in scopes:
             for item in scope.split(" "):
@@ -362,7 +397,11 @@ class Gateway:
                 if kind == "repository" and {"pull", "*"} & set(actions.split(",")):
                     repositories.add(name)
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = _Grant(frozenset(repositories), time.monotonic() + self.token_ttl)
+        if not authenticated:  # Harbor hands a token to anyone; it allows nothing
+            repositories.clear()
+        self._tokens[token] = _Grant(
+            frozenset(repositories), time.monotonic() + self.token_ttl, authenticated
+        )
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ttl = int(self.token_ttl)
         body = json.dumps({"token": token, "access_token": token, "expires_in": ttl, "issued_at": issued})
@@ -427,7 +466,9 @@ class Gateway:
         if not self._authorized(request, target.repository):
             return self._challenge(request, target.repository)
         if not target.upstream_repository:
-            return registry_error(404, "NAME_UNKNOWN", f"project of {target.repository} not found")
+            project = target.repository.split("/", 1)[0]
+            message = f"project {project} not found: project {project} not found"
+            return registry_error(401, "UNAUTHORIZED", message, {"WWW-Authenticate": ""})
         if request.method not in ("GET", "HEAD"):
             return registry_error(403, "DENIED", "can not push artifact to a proxy project")
         fault = self._match(request, target, before_auth=False)
@@ -447,8 +488,41 @@ class Gateway:
             return await referrers_index(
                 self._session, self.upstream, target.upstream_repository, target.reference, artifact_type
             )
+        harbor = bool(self.prefix) and not request.headers.get("User-Agent", "").startswith(
+            DOWNSTREAM_PROXY_AGENT
+        )
+        blob = (target.upstream_repository, target.reference) if target.endpoint == "blobs" else None
+        uncached = blob is not None and blob not in self._served_blobs
+        if harbor and fault is None and request.method == "HEAD" and uncached:
+            return registry_error(404, "NOT_FOUND", f"blob {target.reference} not found in local storage")
         reference = fault.serve_digest if fault is not None and fault.kind == "stale" else None
-        return await self._proxy(request, target.upstream_path(reference), fault)
+        response = await self._proxy(
+            request,
+            target.upstream_path(reference),
+            fault,
+            target if harbor else None,
+        )
+        if blob is not None and request.method == "GET" and response.status == 200:
+            self._served_blobs.add(blob)
+        return response
+
+    def _passed_on(self, target: _Target) -> bool:
+        """Whether a Harbor proxy project would still pass this manifest GET by tag on from upstream
+        (before it stores the manifest itself, `MANIFEST_CACHE_SECONDS` after the first pull)."""
+        if target.endpoint != "manifests" or ":" in target.reference:
+            return False
+        key = (target.upstream_repository, target.reference)
+        first = self._first_pulled.setdefault(key, time.monotonic())
+        return time.monotonic() - first < MANIFEST_CACHE_SECONDS
+
+    @staticmethod
+    def _harbor_not_found(target: _Target, body: bytes) -> web.Response:
+        """Harbor's 404 for what its upstream does not have: ``NOT_FOUND`` with Harbor's message."""
+        if target.endpoint == "manifests" and ":" not in target.reference:
+            message = f"resource not found: repo {target.repository}, tag {target.reference} not found"
+        else:
+            message = f"http status code: 404, body: {body.decode(errors='replace')}"
+        return registry_error(404, "NOT_FOUND", message)
 
     async def _apply_fault(
         self, request: web.Request, target: _Target, fault: Fault
@@ -550,14 +624,25 @@ class Gateway:
         query = f"?{parts.query}" if parts.query else ""
         return f"http://{request.host}/v2/{prefixed}{query}"
 
-    async def _proxy(self, request: web.Request, path: str, fault: Fault | None) -> web.StreamResponse:
-        """Stream one upstream response through, shaping the body if a fault says so."""
+    async def _proxy(
+        self, request: web.Request, path: str, fault: Fault | None, harbor: _Target | None = None
+    ) -> web.StreamResponse:
+        """Stream one upstream response through, shaping the body if a fault says so.
+
+        ``harbor`` (the request's target) makes the answer a Harbor proxy project's: 404s as
+        `_harbor_not_found`, empty digest headers on a manifest by tag it would pass on.
+        """
         try:
             upstream = await self._upstream(request.method, path, request)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return registry_error(502, "UNKNOWN", f"upstream unreachable: {exc}")
         async with upstream:
+            if harbor is not None and upstream.status == 404 and harbor.endpoint in ("manifests", "blobs"):
+                return self._harbor_not_found(harbor, await upstream.content.read(CHUNK))
             headers = {k: upstream.headers[k] for k in _PASSTHROUGH if k in upstream.headers}
+            passed_on = harbor is not None and request.method == "GET" and self._passed_on(harbor)
+            if passed_on and upstream.status == 200:
+                headers |= {"Docker-Content-Digest": "", "ETag": ""}
             if "Location" in upstream.headers:
                 headers["Location"] = self._rewrite_location(request, upstream.headers["Location"])
             if fault is not None and fault.kind == "content-encoding":

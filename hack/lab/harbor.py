@@ -12,6 +12,12 @@ Everything after start-up is done through Harbor's REST API as an operator would
 a registry endpoint for the upstream, a private proxy-cache project on it, a pull-only robot account
 for that project. The edge's endpoint is the core Harbor, authenticated with core's robot account,
 so ``org/app`` at the origin is ``p-ghcr/org/app`` at core and ``p-core/p-ghcr/org/app`` at edge.
+
+Faults the tests make Harbor produce itself: `HarborProcesses.lose_blob` deletes a stored blob's
+bytes while the Redis descriptor cache keeps listing it; `HarborChain.down` stops a Harbor's core
+(or the origin) for a ``with`` block and starts it again, same port and state;
+`HarborHop.wait_tag_stored` and `HarborProcesses.wait_blob_stored` wait for what Harbor stores only
+after a pull.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import dataclasses
 import functools
 import glob
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -50,10 +58,16 @@ __all__ = [
 ]
 
 ADMIN_USER = "admin"
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 START_TIMEOUT = 60.0
 """Core applies every migration at its first start (1.5-4 s idle); a busy 2-core box needs more."""
 _API_TIMEOUT = 30.0
 _REDIS_SERVER = "/usr/bin/redis-server"
+_REDIS_CLI = "/usr/bin/redis-cli"
+_REGISTRY_REDIS_DB = 1
+STORE_TIMEOUT = 90.0
+"""How long a Harbor may take to store what it proxied (measured: a few seconds for a blob, about 20 s
+for a manifest; a busy 2-core box needs more)."""
 _POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
 
 
@@ -215,6 +229,56 @@ class HarborHop:
         """An admin REST client of this Harbor."""
         return HarborAdmin(self.base_url, self.admin_password)
 
+    def stored_tags(self, repository: str) -> set[str]:
+        """The tags this Harbor has stored for ``repository`` (the path inside its project), as its
+        own API lists them (empty while it stores nothing for it)."""
+        encoded = urllib.parse.quote(urllib.parse.quote(repository, safe=""), safe="")  # Harbor: %252F
+        admin = self.admin()
+        try:
+            path = f"/projects/{self.prefix}/repositories/{encoded}/artifacts"
+            artifacts = admin.get(f"{path}?with_tag=true&page_size=100")
+        except LabError:  # 404 until the repository exists here
+            return set()
+        finally:
+            admin.close()
+        return {str(tag["name"]) for artifact in artifacts for tag in artifact.get("tags") or []}
+
+    def wait_tag_stored(self, repository: str, tag: str, timeout: float = STORE_TIMEOUT) -> None:
+        """Poll until this Harbor has stored ``repository:tag`` it proxied: Harbor stores a manifest
+        only after the pull, once its blobs are stored too (about 20 s measured)."""
+        deadline = time.monotonic() + timeout
+        while tag not in self.stored_tags(repository):
+            if time.monotonic() > deadline:
+                raise LabError(f"Harbor {self.name} did not store {repository}:{tag} within {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def pull_token(self, path: str) -> str:
+        """A pull token for repository ``path`` (project included) from this Harbor's own
+        ``/service/token`` with the project's robot, as a client gets it after the ``401``."""
+        challenge = httpx.get(f"{self.base_url}/v2/", timeout=_API_TIMEOUT)
+        fields = dict(_CHALLENGE.findall(challenge.headers.get("www-authenticate", "")))
+        if challenge.status_code != 401 or "realm" not in fields:
+            status = challenge.status_code
+            raise LabError(f"Harbor {self.name} /v2/ answered {status} without a Bearer challenge")
+        answer = httpx.get(
+            fields["realm"],
+            params={"service": fields.get("service", ""), "scope": f"repository:{path}:pull"},
+            auth=self.credentials,
+            timeout=_API_TIMEOUT,
+        )
+        if answer.status_code != 200:
+            raise LabError(f"Harbor {self.name} /service/token: {answer.status_code} {answer.text.strip()}")
+        return str(answer.json()["token"])
+
+    def registry_client(self, path: str, timeout: float = _API_TIMEOUT) -> httpx.Client:
+        """An HTTP client on ``/v2/<path>/`` of this Harbor with a pull token for ``path``: what a
+        client of this hop sends (``get("manifests/v1")``, ``head("blobs/sha256:…")``)."""
+        return httpx.Client(
+            base_url=f"{self.base_url}/v2/{path}/",
+            headers={"Authorization": f"Bearer {self.pull_token(path)}"},
+            timeout=timeout,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class OriginHop:
@@ -300,6 +364,12 @@ class HarborAdmin:
         """``GET path`` as JSON (e.g. ``/registries``, ``/systeminfo``)."""
         return self._call("GET", path).json()
 
+    def ping_registry(self, registry_id: int) -> httpx.Response:
+        """``POST /registries/ping`` of an endpoint (Harbor checks the upstream now); the answer as is,
+        error statuses included."""
+        self._http.cookies.clear()
+        return self._http.post("/registries/ping", json={"id": registry_id})
+
 
 class HarborProcesses:
     """The five processes of one Harbor, started in dependency order and stopped in reverse.
@@ -319,6 +389,8 @@ class HarborProcesses:
         self.ports: dict[str, int] = {}
         self._stack = contextlib.ExitStack()
         self._dir: Path | None = None
+        self._core_env: Mapping[str, str] = {}
+        self._core_proc: subprocess.Popen[bytes] | None = None
 
     @property
     def directory(self) -> Path:
@@ -334,7 +406,9 @@ class HarborProcesses:
             self._stack.callback(postgres.stop)
             postgres.start(timeout)
             self.redis_port = self._redis(timeout)
-            self.registry = RegistryProcess(f"harbor-{self.name}", redis=(f"{LOOPBACK}:{self.redis_port}", 1))
+            self.registry = RegistryProcess(
+                f"harbor-{self.name}", redis=(f"{LOOPBACK}:{self.redis_port}", _REGISTRY_REDIS_DB)
+            )
             self._stack.callback(self.registry.stop)
             self.registry.start(timeout)
             env = self._environment(postgres.port, self.redis_port, self.registry.url)
@@ -429,9 +503,58 @@ class HarborProcesses:
         """``harbor_core``, run from a directory where its ``views/`` are (it reads them relative)."""
         assert self._dir is not None
         (self._dir / "views").symlink_to(harbor_dir() / "views")
-        log = self._dir / "core.log"
-        proc = self._child([str(harbor_dir() / "harbor_core")], log, env=env, cwd=self._dir)
-        wait_http(f"http://{LOOPBACK}:{self.port}/api/v2.0/ping", proc, log, timeout)
+        self._core_env = env
+        self._stack.callback(self.stop_core)
+        self.start_core(timeout)
+
+    def start_core(self, timeout: float = START_TIMEOUT) -> None:
+        """Start ``harbor_core`` (again, after `stop_core`: same port, database and secrets)."""
+        log = self.directory / "core.log"
+        command = [str(harbor_dir() / "harbor_core")]
+        self._core_proc = _spawn(command, log, env=self._core_env, cwd=self.directory)
+        wait_http(f"http://{LOOPBACK}:{self.port}/api/v2.0/ping", self._core_proc, log, timeout)
+
+    def stop_core(self) -> None:
+        """Stop ``harbor_core``, this Harbor's front door: the hop is down for its clients and for
+        the Harbors that use it as upstream; its registry, database and Redis keep their state."""
+        if self._core_proc is not None:
+            stop_process(self._core_proc)
+            self._core_proc = None
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the registry behind core keeps a blob's bytes (distribution's filesystem layout)."""
+        if self.registry is None:
+            raise LabError(f"Harbor {self.name} is not started")
+        algorithm, _, hexpart = digest.partition(":")
+        blobs = self.registry.data_dir / "docker/registry/v2/blobs"
+        return blobs / algorithm / hexpart[:2] / hexpart / "data"
+
+    def descriptor_cached(self, digest: str) -> bool:
+        """Whether the registry's Redis descriptor cache (Harbor's ``layerinfo: redis``) lists the blob."""
+        command = [_REDIS_CLI, "-h", LOOPBACK, "-p", str(self.redis_port), "-n", str(_REGISTRY_REDIS_DB)]
+        done = subprocess.run(
+            [*command, "EXISTS", f"blobs::{digest}"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip() == "1"
+
+    def wait_blob_stored(self, digest: str, size: int, timeout: float = STORE_TIMEOUT) -> Path:
+        """Poll until this Harbor has stored the blob it proxied (all ``size`` bytes, listed in the
+        descriptor cache): Harbor writes proxied content to its registry only after the pull."""
+        path = self.blob_path(digest)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size == size and self.descriptor_cached(digest):
+                    return path
+            time.sleep(0.2)
+        raise LabError(f"Harbor {self.name} did not store {digest} within {timeout:.0f}s")
+
+    def lose_blob(self, digest: str, size: int, timeout: float = STORE_TIMEOUT) -> None:
+        """Lose a stored blob's bytes while the descriptor cache keeps listing it (a disk or storage
+        fault Harbor does not notice): waits until the blob is stored first."""
+        self.wait_blob_stored(digest, size, timeout).unlink()
+        if not self.descriptor_cached(digest):
+            raise LabError(f"Harbor {self.name}'s descriptor cache dropped {digest} with its data")
 
     def _jobservice(self, env: Mapping[str, str], redis_port: int, timeout: float) -> None:
         assert self._dir is not None
@@ -544,3 +667,22 @@ class HarborChain(ChainLayout[HarborHop | OriginHop]):
         if not isinstance(hop, HarborHop):
             raise KeyError(f"{name!r} is not a Harbor hop")
         return hop
+
+    @contextlib.contextmanager
+    def down(self, name: str) -> Iterator[None]:
+        """Hop ``name`` is down (connection refused) inside the block: the origin's registry or a
+        Harbor's core is stopped, keeping its port and state, and started again on the way out, so
+        the chain serves later tests as before."""
+        hop = self.hop(name)
+        if isinstance(hop, OriginHop):
+            hop.registry.halt()
+            try:
+                yield
+            finally:
+                hop.registry.resume(self._timeout)
+        else:
+            hop.processes.stop_core()
+            try:
+                yield
+            finally:
+                hop.processes.start_core(self._timeout)

@@ -141,22 +141,42 @@ class RegistryProcess(ManagedChild):
             self.port = free_port()
             config_path = self._dir / "config.yml"
             config_path.write_text(yaml.safe_dump(self._config(), sort_keys=False))
-            with self.log_path.open("wb") as log:
-                self._proc = subprocess.Popen(
-                    [self._binary, "serve", str(config_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
             try:
-                if self.client_cas is not None:
-                    wait_tcp(self.port, self._proc, self.log_path, timeout)
-                else:
-                    wait_http(f"{self.url}/v2/", self._proc, self.log_path, timeout)
+                self._serve(timeout)
                 return self
             except LabError as exc:
-                stop_process(self._proc)
                 last_error = exc
         self.stop()
         raise LabError(f"registry {self.name} did not start: {last_error}")
+
+    def _serve(self, timeout: float) -> None:
+        """Run ``serve`` on the written config and wait until it answers (stopped again if it does not)."""
+        assert self._dir is not None
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [self._binary, "serve", str(self._dir / "config.yml")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            if self.client_cas is not None:
+                wait_tcp(self.port, self._proc, self.log_path, timeout)
+            else:
+                wait_http(f"{self.url}/v2/", self._proc, self.log_path, timeout)
+        except LabError:
+            stop_process(self._proc)
+            raise
+
+    def halt(self) -> None:
+        """Stop the child but keep its port and storage, so `resume` brings the same registry back
+        (an upstream that is down for a while, not a new one)."""
+        if self._proc is not None:
+            stop_process(self._proc)
+
+    def resume(self, timeout: float = 20.0) -> None:
+        """Start the halted child again on the same port, config and storage."""
+        if self._dir is None:
+            raise LabError(f"registry {self.name} is not started")
+        self._serve(timeout)

@@ -29,9 +29,11 @@ from layerwatch.reference import (
 from layerwatch.signatures import Provider, parse_verify
 
 __all__ = [
+    "CANARY_KEEP",
     "DEFAULT_INTERVAL",
     "MIN_INTERVAL",
     "PROVIDERS",
+    "Canary",
     "Chain",
     "ChainError",
     "Credentials",
@@ -204,6 +206,26 @@ class HopTarget:
         return f"{self.hop.host}/{self.repository}"
 
 
+CANARY_KEEP = 3
+"""Canary tags kept at the origin by default (the newest); older ones are deleted."""
+MAX_CANARY_KEEP = 50
+CANARY_KEYS = frozenset({"repository", "secretRef", "keep"})
+"""What a ProxyChain's ``spec.canary`` may say (a chain file adds its file-only credentials)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Canary:
+    """A chain's cold-path canary: the repository at the origin it pushes to, and with what.
+
+    The credentials are for that push only (and the clean-up of old canary tags): they go to the
+    origin hop's URL over the origin hop's transport, nowhere else.
+    """
+
+    repository: str
+    credentials: Credentials | None = dataclasses.field(default=None, repr=False)
+    keep: int = CANARY_KEEP
+
+
 @dataclasses.dataclass(frozen=True)
 class Chain:
     """Ordered hops, edge first and origin last, with the schedule settings of a ProxyChain."""
@@ -216,6 +238,8 @@ class Chain:
     suspend: bool = False
     verify: Provider | None = None
     """``spec.verify.provider``: check signatures for every target of the chain (opt-in)."""
+    canary: Canary | None = None
+    """``spec.canary``: push a fresh artifact at the origin each interval and pull it through (opt-in)."""
 
     def __post_init__(self) -> None:
         if not self.hops:
@@ -226,6 +250,24 @@ class Chain:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ChainError(f"chain {self.name}: duplicate hop names: {', '.join(duplicates)}")
+
+    @property
+    def origin(self) -> Hop:
+        return self.hops[-1]
+
+    def canary_reference(self, tag: str) -> Reference:
+        """The canary's ``tag`` as the edge serves it: every proxy prefix, then the origin path."""
+        if self.canary is None:
+            raise ChainError(f"chain {self.name} has no canary")
+        edge = self.hops[0]
+        prefixes = [hop.prefix for hop in self.hops[:-1] if hop.prefix]
+        return Reference(edge.host, "/".join([*prefixes, self.canary.repository]), tag=tag)
+
+    def canary_push_hop(self) -> Hop:
+        """The origin hop with the canary's credentials instead of its own: same URL, same transport."""
+        if self.canary is None:
+            raise ChainError(f"chain {self.name} has no canary")
+        return dataclasses.replace(self.origin, credentials=self.canary.credentials, provider=None)
 
     def hop(self, name: str) -> Hop:
         for hop in self.hops:
@@ -400,16 +442,40 @@ def check_provider_host(provider: str | None, host: str) -> None:
         provider_host(provider, host)
 
 
+def canary_from_spec(
+    raw: Any, where: str, credentials: Credentials | None = None, extra_keys: Collection[str] = ()
+) -> Canary | None:
+    """A ProxyChain's ``spec.canary`` (None when absent); its push credentials come from the caller."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ChainError(f"{where}: canary must be a mapping with a repository")
+    check_keys(raw, CANARY_KEYS | set(extra_keys), f"{where}: canary")
+    repository = raw.get("repository")
+    if not isinstance(repository, str):
+        raise ChainError(f"{where}: canary.repository is required (a repository path at the origin)")
+    try:
+        check_repository(repository)
+    except ReferenceError as exc:
+        raise ChainError(f"{where}: canary.repository: {exc}") from None
+    keep = raw.get("keep", CANARY_KEEP)
+    if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= MAX_CANARY_KEEP:
+        raise ChainError(f"{where}: canary.keep must be a whole number from 1 to {MAX_CANARY_KEEP}")
+    return Canary(repository, credentials, keep)
+
+
 def chain_from_spec(
     name: str,
     spec: Mapping[str, Any],
     *,
     hop_options: Mapping[str, Mapping[str, Any]] | None = None,
+    canary_credentials: Credentials | None = None,
+    canary_keys: Collection[str] = (),
 ) -> Chain:
     """Build a chain from a ProxyChain ``spec``; ``hop_options`` adds per-hop credentials and TLS.
 
     Secrets are resolved by the caller (files for the CLI, Secrets in a cluster) and handed in as
-    ``hop_options[hop_name]``, so this stays pure.
+    ``hop_options[hop_name]`` and ``canary_credentials``, so this stays pure.
     """
     raw_hops = spec.get("hops")
     if not isinstance(raw_hops, Sequence) or isinstance(raw_hops, str) or not raw_hops:
@@ -454,6 +520,7 @@ def chain_from_spec(
         namespace_selector=selector if selector else None,
         suspend=strict_boolean(spec, "suspend", f"chain {name}: spec"),
         verify=verify,
+        canary=canary_from_spec(spec.get("canary"), f"chain {name}: spec", canary_credentials, canary_keys),
     )
 
 

@@ -5,6 +5,14 @@ digest and verify its bytes, then every blob of it (and of every child of an ind
 concurrently and independently: one hop's failure never stops another, and nothing a hop sends
 makes this raise: whatever goes wrong ends in the hop's observation.
 
+Edge first (`EdgeFirst`): a hop asks for an object (the tagged manifest, a child manifest, a
+blob, the signatures) only once every hop in front of it has had its answer for that object, so
+layerwatch's own pull through an inner proxy never warms it before the edge is asked: the edge is
+observed as a client meets it, cold upstream included. The hops still work as a pipeline (core
+fetches blob 1 while the edge fetches blob 2), and the time a hop waits is not counted against
+its check deadline; waiting ends at the latest one check deadline after the check began, so a
+check lasts at most twice the check deadline.
+
 A blob verified at a hop may be shared with *other* targets of the chain within one interval
 (``BlobCache``), so each distinct blob is fetched about once per hop per interval. A target never
 trusts what its own previous check verified, the manifest is always fetched by digest, and the
@@ -19,12 +27,13 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from layerwatch import manifest as manifests
 from layerwatch.chain import Credentials, HopTarget, Mode
 from layerwatch.observation import (
+    Answer,
     BlobCheck,
     BlobFacts,
     Fault,
@@ -46,6 +55,7 @@ __all__ = [
     "MAX_INDEX_CHILDREN",
     "MAX_LAYERS",
     "BlobCache",
+    "EdgeFirst",
     "check_target",
     "failed_result",
     "observe_hop",
@@ -65,6 +75,7 @@ CacheKey = tuple[Endpoint, str, str, str]
 through one proxy, CA or client certificate say nothing of what another way to the same URL serves."""
 Asker = tuple[str, str]
 """The target a check is for (namespace, name)."""
+T = TypeVar("T")
 
 
 def credential_id(credentials: Credentials | None) -> str:
@@ -106,6 +117,55 @@ class BlobCache:
         self._verified = {k: v for k, v in self._verified.items() if v[0] > cutoff}
 
 
+class EdgeFirst:
+    """Which hop of one check has had its answer for which object: the order hops ask in.
+
+    Hop ``position`` (0 is the edge) may ask for an object once every hop in front of it has
+    ``passed`` it (asked and had its answer, or given up on it) or is ``over`` (finished its whole
+    observation, which may never ask for that object). The edge never waits and every hop ends
+    within its own deadline, so no wait is endless; ``give_up`` seconds after the check began every
+    wait ends anyway, which bounds the check at ``give_up`` plus one hop's deadline.
+    """
+
+    def __init__(self, hops: int, give_up: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._passed: list[dict[str, asyncio.Future[None]]] = [{} for _ in range(hops)]
+        self._over = [False] * hops
+        self._give_up = self._loop.call_later(give_up, self._end_all)
+
+    def _gate(self, position: int, key: str) -> asyncio.Future[None]:
+        gates = self._passed[position]
+        gate = gates.get(key)
+        if gate is None:
+            gate = gates[key] = self._loop.create_future()
+            if self._over[position]:
+                gate.set_result(None)
+        return gate
+
+    def closed(self, position: int, key: str) -> list[asyncio.Future[None]]:
+        """What hop ``position`` still waits for before asking for ``key`` (empty: ask now)."""
+        gates = (self._gate(outer, key) for outer in range(position))
+        return [gate for gate in gates if not gate.done()]
+
+    def passed(self, position: int, key: str) -> None:
+        gate = self._gate(position, key)
+        if not gate.done():
+            gate.set_result(None)
+
+    def over(self, position: int) -> None:
+        self._over[position] = True
+        for gate in self._passed[position].values():
+            if not gate.done():
+                gate.set_result(None)
+
+    def _end_all(self) -> None:
+        for position in range(len(self._over)):
+            self.over(position)
+
+    def close(self) -> None:
+        self._give_up.cancel()
+
+
 class _HopCheck:
     """The work for one hop within one check (a small object so the steps can share state)."""
 
@@ -117,17 +177,80 @@ class _HopCheck:
         mode: Mode,
         cache: BlobCache | None,
         asker: Asker,
+        order: tuple[EdgeFirst, int] | None,
     ) -> None:
         self.client, self.target, self.reference, self.mode = client, target, reference, mode
-        self.cache, self.asker = cache, asker
+        self.cache, self.asker, self.order = cache, asker, order
         self.budget: RetryBudget = client.budget()
         self.credential = (
             f"provider:{client.provider}" if client.provider else credential_id(client.credentials)
         )
         self.blob_results: dict[str, asyncio.Task[BlobCheck]] = {}
+        self.manifest_answers: list[Answer] = []
+        self.timer: asyncio.Timeout | None = None
+        self._waiting = 0
+        self._paused: tuple[float, float | None] = (0.0, None)
+        """When this hop's requests began waiting, and when its deadline was then."""
+
+    async def in_turn(self, key: str, request: Callable[[], Awaitable[T]]) -> T:
+        """``request()`` for the object ``key`` once the hops in front have had theirs (edge first).
+
+        While any request of this hop waits, its deadline stands still: a slow edge is no fault of
+        core's (the waits themselves end by `EdgeFirst`'s ``give_up``).
+        """
+        if self.order is None:
+            return await request()
+        order, position = self.order
+        closed = order.closed(position, key)
+        if closed:
+            self._pause()
+            try:
+                await asyncio.wait(closed)  # never cancels the shared gates
+            finally:
+                self._resume()
+        try:
+            return await request()
+        finally:
+            order.passed(position, key)
+
+    def _pause(self) -> None:
+        self._waiting += 1
+        if self._waiting == 1 and self.timer is not None:
+            self._paused = (asyncio.get_running_loop().time(), self.timer.when())
+            self.timer.reschedule(None)
+
+    def _resume(self) -> None:
+        self._waiting -= 1
+        if not self._waiting and self.timer is not None:
+            since, when = self._paused
+            if when is not None:
+                self.timer.reschedule(when + asyncio.get_running_loop().time() - since)
+
+    def skip(self, key: str) -> None:
+        """Nothing is asked for ``key`` here (a shared cache entry): the hops behind need not wait."""
+        if self.order is not None:
+            self.order[0].passed(self.order[1], key)
 
     async def manifest_bytes(self) -> tuple[str | None, str, FetchedManifest]:
-        """(tag digest, manifest digest, bytes): resolve the tag, then fetch by digest."""
+        """(tag digest, manifest digest, bytes): resolve the tag, then fetch by digest (one object
+        for the edge-first order: the tagged manifest)."""
+        tag_digest, digest, fetched = await self.in_turn(
+            f"manifest {self.reference.ref}", self._manifest_bytes
+        )
+        if fetched.answer is not None:
+            self.manifest_answers.append(fetched.answer)
+        return tag_digest, digest, fetched
+
+    async def child_manifest(self, digest: str) -> FetchedManifest:
+        fetched = await self.in_turn(
+            f"manifest {digest}",
+            lambda: self.client.fetch_manifest(self.target.repository, digest, self.budget),
+        )
+        if fetched.answer is not None:
+            self.manifest_answers.append(fetched.answer)
+        return fetched
+
+    async def _manifest_bytes(self) -> tuple[str | None, str, FetchedManifest]:
         repository, reference = self.target.repository, self.reference
         if reference.digest is None and reference.tag is not None:
             tag_digest = await self.client.resolve(repository, reference.tag, self.budget)
@@ -159,10 +282,14 @@ class _HopCheck:
     async def _verify(self, descriptor: manifests.Descriptor) -> BlobCheck:
         key = self._key(descriptor.digest)
         if self.cache is not None and self.cache.trusted(key, self.asker):
+            self.skip(f"blob {descriptor.digest}")
             facts = BlobFacts(cached=True, actual=descriptor.digest, received=descriptor.size)
         else:
-            facts = await self.client.fetch_blob(
-                self.target.repository, descriptor, download=self.mode is Mode.FULL, budget=self.budget
+            facts = await self.in_turn(
+                f"blob {descriptor.digest}",
+                lambda: self.client.fetch_blob(
+                    self.target.repository, descriptor, download=self.mode is Mode.FULL, budget=self.budget
+                ),
             )
         status, detail = classify_blob(descriptor, facts)
         if status.value == "ok" and not facts.cached and self.cache is not None:
@@ -266,9 +393,11 @@ async def observe_hop(
     cache: BlobCache | None = None,
     asker: Asker = ("", ""),
     verify: Verify | None = None,
+    order: tuple[EdgeFirst, int] | None = None,
 ) -> HopObservation:
     """Pull ``reference`` from one hop and record what it served. Never raises (but for
-    cancellation), and never outlives the check deadline."""
+    cancellation), and never outlives the check deadline (plus the time it waited for the hops in
+    front of it: ``order`` is the check's `EdgeFirst` and this hop's position in it)."""
     base = HopObservation(
         hop=target.hop.name,
         url=target.hop.url,
@@ -277,15 +406,18 @@ async def observe_hop(
         tag=reference.tag,
     )
     started = time.monotonic()
-    work = _HopCheck(client, target, reference, mode, cache, asker)
+    work = _HopCheck(client, target, reference, mode, cache, asker, order)
     seen: dict[str, Any] = {"tag_digest": None, "digest": None}
 
     def observed(**facts: Any) -> HopObservation:
-        return dataclasses.replace(base, **seen, duration=time.monotonic() - started, **facts)
+        answers = tuple(work.manifest_answers)
+        return dataclasses.replace(
+            base, **seen, duration=time.monotonic() - started, manifest_answers=answers, **facts
+        )
 
     deadline = client.settings.check_deadline
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout(deadline) as work.timer:
             return await _observe(work, seen, observed, verify)
     except TimeoutError:
         return observed(failure=Fault(FaultKind.DEADLINE, f"check deadline of {deadline:.0f}s passed"))
@@ -299,6 +431,8 @@ async def observe_hop(
     finally:
         for task in work.blob_results.values():
             task.cancel()
+        if order is not None:
+            order[0].over(order[1])
 
 
 async def _observe(
@@ -315,7 +449,10 @@ async def _observe(
         return observed(manifest_problem=parsed)
     if verify is not None:
         repository = work.target.repository
-        seen["signatures"] = await observe_signatures(work.client, repository, digest, verify, work.budget)
+        seen["signatures"] = await work.in_turn(
+            f"signatures {digest}",
+            lambda: observe_signatures(work.client, repository, digest, verify, work.budget),
+        )
     if isinstance(parsed, manifests.Index):
         children = await _index_children(work, parsed)
         if isinstance(children, ManifestProblem):
@@ -339,7 +476,7 @@ async def _index_children(
             )
 
         try:
-            fetched = await work.client.fetch_manifest(work.target.repository, descriptor.digest, work.budget)
+            fetched = await work.child_manifest(descriptor.digest)
         except RegistryNotFound as exc:
             return of_child(ManifestProblem(ManifestFault.NOT_FOUND, fault=exc.fault))
         parsed = _parse(fetched, descriptor.digest)
@@ -368,7 +505,8 @@ async def check_target(
     asker: Asker = ("", ""),
     verify: Verify | None = None,
 ) -> CheckResult:
-    """Check one target over its whole pull path (hops concurrently) and judge the result.
+    """Check one target over its whole pull path (hops concurrently, edge first per object: see
+    `EdgeFirst`) and judge the result.
 
     ``clients`` maps hop names to their clients (shared across checks, so tokens and connections
     are reused). ``pinned_digest`` is the digest Flux resolved, for the "Flux is behind" note.
@@ -376,12 +514,25 @@ async def check_target(
     ``verify`` (the OCIRepository's ``spec.verify.provider``) also checks signatures at every hop.
     """
     started = time.time()
-    observations = await asyncio.gather(
-        *(
-            observe_hop(clients[t.hop.name], t, reference, mode=mode, cache=cache, asker=asker, verify=verify)
-            for t in path
+    order = EdgeFirst(len(path), max((clients[t.hop.name].settings.check_deadline for t in path), default=0))
+    try:
+        observations = await asyncio.gather(
+            *(
+                observe_hop(
+                    clients[t.hop.name],
+                    t,
+                    reference,
+                    mode=mode,
+                    cache=cache,
+                    asker=asker,
+                    verify=verify,
+                    order=(order, position),
+                )
+                for position, t in enumerate(path)
+            )
         )
-    )
+    finally:
+        order.close()
     judgement = judge(observations, layer_media_type=layer_media_type, pinned_digest=pinned_digest, mode=mode)
     return CheckResult(
         reference=reference,

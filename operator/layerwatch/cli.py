@@ -285,25 +285,24 @@ class _Clients:
         self._clients: dict[Hop, RegistryClient] = {}
 
     def for_path(self, path: Sequence[HopTarget]) -> dict[str, RegistryClient]:
+        return {target.hop.name: self.for_hop(target.hop) for target in path}
+
+    def for_hop(self, hop: Hop) -> RegistryClient:
         from layerwatch.registry import EndpointState, RegistryClient, endpoint_of
 
-        clients = {}
-        for target in path:
-            hop = target.hop
-            if hop not in self._clients:
-                if self._verbose:
-                    who = f"as {hop.credentials.username}, password ***" if hop.credentials else "anonymously"
-                    _warn(f"hop {hop.name}: {hop.url} {who}" + (", TLS not verified" if hop.insecure else ""))
-                endpoint = endpoint_of(hop)
-                state = self._states.setdefault(endpoint, EndpointState(endpoint, self.settings))
-                self._clients[hop] = RegistryClient(
-                    state,
-                    hop.credentials,
-                    provider=hop.provider,
-                    on_exchange=_tracer(hop.name) if self._verbose else None,
-                )
-            clients[hop.name] = self._clients[hop]
-        return clients
+        if hop not in self._clients:
+            if self._verbose:
+                who = f"as {hop.credentials.username}, password ***" if hop.credentials else "anonymously"
+                _warn(f"hop {hop.name}: {hop.url} {who}" + (", TLS not verified" if hop.insecure else ""))
+            endpoint = endpoint_of(hop)
+            state = self._states.setdefault(endpoint, EndpointState(endpoint, self.settings))
+            self._clients[hop] = RegistryClient(
+                state,
+                hop.credentials,
+                provider=hop.provider,
+                on_exchange=_tracer(hop.name) if self._verbose else None,
+            )
+        return self._clients[hop]
 
     async def aclose(self) -> None:
         import asyncio
@@ -435,6 +434,42 @@ async def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _canary(args: argparse.Namespace) -> int:
+    """One cold-path canary run of the chain file's ``spec.canary``, as ``serve`` runs it each interval."""
+    import json
+    from pathlib import Path
+
+    from layerwatch.canary import run_canary
+    from layerwatch.config import load_chain_file
+    from layerwatch.report import to_json, to_text
+    from layerwatch.verdict import Health
+
+    clients = _Clients(_engine_settings(args), verbose=args.verbose)
+    chain = load_chain_file(Path(args.chain), _settings(args))
+    if chain.canary is None:
+        raise CommandError(f"{args.chain}: the ProxyChain has no spec.canary to run", "config")
+    try:
+        push = clients.for_hop(chain.canary_push_hop())
+        run = await run_canary(chain, push, {hop.name: clients.for_hop(hop) for hop in chain.hops})
+    finally:
+        await clients.aclose()
+    if args.output == "json":
+        data = {
+            "chain": chain.name,
+            "tag": run.tag,
+            "digest": run.digest,
+            "condition": run.condition(0),
+            "cleanupWarning": run.cleanup_warning,
+            "report": to_json(run.result) if run.result is not None else None,
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"cold path of chain {chain.name}: {run.reason}: {run.message}")
+        if run.result is not None:
+            print(to_text(run.result))
+    return {Health.HEALTHY: 0, Health.UNHEALTHY: 1, Health.UNKNOWN: 3}[run.health]
+
+
 def _serve(args: argparse.Namespace) -> int:
     from layerwatch.serve import ListenError, run_serve
 
@@ -466,21 +501,30 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layer-media-type", metavar="MT", help="the OCIRepository's layerSelector.mediaType"
     )
+    _add_trust_options(parser)
+    parser.add_argument(
+        "--plain-http", action="store_true", help="without a chain: talk plain HTTP to the registry"
+    )
+    _add_output_options(parser)
+    _engine_arguments(parser)
+
+
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """Credentials and TLS for hops that do not bring their own."""
     parser.add_argument(
         "--docker-config", metavar="PATH", help="docker config.json with registry credentials"
     )
     parser.add_argument("--ca-file", metavar="PATH", help="PEM CA bundle trusted for every hop")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
-    parser.add_argument(
-        "--plain-http", action="store_true", help="without a chain: talk plain HTTP to the registry"
-    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", choices=["text", "json"], default="text", help="text (default) or json"
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="print each registry request and its status on stderr"
     )
-    _engine_arguments(parser)
 
 
 _CHECK_EPILOG = """\
@@ -534,11 +578,18 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", required=True, metavar="FILE", help="ProxyChain and Target documents")
     serve.add_argument("--metrics-port", type=_port, default=9090, metavar="PORT", help="default 9090")
     serve.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS")  # noqa: S104 - in a pod
-    serve.add_argument("--docker-config", metavar="PATH", help="docker config.json with registry credentials")
-    serve.add_argument("--ca-file", metavar="PATH", help="PEM CA bundle trusted for every hop")
-    serve.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    _add_trust_options(serve)
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     _engine_arguments(serve)
+
+
+def _canary_arguments(canary: argparse.ArgumentParser) -> None:
+    canary.add_argument(
+        "--chain", required=True, metavar="FILE", help="YAML file holding one ProxyChain with spec.canary"
+    )
+    _add_trust_options(canary)
+    _add_output_options(canary)
+    _engine_arguments(canary)
 
 
 def _operator_arguments(operator: argparse.ArgumentParser) -> None:
@@ -553,6 +604,7 @@ _ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "check": _check_arguments,
     "inspect": _inspect_arguments,
     "serve": _serve_arguments,
+    "canary": _canary_arguments,
     "operator": _operator_arguments,
     "completion": _completion_arguments,
 }
@@ -595,6 +647,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
             help="check targets on a schedule and serve /metrics, without Kubernetes",
             description="Check targets on a schedule and serve /metrics and the status page.",
         ),
+        "canary": commands.add_parser(
+            "canary",
+            help="push a fresh artifact at the origin and pull it through every hop, edge first",
+            description="Run the chain's cold-path canary (spec.canary) once: push a fresh artifact at the "
+            "origin, pull it through every hop edge first, clean up old canary tags.",
+            epilog="exit status: 0 the cold path is healthy, 1 some hop broke the canary, 3 it could not "
+            "be checked (e.g. the push was refused), 2 usage or configuration error.",
+        ),
         "operator": commands.add_parser(
             "operator", help="run the Kubernetes operator (kopf)", add_help=False
         ),
@@ -625,6 +685,7 @@ Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {
     "check": _run_async(_check),
     "inspect": _run_async(_inspect),
+    "canary": _run_async(_canary),
     "serve": _serve,
     "completion": _completion,
 }

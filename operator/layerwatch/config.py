@@ -71,7 +71,9 @@ _INT_DIGITS = 32
 """An integer scalar longer than this is refused before Python converts it (and can take long)."""
 
 DOCUMENT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-SPEC_KEYS = frozenset({"hops", "interval", "mode", "namespaceSelector", "suspend", "verify"})
+SPEC_KEYS = frozenset({"hops", "interval", "mode", "namespaceSelector", "suspend", "verify", "canary"})
+CANARY_FILE_KEYS = frozenset({"username", "password", "dockerConfig"})
+"""A chain file's canary may carry its push credentials inline, as a hop does."""
 HOP_KEYS = frozenset(
     {
         "name",
@@ -254,9 +256,36 @@ def _chain(document: Mapping[str, Any], base_dir: Path, settings: FileSettings) 
             ):
                 host = Hop.from_url(raw["name"], raw["url"]).host
                 options[raw["name"]] = _hop_options(raw, base_dir, settings, host)
-    chain = chain_from_spec(name, spec, hop_options=options)
+    canary = spec.get("canary")
+    canary_credentials = None
+    if isinstance(canary, Mapping) and isinstance(hops, Sequence) and hops and isinstance(hops[-1], Mapping):
+        origin = hops[-1]
+        if isinstance(origin.get("url"), str) and isinstance(origin.get("name"), str):
+            host = Hop.from_url(origin["name"], origin["url"]).host
+            canary_credentials = _canary_credentials(canary, base_dir, host, f"chain {name}: spec.canary")
+    chain = chain_from_spec(
+        name, spec, hop_options=options, canary_credentials=canary_credentials, canary_keys=CANARY_FILE_KEYS
+    )
     check_proxies(chain)
     return chain
+
+
+def _canary_credentials(raw: Mapping[str, Any], base_dir: Path, host: str, where: str) -> Credentials | None:
+    """The canary's push credentials in a chain file: ``username``/``password`` or ``dockerConfig``
+    (looked up for the origin's host); none means an anonymous push. Never the hop's own."""
+    if raw.get("secretRef"):
+        raise ChainError(f"{where}: secretRef needs a cluster; use dockerConfig or username/password here")
+    if "username" in raw or "password" in raw:
+        username, password = raw.get("username"), raw.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise ChainError(f"{where}: username and password must both be strings")
+        return Credentials(username, password)
+    path = _file_path(raw, "dockerConfig", base_dir, where)
+    if path is None:
+        return None
+    config = _docker_config(path, required=True)
+    with _as_config_error(where):
+        return docker_credentials(config, host)
 
 
 class _Loader(yaml.SafeLoader):

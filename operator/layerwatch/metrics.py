@@ -7,7 +7,9 @@ series are bounded: one per artifact x hop, never per layer or per error string.
 Blame is in the metrics so that alerts can page once per broken hop: ``layerwatch_artifact_blame``
 exists only on the hop an artifact's current verdict is blamed on, and
 ``layerwatch_hop_blamed_artifacts`` counts those artifacts per chain, hop and verdict. Hops that
-only pass an upstream failure on have neither.
+only pass an upstream failure on have neither. The ``verdict`` label is the blamed hop's own verdict,
+the cause: an edge answering ``404`` because core is down pages as core ``Unreachable`` (which
+``LayerwatchHopDown`` covers), not as a ``ManifestMissing`` at core.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from layerwatch import __version__
+from layerwatch.canary import CanaryResult
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import CheckResult, Health
 
@@ -166,7 +169,7 @@ class Metrics:
         for status in statuses:
             judgement = status.result.judgement if status.result is not None else None
             if judgement is not None and judgement.blame is not None:
-                blamed[(status.chain, judgement.blame, judgement.verdict.value)] += 1
+                blamed[(status.chain, judgement.blame, judgement.blamed_verdict.value)] += 1
         small = [
             _family(
                 GaugeMetricFamily,
@@ -176,6 +179,7 @@ class Metrics:
                 blamed,
             ),
             *counters,
+            *_canary_families(self.store.canaries()),
         ]
         lines = itertools.chain(
             *(family.lines(statuses, chain_hops) for family in _ARTIFACT_FAMILIES),
@@ -264,6 +268,53 @@ class Metrics:
         )
 
 
+def _canary_families(canaries: Mapping[str, CanaryResult]) -> Iterator[Metric]:
+    """The cold-path canary's series: per chain, and per hop of the chain (bounded by its hops)."""
+    healthy: dict[tuple[str], float] = {}
+    verdicts: dict[tuple[str, str, str], float] = {}
+    blame: dict[tuple[str, str, str], float] = {}
+    last: dict[tuple[str], float] = {}
+    for chain, run in canaries.items():
+        last[(chain,)] = run.finished
+        if run.health is not Health.UNKNOWN:
+            healthy[(chain,)] = 1.0 if run.health is Health.HEALTHY else 0.0
+        if run.result is None:
+            verdicts[(chain, "", run.reason)] = 1.0
+            continue
+        judgement = run.result.judgement
+        verdicts |= {(chain, hop.hop, hop.verdict.value): 1.0 for hop in judgement.hops}
+        if judgement.blame is not None:
+            blame[(chain, judgement.blame, judgement.verdict.value)] = 1.0
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_cold_path_healthy",
+        "Canary: 1 when the last fresh artifact came through every hop intact, 0 when not; absent if unknown",
+        ["chain"],
+        healthy,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_verdict",
+        "Canary: 1 for each hop's verdict on the last fresh artifact (hop empty: nothing pulled, and why)",
+        ["chain", "hop", "verdict"],
+        verdicts,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_blame",
+        "Canary: 1 on the hop the last run's (not healthy) verdict is blamed on; absent elsewhere",
+        ["chain", "hop", "verdict"],
+        blame,
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "layerwatch_canary_last_run_timestamp_seconds",
+        "Canary: end of the chain's last canary run (Unix time)",
+        ["chain"],
+        last,
+    )
+
+
 def _family(
     kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
     name: str,
@@ -313,7 +364,7 @@ def _blame_rows(status: TargetStatus, _: ChainHops) -> Iterator[Row]:
     if status.result is not None:
         judgement = status.result.judgement
         if judgement.blame is not None:
-            yield judgement.blame, judgement.verdict.value, 1.0
+            yield judgement.blame, judgement.blamed_verdict.value, 1.0
 
 
 @dataclasses.dataclass(frozen=True)

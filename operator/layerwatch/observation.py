@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from layerwatch.signatures import SignatureObservation
 
 __all__ = [
+    "Answer",
     "BlobCheck",
     "BlobFacts",
     "BlobStatus",
@@ -124,6 +125,20 @@ class ManifestProblem:
 
 
 @dataclasses.dataclass(frozen=True)
+class Answer:
+    """Headers of a 2xx GET that say how the hop came by what it sent (facts only; `report` reads them).
+
+    ``declared`` is the Content-Length (None when absent, e.g. a chunked body); ``etag`` and
+    ``digest_header`` are the ETag and Docker-Content-Digest as sent: "" when sent empty, None when
+    not sent at all.
+    """
+
+    declared: int | None = None
+    etag: str | None = None
+    digest_header: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class BlobFacts:
     """What a hop did when asked for one blob (all facts, no conclusions).
 
@@ -144,6 +159,13 @@ class BlobFacts:
     cached: bool = False
     """Verified at this hop by another target's check within the interval; not fetched now."""
     fault: Fault | None = None
+    answer: Answer | None = None
+    """The headers of the GET that answered (None when none did: HEAD only, cached, failed)."""
+
+    @property
+    def declared(self) -> int | None:
+        """The GET's Content-Length (None when it sent none or no GET answered)."""
+        return None if self.answer is None else self.answer.declared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +222,8 @@ class HopObservation:
     duration: float = 0.0
     signatures: SignatureObservation | None = None
     """The signatures of ``digest`` here; None when the target asks for none (no ``verify``)."""
+    manifest_answers: tuple[Answer, ...] = ()
+    """The headers of each GET of the artifact's manifests here (the top one, then index children)."""
 
     @property
     def layer_digests(self) -> tuple[str, ...]:

@@ -20,11 +20,11 @@ from layerwatch.manifest import (
     flux_child,
     flux_layer,
 )
-from layerwatch.observation import BlobCheck, HopObservation, ManifestCheck
+from layerwatch.observation import Answer, BlobCheck, HopObservation, ManifestCheck
 from layerwatch.reference import short_digest
 from layerwatch.signatures import signatures_json
 from layerwatch.text import one_line
-from layerwatch.verdict import CheckResult, Health, HopVerdict
+from layerwatch.verdict import CheckResult, Health, HopVerdict, diagnosis_json
 
 __all__ = [
     "Children",
@@ -33,10 +33,36 @@ __all__ = [
     "combined_text",
     "describe_artifact",
     "exit_code",
+    "from_upstream",
     "inspect_json",
+    "passed_on",
     "to_json",
     "to_text",
 ]
+
+
+def passed_on(answer: Answer) -> bool:
+    """Whether a hop's answer came from its upstream rather than its own cache, by its headers.
+
+    Measured on Harbor v2.15.2: from its own storage a hop sends ``ETag: "<digest>"`` (quoted, as
+    the distribution registry does). Passing its upstream's answer on, it sends an empty ETag (a
+    manifest by tag, with an empty Docker-Content-Digest), an unquoted digest (a manifest by digest,
+    or the empty body of a cold chain), or neither header (a blob streamed through, chunked).
+    """
+    if answer.etag is not None:
+        return not answer.etag.startswith(('"', 'W/"'))
+    return not answer.digest_header
+
+
+def from_upstream(observation: HopObservation) -> tuple[int, int]:
+    """(manifests, blobs) this hop passed on from its upstream: its GETs' answers, each blob once."""
+    blobs = {
+        blob.descriptor.digest
+        for check in observation.manifests
+        for blob in check.blobs
+        if blob.facts.answer is not None and passed_on(blob.facts.answer)
+    }
+    return sum(1 for answer in observation.manifest_answers if passed_on(answer)), len(blobs)
 
 
 def _blob_json(blob: BlobCheck) -> dict[str, Any]:
@@ -63,18 +89,22 @@ def _manifest_json(check: ManifestCheck) -> dict[str, Any]:
     }
 
 
-def _hop_json(observation: HopObservation, verdict: HopVerdict) -> dict[str, Any]:
+def _hop_json(observation: HopObservation, verdict: HopVerdict, *, origin: bool) -> dict[str, Any]:
+    manifests, blobs = (0, 0) if origin else from_upstream(observation)
     data: dict[str, Any] = {
         "name": observation.hop,
         "url": observation.url,
         "repository": observation.repository,
         "verdict": verdict.verdict.value,
         "message": verdict.message,
+        "inheritedFrom": verdict.inherited_from,
+        "diagnosis": diagnosis_json(verdict.diagnosis),
         "manifestDigest": observation.digest,
         "tagDigest": observation.tag_digest,
         "durationSeconds": round(observation.duration, 3),
         "bytesVerified": observation.bytes_verified,
         "signatures": signatures_json(observation.signatures),
+        "fromUpstream": {"manifests": manifests, "blobs": blobs},
     }
     if observation.index is None and observation.manifests:
         data.update(
@@ -101,7 +131,10 @@ def to_json(result: CheckResult) -> dict[str, Any]:
         "layerMediaType": result.layer_media_type,
         "checkedAt": dt.datetime.fromtimestamp(result.finished, dt.UTC).isoformat().replace("+00:00", "Z"),
         "notes": list(judgement.notes),
-        "hops": [_hop_json(o, v) for o, v in zip(result.observations, judgement.hops, strict=True)],
+        "hops": [
+            _hop_json(o, v, origin=position == len(judgement.hops) - 1)
+            for position, (o, v) in enumerate(zip(result.observations, judgement.hops, strict=True))
+        ],
     }
 
 
@@ -129,6 +162,22 @@ def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
     ]
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _passed_on_lines(observations: Sequence[HopObservation]) -> list[str]:
+    """One line per hop (the origin has no upstream) that passed objects on from its upstream."""
+    lines = []
+    for observation in observations[:-1]:
+        manifests, blobs = from_upstream(observation)
+        counts = [_count(n, noun) for n, noun in ((manifests, "manifest"), (blobs, "blob")) if n]
+        if counts:
+            hop = observation.hop
+            lines.append(f"{hop} passed {' and '.join(counts)} on from its upstream (not cached at {hop})")
+    return lines
+
+
 def to_text(result: CheckResult) -> str:
     """A per-hop table, then one line per problem, then the blame: what a person reads first."""
     judgement = result.judgement
@@ -153,9 +202,16 @@ def to_text(result: CheckResult) -> str:
         lines.append("")
         lines += [f"{v.verdict.value}: {v.message}" for v in problems]
     lines += [f"note: {note}" for note in judgement.notes]
+    lines += _passed_on_lines(result.observations)
     lines.append("")
     if judgement.blame:
-        lines.append(f"verdict {judgement.verdict.value}, blame: hop {judgement.blame}")
+        cause = judgement.blamed_verdict
+        passed_on = (
+            f" ({cause.value} there; hops in front of it pass it on)"
+            if cause is not judgement.verdict
+            else ""
+        )
+        lines.append(f"verdict {judgement.verdict.value}, blame: hop {judgement.blame}{passed_on}")
     else:
         lines.append("verdict Healthy: every hop serves the artifact intact")
     return _lines(lines)

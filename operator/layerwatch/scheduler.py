@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
+from layerwatch.canary import CanaryResult, run_canary
 from layerwatch.chain import Chain, Hop, HopTarget, Target
 from layerwatch.check import BlobCache, check_target, failed_result
 from layerwatch.metrics import Metrics
@@ -34,11 +35,12 @@ from layerwatch.settings import EngineSettings
 from layerwatch.store import ResultStore, TargetStatus
 from layerwatch.verdict import CheckResult
 
-__all__ = ["ResultHook", "Scheduler", "Watch", "first_due_offset"]
+__all__ = ["CanaryHook", "ResultHook", "Scheduler", "Watch", "first_due_offset"]
 
 logger = logging.getLogger("layerwatch.scheduler")
 
 ResultHook = Callable[["Watch", CheckResult], Awaitable[None]]
+CanaryHook = Callable[[CanaryResult], Awaitable[None]]
 JITTER = 0.1
 """Fraction of the interval by which a check's next due time may move either way."""
 MAX_WAKE = 30.0
@@ -81,11 +83,13 @@ class Scheduler:
         metrics: Metrics,
         settings: EngineSettings | None = None,
         on_result: ResultHook | None = None,
+        on_canary: CanaryHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.metrics = store, metrics
         self.settings = settings or EngineSettings()
         self.on_result = on_result
+        self.on_canary = on_canary
         self._clock = clock
         self.last_turn = clock()
         """When the dispatch loop last completed a turn (liveness)."""
@@ -100,6 +104,8 @@ class Scheduler:
         self._ping_due: dict[str, float] = {}
         self._pings: set[asyncio.Task[None]] = set()
         self._running: dict[tuple[str, str], asyncio.Task[CheckResult | None]] = {}
+        self._canary_due: dict[str, float] = {}
+        self._canaries: dict[str, asyncio.Task[CanaryResult | None]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._changed = asyncio.Event()
 
@@ -109,6 +115,7 @@ class Scheduler:
         """Replace the whole plan. Unchanged targets keep their due time; new ones are spread."""
         now = self._clock()
         for name in set(self._chains) - set(chains):
+            self._stop_canary(name)
             self.metrics.forget_chain(name)
             self._caches.pop(name, None)
             self._ping_due.pop(name, None)
@@ -116,6 +123,7 @@ class Scheduler:
             if self._chains.get(name) != chain:
                 self._caches[name] = BlobCache(chain.interval)
                 self._ping_due[name] = now
+                self._plan_canary(name, chain, now)
             self.metrics.set_chain(name, chain.interval, [hop.name for hop in chain.hops])
         self._chains = dict(chains)
         fresh = {w.target.key: w for w in watches}
@@ -150,6 +158,19 @@ class Scheduler:
         self._retire_clients()
         self._changed.set()
 
+    def _plan_canary(self, name: str, chain: Chain, now: float) -> None:
+        """A chain with a canary runs it once per interval, its first run spread like a target's."""
+        self._stop_canary(name)
+        if chain.canary is not None and not chain.suspend:
+            self._canary_due[name] = now + first_due_offset(("canary", name), chain.interval)
+
+    def _stop_canary(self, name: str) -> None:
+        self._canary_due.pop(name, None)
+        task = self._canaries.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self.store.remove_canary(name)
+
     @staticmethod
     def _identity(watch: Watch) -> tuple[object, ...]:
         """What makes a target a different one to check at once; chain and credential edits keep
@@ -170,6 +191,7 @@ class Scheduler:
     def _retire_clients(self) -> None:
         live = {(w.chain.name, t.hop) for w in self._watches.values() if not w.pending for t in w.pull_path()}
         live |= {(c.name, hop) for c in self._chains.values() for hop in c.hops}
+        live |= {(c.name, c.canary_push_hop()) for c in self._chains.values() if c.canary is not None}
         for key in [k for k in self._clients if k not in live]:
             del self._clients[key]
         endpoints = {endpoint_of(hop) for _, hop in live}
@@ -223,6 +245,7 @@ class Scheduler:
         """Start what is due (checks and pings); return when the next thing falls due."""
         now = self._clock()
         self._start_pings(now)
+        self._start_canaries(now)
         while self._heap and self._heap[0][0] <= now:
             when, key = heapq.heappop(self._heap)
             watch = self._watches.get(key)
@@ -237,7 +260,7 @@ class Scheduler:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         next_check = [self._heap[0][0]] if self._heap else []
-        return min([*next_check, *self._ping_due.values(), now + MAX_WAKE])
+        return min([*next_check, *self._ping_due.values(), *self._canary_due.values(), now + MAX_WAKE])
 
     async def _sleep_until(self, wake: float, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -251,11 +274,12 @@ class Scheduler:
                     change_wait.cancel()
 
     async def aclose(self) -> None:
-        tasks = [*self._running.values(), *self._pings]
+        tasks = [*self._running.values(), *self._pings, *self._canaries.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+        self._canaries.clear()
         self._clients.clear()
         await asyncio.gather(*(s.aclose() for s in self._states.values()), return_exceptions=True)
         self._states.clear()
@@ -266,6 +290,54 @@ class Scheduler:
         if watch is None or watch.pending:
             return None
         return await self._check(watch)
+
+    def _start_canaries(self, now: float) -> None:
+        """Start each chain's canary when due, in a task of its own; a run still going is not doubled."""
+        for name, when in list(self._canary_due.items()):
+            chain = self._chains.get(name)
+            if when > now or chain is None:
+                continue
+            self._canary_due[name] = now + chain.interval * (1 + random.uniform(-JITTER, JITTER))
+            if name not in self._canaries:
+                self._canaries[name] = asyncio.create_task(self._canary(chain))
+
+    async def canary_now(self, name: str) -> CanaryResult | None:
+        """Run a chain's canary immediately (tests)."""
+        chain = self._chains.get(name)
+        return None if chain is None or chain.canary is None else await self._canary(chain)
+
+    async def _canary(self, chain: Chain) -> CanaryResult | None:
+        """One canary run, recorded for the chain; a bug ends as an unknown result, never silently."""
+        started = time.time()
+        try:
+            try:
+                push = self.client(chain.name, chain.canary_push_hop())
+                clients = {hop.name: self.client(chain.name, hop) for hop in chain.hops}
+                result = await run_canary(chain, push, clients)
+            except Exception as exc:
+                logger.exception("canary of chain %s failed unexpectedly", chain.name)
+                message = f"canary failed: internal error in layerwatch ({type(exc).__name__}); please report"
+                result = CanaryResult(chain.name, started, time.time(), unknown_message=message)
+            if self._chains.get(chain.name) != chain:
+                return None  # changed or removed while running: this result describes the past.
+            self.store.put_canary(result)
+            logger.info(
+                "canary of chain %s: %s",
+                chain.name,
+                result.reason,
+                extra={"chain": chain.name, "verdict": result.reason, "tag": result.tag},
+            )
+            if self.on_canary is not None:
+                await self.on_canary(result)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug after the run (store, hook) must not stop the scheduler
+            logger.exception("recording the canary of chain %s failed unexpectedly", chain.name)
+            return None
+        finally:
+            if self._canaries.get(chain.name) is asyncio.current_task():
+                del self._canaries[chain.name]
 
     def _start_pings(self, now: float) -> None:
         """Ping every hop of the chains due, each in a task of its own (never in the loop)."""

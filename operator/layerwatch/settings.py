@@ -34,7 +34,9 @@ class EngineSettings:
     """A body slower than this is *stalled* (unknown, never corrupt): a blob of size S gets
     ``timeout + S / min_blob_rate`` seconds. 64 KiB/s lets a 1 GiB layer take 4.5 hours."""
     check_deadline: float = 900.0
-    """One hop's part of a check, and so the whole check (hops run concurrently)."""
+    """One hop's part of a check, not counting the time it waits for the hops in front of it (edge
+    first, `check.EdgeFirst`); those waits end by this long after the check began, so a whole check
+    takes at most twice this."""
     parallel_checks: int = 8
     """Checks in flight at once per chain; a chain whose hop hangs cannot take another's slots."""
     endpoint_concurrency: int = 4
@@ -109,7 +111,7 @@ def _flag(name: str) -> str:
 _HELP = {
     "timeout": "per request: connect, and send to last response header",
     "min_blob_rate": "bytes per second below which a body counts as stalled",
-    "check_deadline": "seconds one check (each of its hops) may take",
+    "check_deadline": "seconds each hop's part of a check may take, waiting for outer hops aside",
     "parallel_checks": "checks in flight at once per chain",
     "endpoint_concurrency": "requests in flight at once per registry endpoint",
     "retries": "extra attempts after a network error, 5xx or 429",

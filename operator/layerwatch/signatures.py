@@ -52,9 +52,12 @@ COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_REFERRERS = 64
 """Referrers followed at most per digest (an index of hundreds is an attack, not signatures)."""
 HARBOR_HINT = (
-    "a Harbor proxy-cache project passes the referrers API on to its upstream only when its "
-    "proxy_referrer_api setting is on (Harbor 2.16+); otherwise it answers from what it holds itself"
+    "a Harbor proxy-cache project (up to v2.15.2) answers the referrers API only from what it has "
+    "cached and never asks its upstream: a signature shows there about 20 s after something pulled it "
+    "by digest through this hop; the proxy_referrer_api setting that forwards it exists only on "
+    "Harbor's main, in no release up to v2.15.2"
 )
+"""True of Harbor v2.15.2, measured on it: what a cold Harbor hop's referrers API says, and why."""
 
 
 class Provider(enum.StrEnum):
@@ -171,16 +174,24 @@ def _where_to_look(signatures: SignatureObservation) -> str:
 
 
 def _referrers_hint(here: SignatureObservation, reference: HopObservation, lost: SignatureCheck) -> str:
-    """What the hop's referrers API said, for a referrer the reference hop lists through its API."""
+    """What the hop's referrers API said about a referrer the reference hop holds.
+
+    A hop whose API answers 200 without it hides it however the reference found it (a Harbor hop
+    in front of an origin with only the referrers tag answers 200 too); a hop whose API is absent
+    is only remarkable where the reference's API works.
+    """
     assert reference.signatures is not None
-    if reference.signatures.referrers_api is not ReferrersApi.OK or lost.found_via != "referrers API":
+    by_api = lost.found_via == "referrers API"
+    if here.referrers_api is ReferrersApi.OK:
+        if by_api or lost.found_via == f"tag {referrers_tag(here.subject)}":
+            return f"; the referrers API here does not list it ({HARBOR_HINT})"
         return ""
-    if here.referrers_api is ReferrersApi.ABSENT:
-        return (
-            f"; the referrers API answers 404 here but works at {reference.hop}, and the "
-            f"{referrers_tag(here.subject)} fallback tag is not here either ({HARBOR_HINT})"
-        )
-    return f"; the referrers API here does not list it ({HARBOR_HINT})"
+    if reference.signatures.referrers_api is not ReferrersApi.OK or not by_api:
+        return ""
+    return (
+        f"; the referrers API answers 404 here but works at {reference.hop}, and the "
+        f"{referrers_tag(here.subject)} fallback tag is not here either ({HARBOR_HINT})"
+    )
 
 
 def _good(signature: SignatureCheck) -> bool:

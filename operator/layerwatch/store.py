@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 
+from layerwatch.canary import CanaryResult
 from layerwatch.chain import Target
 from layerwatch.verdict import CheckResult
 
@@ -65,6 +66,20 @@ class ResultStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._statuses: dict[tuple[str, str], TargetStatus] = {}
+        self._canaries: dict[str, CanaryResult] = {}
+
+    def put_canary(self, result: CanaryResult) -> None:
+        """Keep a chain's latest canary run (the chain's, not any target's)."""
+        with self._lock:
+            self._canaries[result.chain] = result
+
+    def remove_canary(self, chain: str) -> None:
+        with self._lock:
+            self._canaries.pop(chain, None)
+
+    def canaries(self) -> dict[str, CanaryResult]:
+        with self._lock:
+            return dict(self._canaries)
 
     def put(self, status: TargetStatus) -> None:
         """Keep ``status`` as the target's latest; a result carries forward unchanged verdicts' start."""

@@ -2,14 +2,19 @@
 
 One verdict per hop, the first rule that applies in the order of Verdict below. Unknown verdicts (could not
 check) are never unhealthy. Blame walks from the origin toward the edge and names the first hop
-where the worst class of problem appears, because a proxy passes its upstream's damage on.
+where the worst class of problem appears, because a proxy passes its upstream's damage on. A hop
+whose only failures are a ``404`` or ``5xx`` (or the same damaged bytes) for objects its upstream
+fails on too inherits them: it keeps the verdict a client meets there, and the blame goes to the
+hop whose own answer explains it. Known Harbor failure signatures get a named ``Diagnosis``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from layerwatch.chain import Mode
 from layerwatch.manifest import FLUX_CONTENT, Descriptor, flux_layer
@@ -30,6 +35,8 @@ from layerwatch.text import one_line
 __all__ = [
     "MESSAGE_LIMIT",
     "CheckResult",
+    "Diagnosis",
+    "DiagnosisName",
     "Health",
     "HopVerdict",
     "Judgement",
@@ -37,6 +44,7 @@ __all__ = [
     "classify_blob",
     "describe_fault",
     "describe_manifest_problem",
+    "diagnosis_json",
     "judge",
     "not_found",
     "verdict_of",
@@ -75,11 +83,47 @@ class Verdict(enum.StrEnum):
         return Health.UNHEALTHY
 
 
+class DiagnosisName(enum.StrEnum):
+    """Failure signatures of a real Harbor proxy-cache, recognised from the bytes and headers."""
+
+    COLD_UPSTREAM_EMPTY_BODY = "cold-upstream-empty-body"
+    CACHED_DATA_LOST = "cached-data-lost"
+    MANIFESTS_PATH_SEGMENT = "manifests-path-segment"
+    UPSTREAM_DOWN = "upstream-down"
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """A named cause: what it is, whether it heals by itself, and what to do (one line each)."""
+
+    name: DiagnosisName
+    what: str
+    heals: bool
+    remedy: str
+
+    @property
+    def words(self) -> str:
+        """The diagnosis as the hop's message says it."""
+        heals = "heals by itself" if self.heals else "never heals by itself"
+        return f"{self.name.value}: {self.what}; {heals}; {self.remedy}"
+
+
+def diagnosis_json(diagnosis: Diagnosis | None) -> dict[str, Any] | None:
+    """A diagnosis as the JSON report and the status API carry it."""
+    if diagnosis is None:
+        return None
+    return {"name": diagnosis.name.value, "heals": diagnosis.heals, "remedy": diagnosis.remedy}
+
+
 @dataclasses.dataclass(frozen=True)
 class HopVerdict:
+    """``inherited_from``: the hop whose failure this one only passes on (blame goes there)."""
+
     hop: str
     verdict: Verdict
     message: str
+    inherited_from: str | None = None
+    diagnosis: Diagnosis | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +141,36 @@ class Judgement:
         return self.verdict.health
 
     @property
+    def blamed(self) -> HopVerdict | None:
+        return next((hop for hop in self.hops if hop.hop == self.blame), None)
+
+    @property
+    def blamed_verdict(self) -> Verdict:
+        """The blamed hop's own verdict: the cause that pages (``verdict`` is what a client meets)."""
+        blamed = self.blamed
+        return blamed.verdict if blamed is not None else self.verdict
+
+    @property
     def message(self) -> str:
-        """The blamed hop's message (or the first hop's when all are healthy): one line for people."""
-        for hop in self.hops:
-            if hop.hop == self.blame:
-                return hop.message
-        return self.hops[0].message if self.hops else ""
+        """The blamed hop's message (or the first hop's when all are healthy): one line for people.
+
+        When the verdict is one the blamed hop only causes (core down, edge answers ``404``), the
+        message of the hop that inherits it comes first: it says what a client meets and why.
+        """
+        blamed = self.blamed
+        if blamed is None:
+            return self.hops[0].message if self.hops else ""
+        heir = next(
+            (
+                hop
+                for hop in reversed(self.hops)
+                if hop.inherited_from == blamed.hop and hop.verdict is self.verdict
+            ),
+            None,
+        )
+        if blamed.verdict is self.verdict or heir is None:
+            return blamed.message
+        return one_line(f"{heir.message}; {blamed.message}", MESSAGE_LIMIT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,18 +352,27 @@ def _reference_digest(observations: Sequence[HopObservation], position: int) -> 
     return None
 
 
+class _Finding(NamedTuple):
+    """A hop's verdict and detail; ``objects``: it comes from answers about single objects (a
+    manifest, a blob), which a proxy may only pass on, not from comparing what it serves."""
+
+    verdict: Verdict
+    detail: str
+    objects: bool = False
+
+
 def _judge_hop(
     observations: Sequence[HopObservation], position: int, layer_media_type: str | None, mode: Mode
-) -> tuple[Verdict, str]:
+) -> _Finding:
     obs = observations[position]
     if obs.failure is not None:
-        return verdict_of(obs.failure), describe_fault(obs.failure)
+        return _Finding(verdict_of(obs.failure), describe_fault(obs.failure), objects=True)
     if obs.manifest_problem is not None:
         not_there = obs.manifest_problem.kind is ManifestFault.NOT_FOUND
         verdict = Verdict.MANIFEST_MISSING if not_there else Verdict.MANIFEST_CORRUPT
-        return verdict, describe_manifest_problem(obs.manifest_problem, obs.tag)
+        return _Finding(verdict, describe_manifest_problem(obs.manifest_problem, obs.tag), objects=True)
     if not obs.manifests:
-        return Verdict.MANIFEST_CORRUPT, "manifest has no image manifests"
+        return _Finding(Verdict.MANIFEST_CORRUPT, "manifest has no image manifests")
     reordered = subset = False
     upstream = _reference_digest(observations, position)
     if obs.tag_digest and upstream is not None and upstream.tag_digest and obs.digest != upstream.digest:
@@ -305,53 +382,290 @@ def _judge_hop(
         reordered = here != there and sorted(here) == sorted(there)
         subset = set(here) < set(there)
         if not (reordered or subset):
-            return Verdict.DIGEST_MISMATCH, (
+            return _Finding(
+                Verdict.DIGEST_MISMATCH,
                 f"tag {obs.tag} is {short_digest(obs.digest)} here but {short_digest(upstream.digest)} "
-                f"at {upstream.hop}"
+                f"at {upstream.hop}",
             )
     if subset and upstream is not None:
         lost = [d for d in upstream.layer_digests if d not in obs.layer_digests]
-        return Verdict.LAYER_MISSING, (
+        return _Finding(
+            Verdict.LAYER_MISSING,
             f"manifest lists {len(obs.layer_digests)} of the {len(upstream.layer_digests)} layers at "
-            f"{upstream.hop}; {short_digest(lost[0])} missing"
+            f"{upstream.hop}; {short_digest(lost[0])} missing",
         )
     # A definite finding about one blob is not hidden by another blob that could not be checked.
     missing = _first_blob(obs, BlobStatus.MISSING)
     if missing:
-        return Verdict.LAYER_MISSING, missing
+        return _Finding(Verdict.LAYER_MISSING, missing, objects=True)
     corrupt = _first_blob(obs, BlobStatus.CORRUPT)
     if corrupt:
-        return Verdict.LAYER_CORRUPT, corrupt
+        return _Finding(Verdict.LAYER_CORRUPT, corrupt, objects=True)
     unchecked = _first_unchecked(obs)
     if unchecked is not None:
-        return unchecked
+        return _Finding(*unchecked, objects=True)
     if reordered and upstream is not None:
-        return Verdict.LAYER_ORDER_MISMATCH, (
+        return _Finding(
+            Verdict.LAYER_ORDER_MISMATCH,
             f"same layers as at {upstream.hop} in another order (manifest {short_digest(obs.digest)} "
-            f"vs {short_digest(upstream.digest)})"
+            f"vs {short_digest(upstream.digest)})",
         )
     for check in obs.manifests:
         manifest = check.manifest
         if layer_media_type is None:
             contents = [i for i, layer in enumerate(manifest.layers) if layer.media_type == FLUX_CONTENT]
             if contents and contents[0] != 0:
-                return Verdict.LAYER_ORDER_MISMATCH, (
+                return _Finding(
+                    Verdict.LAYER_ORDER_MISMATCH,
                     f"layer 0 is {_quoted(manifest.layers[0].media_type)}, not the Flux content layer (layer "
-                    f"{contents[0]}); without layerSelector Flux extracts layer 0"
+                    f"{contents[0]}); without layerSelector Flux extracts layer 0",
                 )
         elif flux_layer(manifest, layer_media_type) is None:
-            return Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {_quoted(layer_media_type)}"
+            return _Finding(
+                Verdict.LAYER_SELECTOR_UNMATCHED, f"no layer has media type {_quoted(layer_media_type)}"
+            )
     signature = judge_signatures(observations, position)
     if signature is not None:
         verdict = Verdict.SIGNATURE_MISSING if signature.missing else Verdict.SIGNATURE_CORRUPT
-        return verdict, signature.message
+        return _Finding(verdict, signature.message)
     blobs = sum(len(m.blobs) for m in obs.manifests)
     signed = f", {len(obs.signatures.signatures)} signatures" if obs.signatures is not None else ""
     if mode is Mode.HEAD:
-        return Verdict.HEALTHY, (
-            f"manifest {short_digest(obs.digest)} verified, {blobs} blobs present (HEAD){signed}"
+        return _Finding(
+            Verdict.HEALTHY,
+            f"manifest {short_digest(obs.digest)} verified, {blobs} blobs present (HEAD){signed}",
         )
-    return Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified{signed}"
+    return _Finding(
+        Verdict.HEALTHY, f"manifest {short_digest(obs.digest)} and {blobs} blobs verified{signed}"
+    )
+
+
+# -- inherited failures ---------------------------------------------------------------------------
+
+
+class _Answer(enum.Enum):
+    """What a hop answered for one object it failed on."""
+
+    NOT_FOUND = "404"
+    SERVER_ERROR = "5xx"
+    CORRUPT = "corrupt"
+    OTHER = "other"
+
+
+_Object = tuple[str, str]
+"""``("manifest", "")`` for the reference checked, ``("manifest", digest)`` for an index's child,
+``("blob", digest)`` for a blob."""
+_TOP: _Object = ("manifest", "")
+_Failures = Mapping[_Object, tuple[_Answer, Verdict]]
+
+
+def _answer(fault: Fault) -> _Answer:
+    server_error = fault.kind is FaultKind.HTTP_STATUS and (fault.status or 0) >= 500
+    return _Answer.SERVER_ERROR if server_error else _Answer.OTHER
+
+
+def _failures(obs: HopObservation) -> _Failures:
+    """Every object a hop failed on, with its answer and the verdict that failure means alone."""
+    if obs.failure is not None:
+        return {_TOP: (_answer(obs.failure), verdict_of(obs.failure))}
+    failed: dict[_Object, tuple[_Answer, Verdict]] = {}
+    problem = obs.manifest_problem
+    if problem is not None:
+        key = ("manifest", problem.digest or "") if problem.child else _TOP
+        if problem.kind is ManifestFault.NOT_FOUND:
+            failed[key] = (_Answer.NOT_FOUND, Verdict.MANIFEST_MISSING)
+        else:
+            failed[key] = (_Answer.CORRUPT, Verdict.MANIFEST_CORRUPT)
+    for check in obs.manifests:
+        for blob in check.blobs:
+            key = ("blob", blob.descriptor.digest)
+            if blob.status is BlobStatus.MISSING:
+                failed[key] = (_Answer.NOT_FOUND, Verdict.LAYER_MISSING)
+            elif blob.status is BlobStatus.CORRUPT:
+                failed[key] = (_Answer.CORRUPT, Verdict.LAYER_CORRUPT)
+            elif blob.status is BlobStatus.UNCHECKED and blob.facts.fault is not None:
+                failed[key] = (_answer(blob.facts.fault), verdict_of(blob.facts.fault))
+    return failed
+
+
+def _cause(upstream: HopObservation, failed: _Failures, key: _Object) -> tuple[_Answer, Verdict] | None:
+    """How a hop's upstream fails on an object, when that failure explains what the hop passes on.
+
+    An upstream refusing layerwatch's credentials or rate-limiting it says nothing about what it
+    serves the hop in front of it; one that cannot be reached at all fails on everything.
+    """
+    if upstream.failure is not None:
+        down = upstream.failure.kind is not FaultKind.INTERNAL
+        found: tuple[_Answer, Verdict] | None = (_answer(upstream.failure), verdict_of(upstream.failure))
+    else:
+        down, found = True, failed.get(key)
+    if (
+        found is None
+        or not down
+        or (found[1].health is Health.UNKNOWN and found[1] is not Verdict.UNREACHABLE)
+    ):
+        return None
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inherited:
+    """Why a hop's failures are not its own: per object, the hop that explains it and its verdict."""
+
+    roots: Mapping[_Object, tuple[int, Verdict]]
+    verdict: Verdict
+
+
+def _inherit(observations: Sequence[HopObservation], findings: Sequence[_Finding]) -> list[_Inherited | None]:
+    """For each hop, from the origin outward: whether all its failures are passed on from upstream.
+
+    A hop passes an object's failure on when it answers ``404`` or ``5xx`` for it (or the same
+    damaged bytes) while its upstream fails on that object too. One failure of its own (another
+    object, a stale tag, a dropped layer) makes everything at the hop its own.
+    """
+    failures = [_failures(obs) for obs in observations]
+    inherited: list[_Inherited | None] = [None] * len(observations)
+    for position in range(len(observations) - 2, -1, -1):
+        finding = findings[position]
+        if finding.verdict is Verdict.HEALTHY or not finding.objects or not failures[position]:
+            continue
+        upstream = inherited[position + 1]
+        roots: dict[_Object, tuple[int, Verdict]] = {}
+        verdicts: list[Verdict] = []
+        for key, (answer, verdict) in failures[position].items():
+            cause = _cause(observations[position + 1], failures[position + 1], key)
+            passable = answer in (_Answer.NOT_FOUND, _Answer.SERVER_ERROR) or (
+                answer is _Answer.CORRUPT and cause is not None and cause[0] is _Answer.CORRUPT
+            )
+            if cause is None or not passable:
+                break
+            root = upstream.roots.get(key) if upstream is not None else None
+            roots[key] = root or (position + 1, cause[1])
+            verdicts.append(roots[key][1] if answer is _Answer.SERVER_ERROR else verdict)
+        else:
+            worst = max(verdicts, key=lambda v: (v.health, -list(Verdict).index(v)))
+            inherited[position] = _Inherited(roots, worst)
+    return inherited
+
+
+# -- named Harbor diagnoses -----------------------------------------------------------------------
+
+COLD_UPSTREAM = Diagnosis(
+    DiagnosisName.COLD_UPSTREAM_EMPTY_BODY,
+    "answered 200 with an empty body (Content-Length 0) for a blob its upstream had not cached yet, "
+    "Harbor's cold-chain bug goharbor/harbor#23373 (fixed on Harbor's main, in no release up to v2.15.2)",
+    True,
+    "pull again, or warm the upstream first by pulling through the next hop; upgrade Harbor once a "
+    "release carries the fix",
+)
+CACHED_DATA_LOST = Diagnosis(
+    DiagnosisName.CACHED_DATA_LOST,
+    "announced the full length, then closed the connection with 0 bytes, again on retry: its storage "
+    "lost the blob's data while its descriptor cache (Harbor's Redis layerinfo) still lists it",
+    False,
+    "delete the artifact in the proxy project and clear the blob's layerinfo entry in Harbor's Redis "
+    "(or flush or restart that Redis); garbage collection alone may not clear it",
+)
+MANIFESTS_PATH_SEGMENT = Diagnosis(
+    DiagnosisName.MANIFESTS_PATH_SEGMENT,
+    "serves the manifest but answers 404 for blobs, and the repository path has a 'manifests' segment: "
+    "Harbor's proxy-cache routes a blob URL under a 'manifests' path segment as a manifest URL, so blob "
+    "requests fail (not on every request)",
+    False,
+    "rename the repository so that no path segment is 'manifests', or pull it from a non-proxy project",
+)
+
+
+def _upstream_down(root: str) -> Diagnosis:
+    return Diagnosis(
+        DiagnosisName.UPSTREAM_DOWN,
+        f"answers in place of hop {root}, which could not be checked (Unreachable), for what it has "
+        "not cached itself",
+        True,
+        f"bring hop {root} back; nothing to fix at this hop",
+    )
+
+
+def _empty_body(blob: BlobCheck) -> bool:
+    """An empty 200 for a non-empty blob, ended without an error: Content-Length 0."""
+    facts = blob.facts
+    return (
+        facts.status == 200
+        and facts.received == 0
+        and facts.fault is None
+        and not (facts.headed or facts.cached or facts.overflow)
+        and facts.encoding is None
+        and blob.descriptor.size > 0
+    )
+
+
+def _data_lost(blob: BlobCheck) -> bool:
+    """A 200 whose connection closed before a single byte (the client has already retried once)."""
+    fault = blob.facts.fault
+    return blob.facts.received == 0 and fault is not None and fault.kind is FaultKind.BODY_CUT
+
+
+def _diagnose(obs: HopObservation, verdict: Verdict, *, passed_on: bool) -> Diagnosis | None:
+    """A named Harbor failure at a proxy hop (one with an upstream).
+
+    Damaged bytes a hop only passes on are its upstream's to name; a ``manifests`` segment breaks
+    every Harbor hop of the path on its own, so a hop passing the 404s on is named too. Harbor
+    decides that 404 per request (the same blob alternates 404 and 200), so one 404 blob is enough.
+    """
+    blobs = [blob for check in obs.manifests for blob in check.blobs]
+    if verdict is Verdict.LAYER_CORRUPT and not passed_on:
+        corrupt = next(blob for blob in blobs if blob.status is BlobStatus.CORRUPT)
+        if _empty_body(corrupt):
+            return COLD_UPSTREAM
+        if _data_lost(corrupt):
+            return CACHED_DATA_LOST
+    if (
+        verdict is Verdict.LAYER_MISSING
+        and any(blob.status is BlobStatus.MISSING for blob in blobs)
+        and "manifests" in obs.repository.split("/")
+    ):
+        return MANIFESTS_PATH_SEGMENT
+    return None
+
+
+def _hop_verdict(
+    observations: Sequence[HopObservation],
+    position: int,
+    finding: _Finding,
+    inherited: _Inherited | None,
+) -> HopVerdict:
+    """One hop's verdict and message: its own finding, or what it passes on and from where."""
+    obs = observations[position]
+    verdict, detail = finding.verdict, finding.detail
+    root: str | None = None
+    diagnosis: Diagnosis | None = None
+    suffix = ""
+    if inherited is not None:
+        deepest, cause = max(inherited.roots.values(), key=lambda root: root[0])
+        root, verdict = observations[deepest].hop, inherited.verdict
+        suffix = f"; passed on from hop {root} ({cause.value} there)"
+        down = [at for at, why in inherited.roots.values() if why is Verdict.UNREACHABLE]
+        diagnosis = _upstream_down(observations[max(down)].hop) if down else None
+    if diagnosis is None and position < len(observations) - 1:
+        diagnosis = _diagnose(obs, verdict, passed_on=inherited is not None)
+    if diagnosis is not None:
+        suffix += f"; {diagnosis.words}"
+    head = f"hop {obs.hop} ({obs.location}): "
+    # The registry's words in ``detail`` are bounded so that they cannot push the diagnosis out.
+    room = max(MESSAGE_LIMIT - len(head) - len(suffix), _FIELD_LIMIT)
+    message = one_line(f"{head}{one_line(detail, room)}{suffix}", MESSAGE_LIMIT)
+    return HopVerdict(obs.hop, verdict, message, root, diagnosis)
+
+
+def _unchecked_upstream_notes(verdicts: Sequence[HopVerdict]) -> list[str]:
+    """A hop unhealthy on its own in front of one that could not be checked may still pass on its fault."""
+    return [
+        f"{upstream.hop} could not be checked; {hop.hop} may only pass on its failure"
+        for hop, upstream in itertools.pairwise(verdicts)
+        if hop.verdict.health is Health.UNHEALTHY
+        and hop.inherited_from is None
+        and upstream.verdict.health is Health.UNKNOWN
+    ]
 
 
 def judge(
@@ -369,22 +683,18 @@ def judge(
     ``pinned_digest`` is the digest Flux resolved for a tag; when the origin's tag now points
     elsewhere, a note says Flux is behind (not a hop fault).
     """
-    verdicts: list[HopVerdict] = []
-    for position, obs in enumerate(observations):
-        verdict, detail = _judge_hop(observations, position, layer_media_type, mode)
-        message = one_line(f"hop {obs.hop} ({obs.location}): {detail}", MESSAGE_LIMIT)
-        verdicts.append(HopVerdict(obs.hop, verdict, message))
+    findings = [_judge_hop(observations, p, layer_media_type, mode) for p in range(len(observations))]
+    inherited = _inherit(observations, findings)
+    verdicts = [_hop_verdict(observations, p, finding, inherited[p]) for p, finding in enumerate(findings)]
     worst = max((v.verdict.health for v in verdicts), default=Health.HEALTHY)
     blame: str | None = None
     overall = Verdict.HEALTHY
     if worst is not Health.HEALTHY:
-        for hop_verdict in reversed(verdicts):
-            if hop_verdict.verdict.health is worst:
-                blame, overall = hop_verdict.hop, hop_verdict.verdict
-                break
+        deepest = next(v for v in reversed(verdicts) if v.verdict.health is worst)
+        blame, overall = deepest.inherited_from or deepest.hop, deepest.verdict
     origin = observations[-1] if observations else None
     origin_digest = origin.digest if origin and origin.failure is None else None
-    notes: list[str] = referrers_notes(observations)
+    notes: list[str] = [*_unchecked_upstream_notes(verdicts), *referrers_notes(observations)]
     if pinned_digest and origin is not None and origin.tag_digest and origin.tag_digest != pinned_digest:
         notes.append(
             f"Flux is behind: tag {origin.tag} at the origin is now {short_digest(origin.tag_digest)}, "

@@ -21,10 +21,12 @@ from typing import Any
 from aiohttp import web
 
 from layerwatch import __version__
+from layerwatch.canary import CanaryResult
 from layerwatch.chain import Chain
 from layerwatch.metrics import Metrics
 from layerwatch.signatures import signatures_json
 from layerwatch.store import ResultStore, TargetStatus
+from layerwatch.verdict import diagnosis_json
 
 __all__ = ["RUNBOOKS", "WebServer", "runbook_url", "status_document"]
 
@@ -111,6 +113,8 @@ def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
                 "verdict": verdict.verdict.value,
                 "health": verdict.verdict.health.name.lower(),
                 "message": verdict.message,
+                "inheritedFrom": verdict.inherited_from,
+                "diagnosis": diagnosis_json(verdict.diagnosis),
                 "manifestDigest": observation.digest,
                 "since": _iso(status.hop_since.get(verdict.hop)),
                 "runbook": runbook_url(verdict.verdict.value),
@@ -120,6 +124,44 @@ def _artifact(status: TargetStatus, chain: Chain | None) -> dict[str, Any]:
         ],
     )
     return data
+
+
+def _canary(run: CanaryResult | None) -> dict[str, Any]:
+    """A chain's cold-path canary as the API shows it (``health`` waiting before its first run)."""
+    if run is None:
+        empty: dict[str, Any] = dict.fromkeys(("reason", "message", "tag", "digest", "blame", "finishedAt"))
+        return empty | {"health": "waiting"}
+    blame = run.result.judgement.blame if run.result is not None else None
+    return {
+        "health": run.health.name.lower(),
+        "reason": run.reason,
+        "message": run.message,
+        "tag": run.tag,
+        "digest": run.digest,
+        "blame": blame,
+        "finishedAt": _iso(run.finished),
+    }
+
+
+_CANARY_RUNBOOKS = {
+    "unhealthy": f"{RUNBOOKS}#layerwatchcoldpathbroken",
+    "unknown": f"{RUNBOOKS}#layerwatchcanaryunknown",
+}
+
+
+def _canary_line(canary: Mapping[str, Any] | None) -> str:
+    """One line under a chain's heading: what the last fresh artifact met on its way to the edge."""
+    if canary is None:
+        return ""
+    health = canary["health"]
+    if health == "waiting":
+        return '<div class="canary waiting">cold path (canary): not run yet; it runs once per interval</div>'
+    tag = f" · {html.escape(canary['tag'])}" if canary["tag"] else ""
+    return (
+        f'<div class="canary {health}">cold path (canary): <b>{html.escape(canary["reason"])}</b>'
+        f" · {html.escape(canary['message'])}{tag} · at {html.escape(canary['finishedAt'])}"
+        f"{_runbook(_CANARY_RUNBOOKS.get(health))}</div>"
+    )
 
 
 def status_document(
@@ -132,6 +174,7 @@ def status_document(
 
     Artifacts are grouped by chain, broken ones first (then unknown, waiting, healthy).
     """
+    canaries = store.canaries()
     artifacts = sorted(
         (_artifact(s, chains.get(s.chain)) for s in store.snapshot()),
         key=lambda a: (a["chain"], _ORDER[a["health"]], a["namespace"], a["name"]),
@@ -151,6 +194,7 @@ def status_document(
                 "hops": [
                     {"name": h.name, "url": h.url, "up": hop_up.get((name, h.name))} for h in chain.hops
                 ],
+                "canary": _canary(canaries.get(name)) if chain.canary is not None else None,
             }
             for name, chain in sorted(chains.items())
         ],
@@ -181,6 +225,7 @@ td.unhealthy{background:#ffebe9;border-left-color:#cf222e}
 td.unknown{background:#fff8c5;border-left-color:#bf8700}
 td.waiting,td.none{background:#f6f8fa;color:#57606a}
 td.blamed{outline:3px solid #cf222e;outline-offset:-3px}
+.diag{margin:.3rem 0}
 td.unknown.blamed{outline-color:#bf8700}
 td.passed{opacity:.72}
 .verdict{font-weight:700;font-size:15px}
@@ -200,6 +245,10 @@ td.unknown .badge{background:#9a6700}
 .pill.good{background:#dafbe1;color:#116329}
 .notready{background:#fff8c5;border:1px solid #bf8700;padding:.5rem .75rem;margin:.5rem 0}
 .legend{color:#57606a;font-size:12px;margin-top:.5rem}
+.canary{padding:.35rem .75rem;margin:.25rem 0 .5rem;border-left:5px solid #d0d7de;background:#fff}
+.canary.healthy{border-left-color:#2da44e}
+.canary.unhealthy{border-left-color:#cf222e;background:#ffebe9}
+.canary.unknown{border-left-color:#bf8700;background:#fff8c5}
 """
 
 _REFRESH = (
@@ -246,6 +295,16 @@ def _signatures_line(signatures: Mapping[str, Any] | None) -> str:
     return f'<div class="sigs">{text}</div>'
 
 
+def _diagnosis_line(diagnosis: Mapping[str, Any] | None) -> str:
+    """The named cause first, then whether it heals and what to do: what an on-call reads first."""
+    if diagnosis is None:
+        return ""
+    name = html.escape(diagnosis["name"])
+    heals = "heals by itself" if diagnosis["heals"] else "never heals by itself"
+    remedy = html.escape(diagnosis["remedy"])
+    return f'<div class="diag" data-diagnosis="{name}"><b>{name}</b>: {heals}; {remedy}</div>'
+
+
 def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) -> str:
     if hop is None:
         return '<td class="none">not on pull path</td>'
@@ -253,13 +312,14 @@ def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) 
     if health == "waiting":
         return f'<td class="waiting" data-hop="{html.escape(name)}">{html.escape(hop["message"])}</td>'
     blamed = health != "healthy" and name == blame
-    passed = health != "healthy" and not blamed and blame is not None
+    passed: str | None = hop.get("inheritedFrom") if health != "healthy" and not blamed else None
     body = f'<div class="verdict">{html.escape(hop["verdict"])}'
     if blamed:
-        body += '<span class="badge" title="the hop nearest the origin with this problem">blamed</span>'
+        body += '<span class="badge" title="the hop whose own answer explains the problem">blamed</span>'
     body += "</div>"
-    if passed:
-        body += f'<div class="when">passes on the fault of hop {html.escape(blame)}</div>'
+    if passed is not None:
+        body += f'<div class="when">passes on the fault of hop {html.escape(passed)}</div>'
+    body += _diagnosis_line(hop.get("diagnosis"))
     if health != "healthy":
         body += f'<div class="msg">{html.escape(hop["message"])}</div>'
     body += _signatures_line(hop.get("signatures"))
@@ -268,7 +328,7 @@ def _cell(hop: Mapping[str, Any] | None, artifact: Mapping[str, Any], now: str) 
         f'<div class="when">checked {html.escape(artifact["checkedAt"] or "-")}'
         f"{_runbook(hop.get('runbook'))}</div>"
     )
-    classes = " ".join([health, *(["blamed"] if blamed else []), *(["passed"] if passed else [])])
+    classes = " ".join([health, *(["blamed"] if blamed else []), *(["passed"] if passed is not None else [])])
     attributes = (
         f'class="{classes}" data-hop="{html.escape(name)}" data-verdict="{html.escape(hop["verdict"])}"'
         + (' data-blamed="true"' if blamed else "")
@@ -322,6 +382,7 @@ def status_page(document: Mapping[str, Any]) -> str:
             f"<small>{len(hops)} hops, edge first · checked every {chain['interval']:g}s"
             f" · mode {html.escape(chain['mode'])}</small></h2>"
         )
+        parts.append(_canary_line(chain.get("canary")))
         parts.append('<table><colgroup><col class="artifact"></colgroup><thead><tr><th>artifact</th>')
         for hop in hops:
             up = hop["up"]
@@ -343,9 +404,10 @@ def status_page(document: Mapping[str, Any]) -> str:
     if document["chains"]:
         parts.append(
             '<p class="legend">Each cell is the artifact as a client pulling through that hop gets it. '
-            "Broken rows come first. <b>blamed</b> (outlined) marks the hop nearest the origin with the "
-            'problem: hops in front of it only pass it on (faded). "since" is the first check that '
-            "gave the verdict. Times are UTC.</p>"
+            "Broken rows come first. <b>blamed</b> (outlined) marks the hop whose own answer explains "
+            "the problem: hops in front of it that fail only because it does pass it on (faded), "
+            'and a named diagnosis says whether it heals and what to do. "since" is the first check '
+            "that gave the verdict. Times are UTC.</p>"
         )
     else:
         parts.append("<p>No chains configured yet.</p>")

@@ -100,6 +100,18 @@ def wait_conditions(
         ) from None
 
 
+def wait_proxy_unhealthy(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    controllers: tuple[SourceController, Operator],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Wait until layerwatch's condition on the object is False; the object and its conditions."""
+    return wait_conditions(
+        custom, namespace, name, "ProxyHealthy=False", lambda c: holds(c, CONDITION, "False"), controllers
+    )
+
+
 def both_alive(source_controller: SourceController, operator: Operator) -> None:
     assert source_controller.alive(), f"source-controller died:\n{source_controller.logs()}"
     assert operator.process is not None and operator.process.poll() is None, (

@@ -25,6 +25,7 @@ from tests.e2e.flux_harness import (
     holds,
     repository_state,
     wait_conditions,
+    wait_proxy_unhealthy,
 )
 from tests.e2e.source_controller import (
     SourceController,
@@ -220,14 +221,7 @@ def test_a_layer_lost_at_the_middle_hop_is_seen_by_layerwatch_while_flux_stays_r
         [{"kind": "drop", "repository": chain.repository_at("core", repository), "digest": layer}]
     )
 
-    body, conditions = wait_conditions(
-        custom,
-        namespace,
-        "app",
-        "ProxyHealthy=False",
-        lambda c: holds(c, CONDITION, "False"),
-        controllers,
-    )
+    body, conditions = wait_proxy_unhealthy(custom, namespace, "app", controllers)
     proxy = conditions[CONDITION]
     assert proxy["reason"] == "LayerMissing", proxy
     assert proxy["message"].startswith(f"hop core ({chain.hop('core').address}/p-ghcr/{repository}): "), proxy

@@ -13,7 +13,9 @@ import pytest
 
 from lab.chain import LocalChain
 from lab.harbor import HarborChain, missing_harbor_parts
+from lab.process import LabError
 from lab.registry import DOCKER_REGISTRY
+from lab.signing import Signer, cosign_path, notation_path
 
 _ORAS = os.environ.get("ORAS") or str(Path.home() / ".cache/layerwatch/bin/oras")
 _counter = itertools.count()
@@ -41,6 +43,17 @@ def harbor_chain() -> Iterator[HarborChain]:
         pytest.fail("the real Harbor chain needs: " + "; ".join(missing), pytrace=False)
     with HarborChain() as chain:
         yield chain
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
+    """cosign and notation keys for a module; a missing cosign or notation fails the tests (never
+    skips them)."""
+    try:
+        cosign_path(), notation_path()
+    except LabError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield Signer(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture

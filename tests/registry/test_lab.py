@@ -121,10 +121,12 @@ def test_token_flow_like_harbor(local_chain: LocalChain, artifact: PushedArtifac
     }
 
     params = {"service": challenge["service"], "scope": challenge["scope"]}
-    assert httpx.get(challenge["realm"], params=params).status_code == 401, (
-        "anonymous refused (--auth required)"
-    )
-    assert httpx.get(challenge["realm"], params=params, auth=(EDGE_USER[0], "wrong")).status_code == 401
+    for credentials in (None, (EDGE_USER[0], "wrong")):
+        worthless = httpx.get(challenge["realm"], params=params, auth=credentials)
+        assert worthless.status_code == 200, "Harbor's token service hands a token to anyone"
+        refused = httpx.get(edge + path, headers={"Authorization": f"Bearer {worthless.json()['token']}"})
+        assert refused.status_code == 401, "... that allows nothing (--auth required)"
+        assert refused.headers["www-authenticate"] == 'Basic realm="harbor"'
     issued = httpx.get(challenge["realm"], params=params, auth=EDGE_USER)
     assert issued.status_code == 200
     body = issued.json()
@@ -146,9 +148,11 @@ def test_tokens_expire_and_anonymous_mode(local_chain: LocalChain, artifact: Pus
     try:
         scope = f"repository:proj/{artifact.repository}:pull"
         realm = f"{gateway.url}/service/token"
-        assert httpx.get(realm).status_code == 401, "Harbor refuses anonymous tokens without a scope"
-        token = httpx.get(realm, params={"service": "harbor-registry", "scope": scope}).json()["token"]
+        unscoped = httpx.get(realm).json()["token"]
         url = f"{gateway.url}/v2/proj/{artifact.repository}/manifests/v1"
+        refused = httpx.get(url, headers={"Authorization": f"Bearer {unscoped}", **ACCEPT})
+        assert refused.status_code == 401, "an anonymous token without a scope allows nothing"
+        token = httpx.get(realm, params={"service": "harbor-registry", "scope": scope}).json()["token"]
         headers = {"Authorization": f"Bearer {token}", **ACCEPT}
         assert httpx.get(url, headers=headers).status_code == 200
         time.sleep(1.2)
@@ -170,7 +174,9 @@ def test_path_mapping_through_three_hops(
         manifest = client.manifest(local_chain, artifact.repository, "v1")
         assert manifest.status_code == 200, name
         assert manifest.content == artifact.manifest
-        assert manifest.headers["docker-content-digest"] == artifact.manifest_digest
+        # a Harbor proxy project passes a manifest by tag on from upstream with empty digest headers
+        passed_on = client.hop.prefix != ""
+        assert manifest.headers["docker-content-digest"] == ("" if passed_on else artifact.manifest_digest)
         layer = client.blob(local_chain, artifact.repository, artifact.content_layer.digest)
         assert sha256(layer.content) == artifact.content_layer.digest
     origin_log = [r["path"] for r in local_chain.faults("origin").requests()]
@@ -182,7 +188,8 @@ def test_path_mapping_through_three_hops(
 def test_outside_prefix_and_push_refused(local_chain: LocalChain, artifact: PushedArtifact) -> None:
     core = local_chain.hop("core").gateway.url
     outside = httpx.get(f"{core}/v2/{artifact.repository}/manifests/v1", headers=ACCEPT)
-    assert outside.status_code == 404 and error_code(outside) == "NAME_UNKNOWN"
+    assert outside.status_code == 401 and error_code(outside) == "UNAUTHORIZED", "Harbor: project not found"
+    assert outside.headers["www-authenticate"] == ""
     push = httpx.post(f"{core}/v2/p-ghcr/{artifact.repository}/blobs/uploads/")
     assert push.status_code == 403 and error_code(push) == "DENIED"
     assert httpx.get(f"{core}/v2/").status_code == 200
@@ -259,7 +266,7 @@ def test_drop_manifest_by_tag(
 ) -> None:
     local_chain.faults("origin").set([{"kind": "drop", "tag": "v1", "repository": artifact.repository}])
     response = clients["edge"].manifest(local_chain, artifact.repository, "v1")
-    assert response.status_code == 404 and error_code(response) == "MANIFEST_UNKNOWN"
+    assert response.status_code == 404 and error_code(response) == "NOT_FOUND", "Harbor's code"
 
 
 def test_corrupt_changes_sha_not_size(
@@ -281,7 +288,7 @@ def test_corrupt_manifest(
     local_chain.faults("edge").set([{"kind": "corrupt", "tag": "v1"}])
     response = clients["edge"].manifest(local_chain, artifact.repository, "v1")
     assert len(response.content) == len(artifact.manifest) and response.content != artifact.manifest
-    assert response.headers["docker-content-digest"] == artifact.manifest_digest
+    assert response.headers["docker-content-digest"] == "", "passed on from upstream, as Harbor does"
 
 
 def test_truncate_and_cut(
@@ -306,8 +313,10 @@ def test_reorder_serves_new_manifest_by_tag_and_digest(
     local_chain.faults("core").set([{"kind": "reorder", "tag": "v1"}])
     for hop in ("core", "edge"):
         response = clients[hop].manifest(local_chain, fresh_repo, "v1")
-        digest = response.headers["docker-content-digest"]
-        assert digest != pushed.manifest_digest and digest == sha256(response.content), hop
+        digest = sha256(response.content)
+        # core's fault answers with the new digest; the edge passes it on (empty, as Harbor does)
+        assert response.headers["docker-content-digest"] == (digest if hop == "core" else ""), hop
+        assert digest != pushed.manifest_digest, hop
         layers = [layer["digest"] for layer in json.loads(response.content)["layers"]]
         assert layers == list(reversed(pushed.layer_digests))
         by_digest = clients[hop].manifest(local_chain, fresh_repo, digest)
@@ -322,8 +331,7 @@ def test_stale_tag(local_chain: LocalChain, clients: dict[str, HopClient], fresh
     local_chain.faults("core").set([{"kind": "stale", "tag": "v1", "serve_digest": old.manifest_digest}])
     for hop, expected in (("edge", old), ("core", old), ("origin", new)):
         response = clients[hop].manifest(local_chain, fresh_repo, "v1")
-        assert response.headers["docker-content-digest"] == expected.manifest_digest, hop
-        assert response.content == expected.manifest
+        assert response.content == expected.manifest, hop
 
 
 def test_ratelimit_then_recovers(
@@ -443,8 +451,9 @@ def test_big_blob_streams_through_the_chain(local_chain: LocalChain, fresh_repo:
     digest = hashlib.sha256()
     received = 0
     path = f"/v2/{local_chain.repository_at('edge', fresh_repo)}/blobs/{pushed.layer_digests[0]}"
-    # gets the token the stream below carries; a cold HEAD may wait for the proxies to fetch the blob
-    assert client.request("HEAD", path, timeout=120.0).status_code == 200
+    # gets the token the stream below carries (a cold Harbor answers HEAD of an uncached blob 404)
+    manifest = f"/v2/{local_chain.repository_at('edge', fresh_repo)}/manifests/v1"
+    assert client.request("HEAD", manifest, timeout=120.0).status_code == 200
     with client.http.stream("GET", path, headers=client.headers(), timeout=120.0) as response:
         assert response.status_code == 200 and int(response.headers["content-length"]) == size
         for chunk in response.iter_bytes(1 << 20):

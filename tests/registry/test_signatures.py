@@ -9,7 +9,6 @@ blames that hop; hops downstream inherit the damage, hops upstream stay healthy.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,22 +27,11 @@ from tests.registry.helpers import (
 
 from lab.artifacts import PushedArtifact, push_flux_artifact
 from lab.chain import LocalChain
-from lab.process import LabError
-from lab.signing import Signer, cosign_path, notation_path
+from lab.signing import Signer
 from layerwatch.signatures import Provider, ReferrersApi, referrers_tag, sig_tag
 from layerwatch.verdict import CheckResult
 
 pytestmark = pytest.mark.registry
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    """Keys for the module; a missing cosign or notation fails the tests (never skips them)."""
-    try:
-        cosign_path(), notation_path()
-    except LabError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield Signer(tmp_path_factory.mktemp("keys"))
 
 
 def _signed(chain: LocalChain, signer: Signer, repo: str, how: str) -> PushedArtifact:

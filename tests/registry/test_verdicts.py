@@ -294,9 +294,11 @@ def test_head_mode_finds_an_intact_artifact_healthy_and_a_dropped_layer_missing(
     pushed = push_flux_artifact(local_chain.push_address, fresh_repo, "v1")
     path = chain_file(local_chain, tmp_path)
     reference = local_chain.reference(fresh_repo, "v1")
+    cold = engine_check(path, reference, mode=Mode.HEAD)
+    assert hop_verdicts(cold) == dict.fromkeys(HOPS, "Healthy"), "HEAD 404 of an uncached blob is not missing"
     healthy = engine_check(path, reference, mode=Mode.HEAD)
     assert hop_verdicts(healthy) == dict.fromkeys(HOPS, "Healthy")
-    assert all(o.bytes_verified == 0 for o in healthy.observations), "head mode downloads no blob"
+    assert all(o.bytes_verified == 0 for o in healthy.observations), "head mode downloads no cached blob"
 
     other = f"{fresh_repo}-b"
     pushed = push_flux_artifact(local_chain.push_address, other, "v1")

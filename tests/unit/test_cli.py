@@ -219,7 +219,7 @@ def test_help_texts_are_plain_text_without_markup(cli: Cli, command: Sequence[st
 
 def test_the_top_level_help_lists_every_command(cli: Cli) -> None:
     text = cli("--help").stdout
-    for command in ("check", "inspect", "serve", "operator", "completion"):
+    for command in ("check", "inspect", "canary", "serve", "operator", "completion"):
         assert f"    {command}" in text
 
 
@@ -243,7 +243,7 @@ def _shell(name: str) -> str:
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
-        (["layerwatch", ""], {"check", "inspect", "serve", "operator", "completion"}),
+        (["layerwatch", ""], {"check", "inspect", "canary", "serve", "operator", "completion"}),
         (["layerwatch", "check", "--mo"], {"--mode"}),
         (["layerwatch", "check", "--mode", ""], {"full", "head"}),
         (["layerwatch", "check", "-o", "j"], {"json"}),
@@ -282,7 +282,7 @@ def test_bash_completes_file_names_for_chain_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("layerwatch ", {"check", "inspect", "serve", "operator", "completion"}),
+        ("layerwatch ", {"check", "inspect", "canary", "serve", "operator", "completion"}),
         ("layerwatch check --mode ", {"full", "head"}),
         ("layerwatch check --verb", {"--verbose"}),
         ("layerwatch completion ", {"bash", "zsh", "fish"}),
@@ -328,7 +328,7 @@ listing has been drawn. No sleeps to tune on a loaded machine."""
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("layerwatch ", ["check", "inspect", "serve", "operator", "completion"]),
+        ("layerwatch ", ["check", "inspect", "canary", "serve", "operator", "completion"]),
         ("layerwatch check --mode ", ["full", "head"]),
         ("layerwatch completion ", ["bash", "zsh", "fish"]),
     ],
@@ -409,7 +409,7 @@ def test_help_adds_no_module_but_the_cli_and_what_argparse_needs() -> None:
     assert not added & {"typing", "dataclasses", "inspect"}, sorted(added)
 
 
-@pytest.mark.parametrize("command", ["", "check", "inspect", "serve", "operator", "completion"])
+@pytest.mark.parametrize("command", ["", "check", "inspect", "serve", "canary", "operator", "completion"])
 def test_a_run_builds_the_same_help_and_flags_as_the_full_parser(command: str) -> None:
     """Only the chosen command gets its arguments, and that changes nothing a user sees."""
     full, chosen = _parser(), _parser(command)

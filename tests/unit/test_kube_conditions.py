@@ -16,7 +16,7 @@ from layerwatch.observation import BlobStatus, FaultKind
 from layerwatch.reference import short_digest
 from layerwatch.verdict import HopVerdict, Judgement, Verdict, judge
 
-from .builders import CONTENT, failure, healthy_chain, observe, replace_at
+from .builders import CONTENT, TAG_UNKNOWN, failure, healthy_chain, observe, replace_at
 
 EDGE, CORE, ORIGIN = 0, 1, 2
 T0, T1, T2, T3 = (
@@ -94,6 +94,23 @@ def test_an_unhealthy_message_names_hop_repository_layer_and_short_digest() -> N
     assert (
         message
         == f"hop core (b.example/p-ghcr/org/app): layer 0 {short_digest(CONTENT.digest)} missing (404)"
+    )
+
+
+def test_an_edge_that_only_passes_on_a_down_core_is_false_with_a_message_naming_core_as_the_cause() -> None:
+    """What Flux meets at the edge is the reason; the message says core causes it and that it heals."""
+    observations = replace_at(
+        healthy_chain(), 1, observe(1, failure=failure(FaultKind.HOP_DOWN, "connection refused"))
+    )
+    observations = replace_at(observations, 0, observe(0, manifest_problem=TAG_UNKNOWN))
+    condition = desired_condition(judge(observations), 1)
+    assert (condition["status"], condition["reason"]) == ("False", "ManifestMissing")
+    assert condition["message"] == (
+        "hop edge (a.example/p-core/p-ghcr/org/app): tag v1 unknown (404); passed on from hop core "
+        "(Unreachable there); upstream-down: answers in place of hop core, which could not be checked "
+        "(Unreachable), for what it has not cached itself; heals by itself; bring hop core back; nothing "
+        "to fix at this hop; hop core (b.example/p-ghcr/org/app): hop down (connection refused); probed "
+        "again once per interval"
     )
 
 

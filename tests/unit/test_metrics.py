@@ -21,6 +21,7 @@ from .builders import (
     ARTIFACT,
     FINISHED,
     REFERENCE,
+    TAG_UNKNOWN,
     check_result,
     failure,
     healthy_chain,
@@ -308,6 +309,22 @@ def test_blamed_artifacts_are_counted_per_chain_hop_and_verdict(metrics: Metrics
     assert value(metrics, count, chain="corp", hop="core", verdict="LayerMissing") == 50.0
     assert value(metrics, count, chain="corp", hop="edge", verdict="LayerMissing") is None
     assert value(metrics, count, chain="corp", hop="edge", verdict="AuthFailed") == 1.0
+
+
+def test_an_edge_passing_on_a_down_core_pages_core_for_being_down_not_the_edge(metrics: Metrics) -> None:
+    """The edge answers 404 for what it never cached because core is down: core's own verdict is the cause."""
+    down = observe(CORE, failure=failure(FaultKind.HOP_DOWN))
+    checked(metrics, [observe(EDGE, manifest_problem=TAG_UNKNOWN), down, observe(ORIGIN)])
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    blamed = [(s.labels["hop"], s.labels["verdict"]) for s in families["layerwatch_artifact_blame"].samples]
+    assert blamed == [("core", "Unreachable")]
+    count = "layerwatch_hop_blamed_artifacts"
+    assert value(metrics, count, chain="corp", hop="core", verdict="Unreachable") == 1.0
+    assert (
+        value(metrics, "layerwatch_artifact_hop_verdict", **artifact("edge"), verdict="ManifestMissing")
+        == 1.0
+    )
+    assert value(metrics, "layerwatch_artifact_hop_healthy", **artifact("edge")) == 0.0
 
 
 def test_the_since_timestamp_holds_while_a_verdict_is_unchanged(metrics: Metrics) -> None:

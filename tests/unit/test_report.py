@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from layerwatch.chain import Chain, Credentials, Hop, Mode
 from layerwatch.manifest import FLUX_CONTENT, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
-from layerwatch.observation import BlobStatus, FaultKind, HopObservation
+from layerwatch.observation import BlobStatus, Fault, FaultKind, HopObservation
 from layerwatch.reference import Reference
 from layerwatch.report import (
     Children,
@@ -281,3 +283,45 @@ def test_several_checks_combine_into_one_report_and_the_worst_exit_code() -> Non
     text = combined_text([healthy, broken])
     assert text.startswith(to_text(healthy)) and "2 artifacts checked:" in text
     assert f"!!  {broken.judgement.verdict.value} (blame: hop {broken.judgement.blame})" in text
+
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
+
+
+def core_down_edge_404() -> list[HopObservation]:
+    down = observe(CORE, failure=Fault(FaultKind.HOP_DOWN, "connection refused"))
+    return [observe(EDGE, manifest_problem=TAG_UNKNOWN), down, observe(ORIGIN)]
+
+
+def test_a_hop_passing_on_a_down_upstream_says_so_and_why_in_the_json_report() -> None:
+    report = to_json(result(core_down_edge_404()))
+    jsonschema.validate(report, SCHEMA)
+    edge, core, origin = report["hops"]
+    assert (report["verdict"], report["blame"]) == ("ManifestMissing", "core")
+    assert (edge["verdict"], edge["inheritedFrom"]) == ("ManifestMissing", "core")
+    assert edge["diagnosis"] == {
+        "name": "upstream-down",
+        "heals": True,
+        "remedy": "bring hop core back; nothing to fix at this hop",
+    }
+    assert core["inheritedFrom"] is None and core["diagnosis"] is None
+    assert origin["inheritedFrom"] is None and origin["diagnosis"] is None
+    assert report["message"].startswith("hop edge (a.example/p-core/p-ghcr/org/app): tag v1 unknown (404); ")
+
+
+def test_every_hop_of_a_plain_report_has_null_inheritance_and_diagnosis() -> None:
+    report = to_json(result(healthy_chain()))
+    jsonschema.validate(report, SCHEMA)
+    assert all(hop["inheritedFrom"] is None and hop["diagnosis"] is None for hop in report["hops"])
+
+
+def test_the_text_report_blames_the_down_upstream_and_shows_what_the_edge_passes_on() -> None:
+    text = to_text(result(core_down_edge_404()))
+    assert text.splitlines()[-1] == (
+        "verdict ManifestMissing, blame: hop core (Unreachable there; hops in front of it pass it on)"
+    )
+    assert (
+        "ManifestMissing: hop edge (a.example/p-core/p-ghcr/org/app): tag v1 unknown (404); "
+        "passed on from hop core (Unreachable there)" in text
+    )
+    assert "upstream-down: answers in place of hop core" in text

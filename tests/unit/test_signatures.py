@@ -122,6 +122,33 @@ def test_a_referrers_api_that_does_not_list_the_bundle_names_the_harbor_setting_
     assert "proxy_referrer_api" in judgement.message
 
 
+def test_the_referrers_hint_says_what_a_harbor_release_does_not_a_setting_no_release_has() -> None:
+    """Harbor up to v2.15.2 never forwards the referrers API: no setting to turn on, only a pull by digest."""
+    message = judge(chain_with((), (), (BUNDLE,))).message
+    assert "answers the referrers API only from what it has cached and never asks its upstream" in message
+    assert "about 20 s after something pulled it by digest through this hop" in message
+    assert "exists only on Harbor's main, in no release up to v2.15.2" in message
+    assert "2.16" not in message
+
+
+def test_an_empty_referrers_api_gets_the_hint_when_the_origin_has_only_the_referrers_tag() -> None:
+    """The lab's origin has no referrers API; a Harbor hop answers its own API 200 with nothing in it."""
+    judgement = judge(chain_with((), (), (ReferrersApi.ABSENT, VIA_TAG)))
+    assert judgement.blame == "core"
+    for hop in judgement.hops[:2]:
+        assert hop.verdict is Verdict.SIGNATURE_MISSING
+        assert "the referrers API here does not list it" in hop.message
+        assert "answers the referrers API only from what it has cached" in hop.message
+
+
+def test_a_hop_without_the_referrers_tag_gets_no_hint_when_no_hop_has_a_referrers_api() -> None:
+    """Absent everywhere: the tag is simply missing, nothing about a referrers API to say."""
+    message = judge(
+        chain_with((ReferrersApi.ABSENT,), (ReferrersApi.ABSENT,), (ReferrersApi.ABSENT, VIA_TAG))
+    ).message
+    assert "referrers API" not in message and "Harbor" not in message
+
+
 def test_a_lost_sig_tag_gets_no_referrers_hint() -> None:
     assert "referrers API" not in judge(chain_with((), (), (SIG,))).message
 

@@ -200,13 +200,25 @@ def test_the_overall_verdict_is_the_worst_class_and_blame_the_first_hop_from_the
     judgement = judge(observations)
     expected = [HOP_LOCAL[fault][1] for fault in faults]
     assert [v.verdict for v in judgement.hops] == expected
+    # A hop passes on a 404 (or damaged bytes) for an object its upstream fails on too, or anything
+    # its upstream cannot serve at all: the blame goes to the hop that failed first.
+    root = list(range(len(faults)))
+    for position in range(len(faults) - 2, -1, -1):
+        here, upstream = faults[position], faults[position + 1]
+        if here in {"manifest-missing", "blob-404", "truncated-blob"} and (
+            upstream == here or (upstream == "unreachable" and here != "truncated-blob")
+        ):
+            root[position] = root[position + 1]
+    assert [v.inherited_from for v in judgement.hops] == [
+        HOP_NAMES[r] if r != p else None for p, r in enumerate(root)
+    ]
     worst = max(v.health for v in expected)
     assert judgement.health is worst
     if worst is Health.HEALTHY:
         assert judgement.blame is None and judgement.verdict is Verdict.HEALTHY
     else:
         blamed = max(p for p, v in enumerate(expected) if v.health is worst)
-        assert judgement.blame == HOP_NAMES[blamed]
+        assert judgement.blame == HOP_NAMES[root[blamed]]
         assert judgement.verdict is expected[blamed]
     if any(v.health is Health.UNHEALTHY for v in expected):
         assert judgement.health is Health.UNHEALTHY

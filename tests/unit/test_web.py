@@ -24,6 +24,7 @@ from .builders import (
     CHAIN,
     FINISHED,
     REFERENCE,
+    TAG_UNKNOWN,
     check_result,
     digest_of,
     failure,
@@ -179,6 +180,43 @@ def test_the_page_shows_one_row_per_artifact_and_one_cell_per_hop() -> None:
     assert "LayerMissing at core since 2023-11-14T22:13:21Z" in html
     assert f'<a class="runbook" href="{RUNBOOKS}#layerwatchlayermissing">runbook</a>' in html
     assert '<span class="down">down</span>' in html and '<span class="up">up</span>' in html
+
+
+def cells(html: str, artifact: str) -> dict[str, str]:
+    row = re.search(rf'<tr [^>]*data-artifact="team-a/{artifact}".*?</tr>', html)
+    assert row is not None
+    return dict(re.findall(r'<td [^>]*data-hop="(\w+)"[^>]*>(.*?)</td>', row.group(0)))
+
+
+def test_a_hop_with_a_fault_of_its_own_behind_a_blamed_hop_is_not_said_to_pass_it_on() -> None:
+    corrupt = {1: (BlobStatus.CORRUPT, "truncated: 10 of 77 bytes")}
+    store = ResultStore()
+    both = check_result([observe(EDGE, blobs=corrupt), observe(CORE, blobs=MISSING), observe(ORIGIN)])
+    store.put(TargetStatus(target("both"), "corp", both))
+    html = page(store)
+    row = cells(html, "both")
+    assert "passes on the fault" not in row["edge"]
+    assert "layer 1" in row["edge"] and 'class="unhealthy" data-hop="edge"' in html
+
+
+def test_a_hop_passing_on_a_down_upstream_shows_where_from_and_the_named_diagnosis() -> None:
+    down = observe(CORE, failure=failure(FaultKind.HOP_DOWN))
+    result = check_result([observe(EDGE, manifest_problem=TAG_UNKNOWN), down, observe(ORIGIN)])
+    store = ResultStore()
+    store.put(TargetStatus(target("down"), "corp", result))
+    html = page(store)
+    row = cells(html, "down")
+    assert "passes on the fault of hop core" in row["edge"]
+    assert (
+        '<div class="diag" data-diagnosis="upstream-down"><b>upstream-down</b>: heals by itself; '
+        "bring hop core back; nothing to fix at this hop</div>"
+    ) in row["edge"]
+    assert 'class="unknown blamed" data-hop="core" data-verdict="Unreachable" data-blamed="true"' in html
+    assert "ManifestMissing at core" in html
+    (artifact,) = status_document(store, {"corp": CHAIN}, UP)["artifacts"]
+    edge, core, _ = artifact["hops"]
+    assert edge["inheritedFrom"] == "core" and edge["diagnosis"]["name"] == "upstream-down"
+    assert core["inheritedFrom"] is None and core["diagnosis"] is None
 
 
 def test_a_pending_target_is_shown_with_why_it_is_not_checked() -> None:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from layerwatch.canary import CONDITION_TYPE as CANARY_CONDITION
+from layerwatch.canary import CanaryResult
 from layerwatch.chain import Chain, ChainError, Credentials, Hop, chain_from_spec
 from layerwatch.kube.api import INVALID_SECRET, SECRET_REFRESH, KubeApi, SecretError
 from layerwatch.kube.conditions import desired_condition, transition
@@ -87,6 +89,7 @@ class OperatorService:
             metrics=self.metrics,
             settings=options.engine,
             on_result=self._on_result,
+            on_canary=self._on_canary,
         )
         self.sources: dict[tuple[str, str], FluxSource] = {}
         self.chain_bodies: dict[str, Mapping[str, Any]] = {}
@@ -335,7 +338,20 @@ class OperatorService:
                 )
             hop_options |= await self._hop_network(raw)
             options[raw.get("name", "")] = hop_options
-        return chain_from_spec(name, spec, hop_options=options)
+        if self.options.shard_index:  # one canary per chain: shard 0 runs it, the others never push
+            return dataclasses.replace(chain_from_spec(name, spec, hop_options=options), canary=None)
+        return chain_from_spec(
+            name, spec, hop_options=options, canary_credentials=await self._canary_credentials(spec)
+        )
+
+    async def _canary_credentials(self, spec: Mapping[str, Any]) -> Credentials | None:
+        """The canary's push credentials: its own Secret, read for the origin hop's host only."""
+        canary, hops = spec.get("canary"), spec.get("hops") or ()
+        ref = canary.get("secretRef") if isinstance(canary, Mapping) else None
+        if not isinstance(ref, Mapping) or not hops:
+            return None
+        host = Hop.from_url(hops[-1]["name"], hops[-1]["url"]).host
+        return await self.api.credentials(ref.get("namespace") or self.options.namespace, ref["name"], host)
 
     async def _hop_network(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """A ProxyChain hop's ``proxy`` (address, Secret with username/password) and ``certSecretRef``."""
@@ -476,6 +492,9 @@ class OperatorService:
             await self._write(source, desired_condition(judgement, source.generation), watch.chain.interval)
         self._chain_status_dirty.set()
 
+    async def _on_canary(self, _: CanaryResult) -> None:
+        self._chain_status_dirty.set()
+
     async def _write(self, source: FluxSource, desired: Mapping[str, Any], interval: float) -> None:
         """Write the condition; post the transition's event first.
 
@@ -549,6 +568,18 @@ class OperatorService:
             ready, reason, message = "True", "Watching", f"{len(statuses)} artifacts, {unhealthy} unhealthy"
         else:
             ready, reason, message = "False", "NotActive", "not planned"
+        conditions: list[dict[str, Any]] = [
+            {
+                "type": "Ready",
+                "status": ready,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": _rfc3339(time.time()),
+            }
+        ]
+        if chain is not None and chain.canary is not None and name not in self.not_ready:
+            conditions.append(self._cold_path_condition(name, generation))
         return {
             "observedGeneration": generation,
             "artifacts": len(statuses),
@@ -556,17 +587,23 @@ class OperatorService:
             "unknown": sum(1 for h in health if h is Health.UNKNOWN),
             "hops": hops,
             "hopCount": len(chain.hops) if chain else 0,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": ready,
-                    "reason": reason,
-                    "message": message,
-                    "observedGeneration": generation,
-                    "lastTransitionTime": _rfc3339(time.time()),
-                }
-            ],
+            "conditions": conditions,
         }
+
+    def _cold_path_condition(self, name: str, generation: int) -> dict[str, Any]:
+        """``ColdPathHealthy`` from the chain's last canary run (Unknown until the first one)."""
+        run = self.store.canaries().get(name)
+        if run is None:
+            condition: dict[str, Any] = {
+                "type": CANARY_CONDITION,
+                "status": "Unknown",
+                "reason": "Pending",
+                "message": "the canary has not run yet (it runs once per interval)",
+                "observedGeneration": generation,
+            }
+        else:
+            condition = run.condition(generation)
+        return condition | {"lastTransitionTime": _rfc3339(time.time())}
 
     async def _chain_status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -607,10 +644,14 @@ def _settle(known: Mapping[str, Any], status: dict[str, Any], now: float) -> dic
     ``lastCheckTime`` moves every cycle; writing it each time would cost one apiserver write per
     chain per interval for nothing. It is refreshed when counts change, or after STATUS_REFRESH.
     """
-    old_condition = (known.get("conditions") or [{}])[0]
-    condition = status["conditions"][0]
-    if old_condition.get("status") == condition["status"] and old_condition.get("lastTransitionTime"):
-        condition["lastTransitionTime"] = old_condition["lastTransitionTime"]
+    old_conditions = {c.get("type"): c for c in known.get("conditions") or () if isinstance(c, Mapping)}
+    for condition in status["conditions"]:
+        old_condition = old_conditions.get(condition["type"]) or {}
+        if old_condition.get("status") == condition["status"] and old_condition.get("lastTransitionTime"):
+            condition["lastTransitionTime"] = old_condition["lastTransitionTime"]
+        if condition["type"] == CANARY_CONDITION and _same_finding(old_condition, condition):
+            # each canary is a new digest: the same verdict at the same hop keeps its first message
+            condition["message"] = old_condition["message"]
     old_hops = {hop.get("name"): hop for hop in known.get("hops") or ()}
     for hop in status["hops"]:
         old = old_hops.get(hop["name"]) or {}
@@ -619,6 +660,16 @@ def _settle(known: Mapping[str, Any], status: dict[str, Any], now: float) -> dic
         if same and written and now - _parse_rfc3339(written) < STATUS_REFRESH:
             hop["lastCheckTime"] = written
     return status
+
+
+def _same_finding(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Same status and reason, and the message names the same hop and place (``hop X (where)``)."""
+    old_message, new_message = str(old.get("message", "")), str(new.get("message", ""))
+    return (
+        old.get("status") == new.get("status")
+        and old.get("reason") == new.get("reason")
+        and old_message.partition(": ")[0] == new_message.partition(": ")[0]
+    )
 
 
 def _parse_rfc3339(text: str) -> float:

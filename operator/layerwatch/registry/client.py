@@ -30,7 +30,7 @@ import httpx
 from layerwatch.chain import Credentials, Hop
 from layerwatch.documents import json_object
 from layerwatch.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor
-from layerwatch.observation import BlobFacts, Fault, FaultKind
+from layerwatch.observation import Answer, BlobFacts, Fault, FaultKind
 from layerwatch.reference import is_digest
 from layerwatch.registry import auth, credhelpers, providers, proxies
 from layerwatch.registry.errors import RegistryError, RegistryNotFound
@@ -49,6 +49,7 @@ __all__ = [
     "FetchedManifest",
     "RegistryClient",
     "RequestHook",
+    "Upload",
     "endpoint_of",
     "retry_after",
 ]
@@ -82,6 +83,14 @@ _HEADERS = {"Accept": ACCEPT, "User-Agent": "layerwatch", "Accept-Encoding": "id
 
 
 @dataclasses.dataclass(frozen=True)
+class Upload:
+    """A body a request sends (a blob or a manifest pushed), with its media type."""
+
+    body: bytes = dataclasses.field(repr=False)
+    media_type: str = "application/octet-stream"
+
+
+@dataclasses.dataclass(frozen=True)
 class FetchedManifest:
     """Manifest bytes as served, with the headers that matter (already validated)."""
 
@@ -96,6 +105,8 @@ class FetchedManifest:
     """The connection closed before the body ended (twice): ``body`` is what arrived."""
     declared: int | None = None
     """The Content-Length the hop announced, when it did."""
+    answer: Answer | None = None
+    """The headers that say how the hop came by the bytes (a 2xx answer's)."""
 
     def digest(self, algorithm: str = "sha256") -> str:
         return f"{algorithm}:{hashlib.new(algorithm, self.body).hexdigest()}"
@@ -125,6 +136,16 @@ def _encoding(response: httpx.Response) -> str | None:
 def _digest_header(response: httpx.Response) -> str | None:
     value = response.headers.get("docker-content-digest", "").strip()
     return value if is_digest(value) else None
+
+
+def _sent(response: httpx.Response, name: str) -> str | None:
+    """A header as sent, made safe to keep ("" when sent empty), or None when not sent."""
+    value = response.headers.get(name)
+    return None if value is None else clean_text(value.strip(), 100)
+
+
+def _answer(response: httpx.Response) -> Answer:
+    return Answer(_length(response), _sent(response, "etag"), _sent(response, "docker-content-digest"))
 
 
 MAX_RETRY_AFTER = 900.0
@@ -324,7 +345,8 @@ class RegistryClient:
             media_type = clean_text(response.headers.get("content-type", ""), 200)
             digest_header = _digest_header(response)
             encoding = _encoding(response)
-            declared = _length(response)
+            answer = _answer(response)
+            declared = answer.declared
             if encoding is not None:
                 return FetchedManifest(b"", media_type, digest_header, encoding=encoding)
             if declared is not None and declared > MAX_MANIFEST_BYTES:
@@ -338,7 +360,9 @@ class RegistryClient:
         if fault is not None and fault.kind is not FaultKind.BODY_CUT:
             raise RegistryError(fault)
         cut = fault is not None
-        return FetchedManifest(bytes(body), media_type, digest_header, cut=cut, declared=declared)
+        return FetchedManifest(
+            bytes(body), media_type, digest_header, cut=cut, declared=declared, answer=answer
+        )
 
     async def fetch_blob(
         self, repository: str, descriptor: Descriptor, *, download: bool, budget: RetryBudget
@@ -359,6 +383,49 @@ class RegistryClient:
                 return await self._download(url, repository, descriptor, budget)
         except RegistryError as exc:
             return BlobFacts(status=exc.status, fault=exc.fault)
+
+    # -- what a push asks (``registry.push``) ---------------------------------------------------
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        budget: RetryBudget,
+        *,
+        upload: Upload | None = None,
+        actions: str,
+        cap: int = _MAX_ERROR_BYTES,
+    ) -> bytes:
+        """One request within the endpoint's limit, retried like any other; the 2xx answer's small body.
+
+        For ``registry.push``: the token asked for has ``actions`` scope (``pull,push``, ``delete``).
+        """
+        async with self.state.limit:
+            response = await self._request(method, url, repository, budget, upload=upload, actions=actions)
+            try:
+                return await self._read(response, cap)
+            finally:
+                await response.aclose()
+
+    async def send_for_location(
+        self, method: str, url: str, repository: str, budget: RetryBudget, *, actions: str
+    ) -> str:
+        """A request whose 2xx answer names where to go next (a blob upload session): that URL,
+        refused unless it is on this registry (the credentials must not follow it elsewhere)."""
+        async with self.state.limit:
+            response = await self._request(method, url, repository, budget, actions=actions)
+            await response.aclose()
+        location = response.headers.get("location", "")
+        target = _redirect_target(url, location) if location else ""
+        if not target or not _same_origin(target, self.base_url):
+            raise RegistryError(
+                Fault(FaultKind.BAD_REDIRECT, "upload location missing or elsewhere", response.status_code)
+            )
+        return target
+
+    def url(self, repository: str, kind: str, ref: str) -> str:
+        return self._url(repository, kind, ref)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -420,19 +487,19 @@ class RegistryClient:
         facts = BlobFacts()
         for attempt in range(2):
             response = await self._request("GET", url, repository, budget)
-            status = response.status_code
+            status, answer = response.status_code, _answer(response)
             encoding = _encoding(response)
             if encoding is not None:
                 await response.aclose()
-                return BlobFacts(status=status, encoding=encoding)
+                return BlobFacts(status=status, encoding=encoding, answer=answer)
             hasher = hashlib.new(algorithm)
             try:
                 received, fault = await self._body(response, descriptor.size, hasher.update, descriptor.size)
             finally:
                 await response.aclose()
             if received > descriptor.size:
-                return BlobFacts(status=status, received=received, overflow=True)
-            facts = BlobFacts(status=status, received=received, fault=fault)
+                return BlobFacts(status=status, received=received, overflow=True, answer=answer)
+            facts = BlobFacts(status=status, received=received, fault=fault, answer=answer)
             if fault is None:
                 return dataclasses.replace(facts, actual=f"{algorithm}:{hasher.hexdigest()}")
             if fault.kind is not FaultKind.BODY_CUT or attempt:
@@ -440,9 +507,19 @@ class RegistryClient:
             # one retry: a cut can be the network; twice is the hop
         return facts
 
-    async def _request(self, method: str, url: str, repository: str, budget: RetryBudget) -> httpx.Response:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        budget: RetryBudget,
+        *,
+        upload: Upload | None = None,
+        actions: str = "pull",
+    ) -> httpx.Response:
         """One logical request: retries for network errors, 5xx and 429 within the budget.
 
+        ``upload`` is a body to send (``registry.push``); ``actions`` the token scope asked for.
         Returns a 2xx response with an unread body (the caller closes it); raises otherwise.
         """
         attempt = 0
@@ -460,7 +537,7 @@ class RegistryClient:
                     )
                 await asyncio.sleep(held)
             try:
-                response = await self._exchange(method, url, repository)
+                response = await self._exchange(method, url, repository, upload=upload, actions=actions)
             except RegistryError as exc:
                 delay = self._backoff(budget, attempt) if exc.fault.kind in _RETRY_FAULTS else None
                 if delay is not None:
@@ -521,18 +598,29 @@ class RegistryClient:
             await response.aclose()
 
     async def _exchange(
-        self, method: str, url: str, repository: str | None, *, answer_challenge: bool = True
+        self,
+        method: str,
+        url: str,
+        repository: str | None,
+        *,
+        answer_challenge: bool = True,
+        upload: Upload | None = None,
+        actions: str = "pull",
     ) -> httpx.Response:
         """Send, answering one auth challenge and following redirects (Authorization stays home)."""
         headers = dict(_HEADERS)
+        content = None
+        if upload is not None:
+            content = upload.body
+            headers["Content-Type"] = upload.media_type
         seen = self._source.generation
-        authorization = await self._authorization(repository) if repository else None
+        authorization = await self._authorization(repository, actions=actions) if repository else None
         if authorization:
             headers["Authorization"] = authorization
         challenged = not answer_challenge  # a ping only asks whether the registry answers
         renewed = False
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send(method, url, headers)
+            response = await self._send(method, url, headers, content=content)
             if response.status_code in _REDIRECTS and "location" in response.headers:
                 await response.aclose()
                 target = _redirect_target(url, response.headers["location"])
@@ -549,7 +637,7 @@ class RegistryClient:
                 challenged = True
                 await response.aclose()
                 self._learn(response.headers["www-authenticate"])
-                authorization = await self._authorization(repository, fresh=True)
+                authorization = await self._authorization(repository, fresh=True, actions=actions)
                 if authorization:
                     headers["Authorization"] = authorization
                     continue
@@ -563,7 +651,7 @@ class RegistryClient:
             if _refused(response) and "Authorization" in headers and not renewed:
                 renewed = True  # once: expired helper or cloud credentials are asked for anew
                 if await self._renewed(response, seen):
-                    authorization = await self._authorization(repository, fresh=True)
+                    authorization = await self._authorization(repository, fresh=True, actions=actions)
                     headers["Authorization"] = authorization or headers["Authorization"]
                     continue
             return response
@@ -641,7 +729,9 @@ class RegistryClient:
                 Fault(FaultKind.AUTH_UNANSWERABLE, f"cannot answer the registry's challenge: {exc}", 401)
             ) from None
 
-    async def _authorization(self, repository: str | None, *, fresh: bool = False) -> str | None:
+    async def _authorization(
+        self, repository: str | None, *, fresh: bool = False, actions: str = "pull"
+    ) -> str | None:
         """The Authorization header for a repository, from what the hop's last challenge asked."""
         challenge = self._challenge
         if challenge is None:
@@ -649,7 +739,7 @@ class RegistryClient:
         if challenge.scheme == "basic":
             credentials = await self._source.get()
             return auth.basic_header(credentials) if credentials else None
-        scope = f"repository:{repository}:pull" if repository else challenge.scope
+        scope = f"repository:{repository}:{actions}" if repository else challenge.scope
         key = (challenge.realm, challenge.service, scope)
         if fresh:
             self._tokens.forget(key)
