@@ -13,9 +13,11 @@ per round, interleaved, and reports each runner's best round:
   digest and size (and the layers' uncompressed digests);
 - ``skopeo``: ``skopeo copy docker://REF dir:...`` likewise (N x 3, ``--parallel`` at once).
 
-Every runner authenticates at the edge with the lab's robot from one docker ``config.json``. CPU is
-that of the child processes (``getrusage(RUSAGE_CHILDREN)`` deltas, user + system); the lab's own
-processes are not counted. Prints one JSON object (see bench/README.md).
+layerwatch runs from this checkout's ``operator/`` under ``--python`` (default: this interpreter; a
+virtualenv's python measures what an installed layerwatch costs without whatever the system
+interpreter's ``site`` loads). Every runner authenticates at the edge with the lab's robot from one
+docker ``config.json``. CPU is that of the child processes (``getrusage(RUSAGE_CHILDREN)``
+deltas, user + system); the lab's own processes are not counted. Prints one JSON object (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -139,17 +141,19 @@ class SkopeoRunner(Runner):
 
 
 def make_runners(
-    local: LocalChain, repositories: list[str], parallel: int, scratch: Path
+    local: LocalChain, repositories: list[str], parallel: int, scratch: Path, python: str
 ) -> tuple[list[Runner], dict[str, str]]:
-    """The runners that can run here, and why any peer was skipped."""
+    """The runners that can run here, and why any peer was skipped. ``python`` runs layerwatch."""
     config = write_docker_config(local, scratch)
     env = dict(os.environ, DOCKER_CONFIG=str(scratch), PYTHONPATH=str(REPO / "operator"))
+    # An installed layerwatch runs from .pyc files (pip compiles them): the warm-up writes them.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     hops = [
         f"--hop={hop.name}=http://{CLIENT_HOST}:{hop.gateway.port}" + (f"/{hop.prefix}" if hop.prefix else "")
         for hop in local.hops
     ]
     every = [hop_reference(local, hop.name, r) for r in repositories for hop in local.hops]
-    check = [sys.executable, "-c", LAYERWATCH, "check", "--mode=full", f"--docker-config={config}"]
+    check = [python, "-c", LAYERWATCH, "check", "--mode=full", f"--docker-config={config}"]
     check += [f"--parallel-checks={parallel}", "-o", "json", *hops]
     result = [
         Runner("layerwatch", [[*check, *(hop_reference(local, "edge", r) for r in repositories)]], 1, env)
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with LocalChain() as local, tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for repository in repositories:
             push_flux_artifact(local.push_address, repository, TAG)
-        all_runners, skipped = make_runners(local, repositories, args.parallel, Path(tmp))
+        all_runners, skipped = make_runners(local, repositories, args.parallel, Path(tmp), args.python)
         layerwatch = all_runners[0]
         for _ in range(2):  # warm: the proxies cache every blob (in the background, hence twice)
             layerwatch.round(local)
@@ -204,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hops": 3,
         "rounds": args.rounds,
         "parallel": args.parallel,
+        "layerwatch_python": args.python,
         "runners": results,
         "skipped": skipped,
         "layerwatch_vs": {
@@ -222,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=int, default=20, help="distinct artifacts (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per runner; the best is reported")
     parser.add_argument("--parallel", type=int, default=4, help="checks (or processes) at once")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter that runs layerwatch (e.g. a virtualenv's)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.artifacts <= 200 or not 1 <= args.rounds <= 20 or args.parallel < 1:
         parser.error("--artifacts must be 1..200, --rounds 1..20, --parallel at least 1")
