@@ -73,34 +73,28 @@ build_etcd() {
   log "etcd v$ETCD_VERSION: built in $((SECONDS - start)) s"
 }
 
-build_oras() {
-  local out=$CACHE/oras/v$ORAS_VERSION
-  if [ -x "$out/oras" ]; then log "oras v$ORAS_VERSION: cached"; ln -sf "$out/oras" "$BIN/oras"; return; fi
-  log "oras v$ORAS_VERSION: building"
+# build_go_binary NAME VERSION MODULE@VERSION PACKAGE [LDFLAGS]: one binary from one module into
+# $CACHE/NAME/vVERSION, linked into $BIN.
+build_go_binary() {
+  local name=$1 version=$2 module=$3 package=$4 ldflags=${5:-} out=$CACHE/$1/v$2
+  if [ -x "$out/$name" ]; then log "$name v$version: cached"; ln -sf "$out/$name" "$BIN/$name"; return; fi
+  log "$name v$version: building"
   local start=$SECONDS
-  ( throwaway oras
-    go get "oras.land/oras@v$ORAS_VERSION" >/dev/null
+  ( throwaway "$name"
+    go get "$module" >/dev/null
     mkdir -p "$out.tmp"
-    go build -trimpath -ldflags "-s -w" -o "$out.tmp/oras" oras.land/oras/cmd/oras
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp/$name" "$package"
     rm -rf "$out"; mv "$out.tmp" "$out" )
-  ln -sf "$out/oras" "$BIN/oras"
-  log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
+  ln -sf "$out/$name" "$BIN/$name"
+  log "$name v$version: built in $((SECONDS - start)) s"
 }
+
+build_oras() { build_go_binary oras "$ORAS_VERSION" "oras.land/oras@v$ORAS_VERSION" oras.land/oras/cmd/oras; }
 
 # crane (bench/peers.py runs `crane validate --remote` beside layerwatch): one small module, no cgo.
 build_crane() {
-  local out=$CACHE/crane/v$CRANE_VERSION
-  if [ -x "$out/crane" ]; then log "crane v$CRANE_VERSION: cached"; ln -sf "$out/crane" "$BIN/crane"; return; fi
-  log "crane v$CRANE_VERSION: building"
-  local start=$SECONDS
-  ( throwaway crane
-    go get "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" >/dev/null
-    mkdir -p "$out.tmp"
-    go build -trimpath -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=v$CRANE_VERSION" \
-      -o "$out.tmp/crane" github.com/google/go-containerregistry/cmd/crane
-    rm -rf "$out"; mv "$out.tmp" "$out" )
-  ln -sf "$out/crane" "$BIN/crane"
-  log "crane v$CRANE_VERSION: built in $((SECONDS - start)) s"
+  local cmd=github.com/google/go-containerregistry/cmd/crane
+  build_go_binary crane "$CRANE_VERSION" "$cmd@v$CRANE_VERSION" "$cmd" "-X $cmd/cmd.Version=v$CRANE_VERSION"
 }
 
 build_helm() {
