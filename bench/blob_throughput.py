@@ -10,7 +10,7 @@ check first makes the proxies cache the blob. Then, per size, ``--rounds`` round
   resets its peak-RSS mark and runs one full check of the hop (manifest, config and the blob,
   downloaded and hashed); the check's own seconds, CPU and peak RSS growth;
 - ``curl``: ``curl -s URL | sha256sum`` of the same blob from the same hop (with the edge's
-  Bearer token when the hop is the edge), its wall time and the CPU of curl and sha256sum.
+  Bearer token, from a 0600 file, when the hop is the edge), its wall time and the CPU of curl and sha256sum.
 
 Throughput is blob MiB per second; the best round of each is reported (the box is shared).
 Prints one JSON object (see bench/README.md).
@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -38,8 +39,11 @@ from lab.chain import LocalChain
 CURL_TIMEOUT = 900.0
 
 
-def _bearer(local: LocalChain, hop: str, repository: str) -> list[str]:
-    """curl's ``-H Authorization: Bearer ...`` for a hop with credentials, else nothing."""
+def _bearer(local: LocalChain, hop: str, repository: str, directory: str) -> list[str]:
+    """curl's ``-H @FILE`` with ``Authorization: Bearer ...`` for a hop with credentials, else nothing.
+
+    The token goes through a 0600 file in ``directory``, never on curl's command line (``ps`` shows it).
+    """
     lab_hop = local.hop(hop)
     if lab_hop.credentials is None:
         return []
@@ -49,7 +53,10 @@ def _bearer(local: LocalChain, hop: str, repository: str) -> list[str]:
         auth=lab_hop.credentials,
     )
     answer.raise_for_status()
-    return ["-H", f"Authorization: Bearer {answer.json()['token']}"]
+    path = os.path.join(directory, "headers")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(f"Authorization: Bearer {answer.json()['token']}\n")
+    return ["-H", f"@{path}"]
 
 
 def curl_sha256(url: str, headers: list[str], digest: str, size: int) -> dict[str, float]:
@@ -96,7 +103,7 @@ def best(rounds: list[dict[str, float]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) * MIB for s in args.sizes_mib.split(",")]
     results: dict[str, Any] = {}
-    with LocalChain() as local:
+    with LocalChain() as local, tempfile.TemporaryDirectory() as secrets:
         for size in sizes:
             repository = f"bench/blob-{size // MIB}m"
             pushed = push_blob_artifact(local.push_address, repository, TAG, size)
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 layerwatch_check(local, args.hop, repository, size)
             path = local.repository_at(args.hop, repository)
             url = f"http://{CLIENT_HOST}:{local.hop(args.hop).gateway.port}/v2/{path}/blobs/{digest}"
-            headers = _bearer(local, args.hop, path)
+            headers = _bearer(local, args.hop, path, secrets)
             mine: list[dict[str, float]] = []
             theirs: list[dict[str, float]] = []
             load = [os.getloadavg()[0]]
