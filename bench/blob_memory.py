@@ -109,12 +109,11 @@ def child_main() -> None:
 # -- parent ----------------------------------------------------------------------------------------
 
 
-def _spec(local: LocalChain, hops: list[str], transport: str) -> dict[str, Any]:
+def child_spec(
+    local: LocalChain, hops: list[str], transport: str, repository: str = REPOSITORY
+) -> dict[str, Any]:
+    """What `run_child` checks: ``repository:v1`` at ``hops`` of the lab chain."""
     chain = bench_chain(local)
-
-    def credentials(hop: Hop) -> list[str] | None:
-        return [hop.credentials.username, hop.credentials.password] if hop.credentials else None
-
     return {
         "hops": [
             {
@@ -126,7 +125,7 @@ def _spec(local: LocalChain, hops: list[str], transport: str) -> dict[str, Any]:
             }
             for hop in chain.hops
         ],
-        "reference": str(edge_reference(local, REPOSITORY, TAG)),
+        "reference": str(edge_reference(local, repository, TAG)),
         "check_hops": hops,
         "transport": transport,
     }
@@ -202,9 +201,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         push_seconds = time.perf_counter() - started
         # Untimed: one edge pull makes the edge and core proxies cache the blob, so every measured
         # check below sees the same warm chain (a cold proxy streams while caching upstream).
-        cold = run_child(_spec(local, ["edge"], transports[0]))
+        cold = run_child(child_spec(local, ["edge"], transports[0]))
         expected = size + pushed.config.size
-        results = {t: _report(size, expected, run_child(_spec(local, hops, t)), hops) for t in transports}
+        results = {
+            t: _report(size, expected, run_child(child_spec(local, hops, t)), hops) for t in transports
+        }
     return {
         "benchmark": "blob_memory",
         **host_info(),

@@ -2,7 +2,8 @@
 
 A CI job that checks 20 artifacts pays the start-up of every process it runs, so what a command
 imports before its first request matters. This measures, as user + system CPU of the child
-process (``getrusage(RUSAGE_CHILDREN)``), the median of ``--runs`` runs each of:
+process (``getrusage(RUSAGE_CHILDREN)``), the median of ``--runs`` runs of each of these (the
+first three taken in turns, so a busy moment of the box hits them alike):
 
 - ``python3 -c pass``: the floor every Python program pays;
 - ``layerwatch --help``: argument parsing only (should stay within 3x the floor);
@@ -43,9 +44,23 @@ def cpu_seconds(command: Sequence[str], env: dict[str, str], *, expect: int = 0)
 
 
 def measure(command: Sequence[str], env: dict[str, str], runs: int) -> dict[str, float]:
-    cpu_seconds(command, env)  # warm the page cache and the .pyc files
-    samples = [cpu_seconds(command, env) for _ in range(runs)]
-    return {"median": round(statistics.median(samples), 4), "min": round(min(samples), 4)}
+    return interleaved({"": command}, env, runs)[""]
+
+
+def interleaved(
+    commands: dict[str, Sequence[str]], env: dict[str, str], runs: int
+) -> dict[str, dict[str, float]]:
+    """Each command ``runs`` times, taking turns, so a busy moment of the box hits all of them."""
+    for command in commands.values():
+        cpu_seconds(command, env)  # warm the page cache and the .pyc files
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            samples[name].append(cpu_seconds(command, env))
+    return {
+        name: {"median": round(statistics.median(values), 4), "min": round(min(values), 4)}
+        for name, values in samples.items()
+    }
 
 
 def main() -> None:
@@ -57,12 +72,23 @@ def main() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), env.get("PYTHONPATH", "")])
     env["DOCKER_CONFIG"] = "/nonexistent"
+    # An installed layerwatch runs from its .pyc files (pip compiles them): let the warm-up runs
+    # write them, or every run would compile every module it imports from source.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     python = sys.executable
-    results: dict[str, object] = {
-        "python_c_pass": measure([python, "-c", "pass"], env, args.runs),
-        "layerwatch_help": measure([python, "-c", LAYERWATCH, "--help"], env, args.runs),
-        "import_http_stack": measure([python, "-c", "import httpx, httpx_aiohttp, aiohttp"], env, args.runs),
-    }
+    load = os.getloadavg()[0]
+    results: dict[str, object] = dict(
+        interleaved(
+            {
+                "python_c_pass": [python, "-c", "pass"],
+                "layerwatch_help": [python, "-c", LAYERWATCH, "--help"],
+                "import_http_stack": [python, "-c", "import httpx, httpx_aiohttp, aiohttp"],
+            },
+            env,
+            args.runs,
+        )
+    )
+    results["loadavg_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     if not args.no_lab:
         from lab.artifacts import push_flux_artifact
         from lab.chain import LocalChain

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Go tools the tests need into ~/.cache/layerwatch/, keyed by version, only when missing.
 #
-#   hack/build-tools.sh [kube|etcd|oras|source-controller|notification-controller|helm|cosign|notation|harbor|all]...
+#   hack/build-tools.sh [kube|etcd|oras|crane|source-controller|notification-controller|helm|cosign|notation|harbor|all]...
 #
 # Each tool is built from its Go module in a throwaway main module (their go.mods carry replace
 # directives, so `go install pkg@version` refuses them). Nothing built here is committed.
@@ -11,6 +11,7 @@ set -euo pipefail
 KUBE_VERSION=${KUBE_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 ORAS_VERSION=${ORAS_VERSION:-1.3.6}
+CRANE_VERSION=${CRANE_VERSION:-0.22.1}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-1.9.6}
 NOTIFICATION_CONTROLLER_VERSION=${NOTIFICATION_CONTROLLER_VERSION:-1.9.3}
 HELM_VERSION=${HELM_VERSION:-4.3.2}
@@ -72,18 +73,28 @@ build_etcd() {
   log "etcd v$ETCD_VERSION: built in $((SECONDS - start)) s"
 }
 
-build_oras() {
-  local out=$CACHE/oras/v$ORAS_VERSION
-  if [ -x "$out/oras" ]; then log "oras v$ORAS_VERSION: cached"; ln -sf "$out/oras" "$BIN/oras"; return; fi
-  log "oras v$ORAS_VERSION: building"
+# build_go_binary NAME VERSION MODULE@VERSION PACKAGE [LDFLAGS]: one binary from one module into
+# $CACHE/NAME/vVERSION, linked into $BIN.
+build_go_binary() {
+  local name=$1 version=$2 module=$3 package=$4 ldflags=${5:-} out=$CACHE/$1/v$2
+  if [ -x "$out/$name" ]; then log "$name v$version: cached"; ln -sf "$out/$name" "$BIN/$name"; return; fi
+  log "$name v$version: building"
   local start=$SECONDS
-  ( throwaway oras
-    go get "oras.land/oras@v$ORAS_VERSION" >/dev/null
+  ( throwaway "$name"
+    go get "$module" >/dev/null
     mkdir -p "$out.tmp"
-    go build -trimpath -ldflags "-s -w" -o "$out.tmp/oras" oras.land/oras/cmd/oras
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp/$name" "$package"
     rm -rf "$out"; mv "$out.tmp" "$out" )
-  ln -sf "$out/oras" "$BIN/oras"
-  log "oras v$ORAS_VERSION: built in $((SECONDS - start)) s"
+  ln -sf "$out/$name" "$BIN/$name"
+  log "$name v$version: built in $((SECONDS - start)) s"
+}
+
+build_oras() { build_go_binary oras "$ORAS_VERSION" "oras.land/oras@v$ORAS_VERSION" oras.land/oras/cmd/oras; }
+
+# crane (bench/peers.py runs `crane validate --remote` beside layerwatch): one small module, no cgo.
+build_crane() {
+  local cmd=github.com/google/go-containerregistry/cmd/crane
+  build_go_binary crane "$CRANE_VERSION" "$cmd@v$CRANE_VERSION" "$cmd" "-X $cmd/cmd.Version=v$CRANE_VERSION"
 }
 
 build_helm() {
@@ -277,6 +288,7 @@ paths() {
 KUBE_DIR=${KUBEBUILDER_ASSETS:-$CACHE/kube/v$KUBE_VERSION}
 ETCD_DIR=${KUBEBUILDER_ASSETS:-$CACHE/etcd/v$ETCD_VERSION}
 ORAS=$CACHE/oras/v$ORAS_VERSION/oras
+CRANE=$CACHE/crane/v$CRANE_VERSION/crane
 SOURCE_CONTROLLER_DIR=$CACHE/source-controller/v$SOURCE_CONTROLLER_VERSION
 NOTIFICATION_CONTROLLER_DIR=$CACHE/notification-controller/v$NOTIFICATION_CONTROLLER_VERSION
 FLUX_CRDS=$CACHE/flux-crds/v$SOURCE_CONTROLLER_VERSION
@@ -293,6 +305,7 @@ for what in "$@"; do
     kube) build_kube ;;
     etcd) build_etcd ;;
     oras) build_oras ;;
+    crane) build_crane ;;
     flux-crds) flux_crds ;;
     source-controller) build_source_controller ;;
     notification-controller) build_notification_controller ;;
@@ -300,7 +313,7 @@ for what in "$@"; do
     cosign|notation) build_signing_tools ;;
     harbor) build_harbor ;;
     paths) paths ;;
-    all) build_oras; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools; build_harbor ;;
+    all) build_oras; build_crane; flux_crds; build_etcd; build_kube; build_source_controller; build_notification_controller; build_helm; build_signing_tools; build_harbor ;;
     *) echo "unknown tool: $what" >&2; exit 2 ;;
   esac
 done

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
+TYPE_CHECKING = False
+"""`typing.TYPE_CHECKING` without importing typing at run time (mypy reads the name alike)."""
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from layerwatch.chain import Chain, Hop, HopTarget, Mode
     from layerwatch.config import FileSettings
     from layerwatch.reference import Reference
@@ -534,20 +537,7 @@ with -o json, one reference prints its report object; several print
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="layerwatch",
-        description="Check Flux OCI artifacts through every hop of their registry proxy chain.",
-    )
-    parser.add_argument("--version", action=_Version)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = commands.add_parser(
-        "check",
-        help="verify artifacts through every hop now",
-        description="Verify artifacts through every hop of their chain now.",
-        epilog=_CHECK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument(
         "refs",
         nargs="*",
@@ -575,50 +565,110 @@ def _parser() -> argparse.ArgumentParser:
         help="also check that a cosign signature verifies with this public key (optional, slower)",
     )
     _add_registry_options(check)
-    inspect = commands.add_parser(
-        "inspect",
-        help="show an artifact's structure and the layer Flux extracts",
-        description="Show an artifact's structure and which layer Flux extracts.",
-    )
+
+
+def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument(
         "ref", metavar="REF", help="oci://host/path:tag, host/path@sha256:..., host/path:tag"
     )
     _add_registry_options(inspect)
-    serve = commands.add_parser(
-        "serve",
-        help="check targets on a schedule and serve /metrics, without Kubernetes",
-        description="Check targets on a schedule and serve /metrics and the status page.",
-    )
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", required=True, metavar="FILE", help="ProxyChain and Target documents")
     serve.add_argument("--metrics-port", type=_port, default=9090, metavar="PORT", help="default 9090")
     serve.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS")  # noqa: S104 - in a pod
     _add_trust_options(serve)
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     _engine_arguments(serve)
-    canary = commands.add_parser(
-        "canary",
-        help="push a fresh artifact at the origin and pull it through every hop, edge first",
-        description="Run the chain's cold-path canary (spec.canary) once: push a fresh artifact at the "
-        "origin, pull it through every hop edge first, clean up old canary tags.",
-        epilog="exit status: 0 the cold path is healthy, 1 some hop broke the canary, 3 it could not "
-        "be checked (e.g. the push was refused), 2 usage or configuration error.",
-    )
+
+
+def _canary_arguments(canary: argparse.ArgumentParser) -> None:
     canary.add_argument(
         "--chain", required=True, metavar="FILE", help="YAML file holding one ProxyChain with spec.canary"
     )
     _add_trust_options(canary)
     _add_output_options(canary)
     _engine_arguments(canary)
-    operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)", add_help=False)
+
+
+def _operator_arguments(operator: argparse.ArgumentParser) -> None:
     operator.add_argument("options", nargs="*", help="see: layerwatch operator --help")
-    completion = commands.add_parser(
-        "completion",
-        help="print a shell completion script",
-        description='Print a completion script: eval "$(layerwatch completion bash)" in ~/.bashrc, '
-        "source <(layerwatch completion zsh) in ~/.zshrc, or "
-        "layerwatch completion fish > ~/.config/fish/completions/layerwatch.fish.",
-    )
+
+
+def _completion_arguments(completion: argparse.ArgumentParser) -> None:
     completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+
+
+_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "check": _check_arguments,
+    "inspect": _inspect_arguments,
+    "serve": _serve_arguments,
+    "canary": _canary_arguments,
+    "operator": _operator_arguments,
+    "completion": _completion_arguments,
+}
+
+
+def _chosen_command(arguments: Sequence[str]) -> str:
+    """The command a command line names: its first word that is not an option (the top level's
+    options, ``--help`` and ``--version``, take no value), or "" when it names none."""
+    return next((argument for argument in arguments if not argument.startswith("-")), "")
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command with its arguments; given ``command``, only that one gets its arguments ("":
+    none does).
+
+    The others keep their names and help lines, so ``layerwatch --help`` and a misspelt command
+    read the same, without building (and importing for) arguments the run cannot use.
+    """
+    parser = _Parser(
+        prog="layerwatch",
+        description="Check Flux OCI artifacts through every hop of their registry proxy chain.",
+    )
+    parser.add_argument("--version", action=_Version)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {
+        "check": commands.add_parser(
+            "check",
+            help="verify artifacts through every hop now",
+            description="Verify artifacts through every hop of their chain now.",
+            epilog=_CHECK_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ),
+        "inspect": commands.add_parser(
+            "inspect",
+            help="show an artifact's structure and the layer Flux extracts",
+            description="Show an artifact's structure and which layer Flux extracts.",
+        ),
+        "serve": commands.add_parser(
+            "serve",
+            help="check targets on a schedule and serve /metrics, without Kubernetes",
+            description="Check targets on a schedule and serve /metrics and the status page.",
+        ),
+        "canary": commands.add_parser(
+            "canary",
+            help="push a fresh artifact at the origin and pull it through every hop, edge first",
+            description="Run the chain's cold-path canary (spec.canary) once: push a fresh artifact at the "
+            "origin, pull it through every hop edge first, clean up old canary tags.",
+            epilog="exit status: 0 the cold path is healthy, 1 some hop broke the canary, 3 it could not "
+            "be checked (e.g. the push was refused), 2 usage or configuration error.",
+        ),
+        "operator": commands.add_parser(
+            "operator", help="run the Kubernetes operator (kopf)", add_help=False
+        ),
+        "completion": commands.add_parser(
+            "completion",
+            help="print a shell completion script",
+            description='Print a completion script: eval "$(layerwatch completion bash)" in ~/.bashrc, '
+            "source <(layerwatch completion zsh) in ~/.zshrc, or "
+            "layerwatch completion fish > ~/.config/fish/completions/layerwatch.fish.",
+        ),
+    }
+    for name, subparser in parsers.items():
+        if command is None or name == command:
+            _ARGUMENTS[name](subparser)
     return parser
 
 
@@ -683,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_operator(arguments[1:])
     try:
-        args = _parser().parse_args(arguments)
+        args = _parser(_chosen_command(arguments)).parse_args(arguments)
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130

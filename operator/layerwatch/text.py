@@ -23,6 +23,8 @@ def _visible(character: str) -> str:
 def one_line(text: str, limit: int | None = 160) -> str:
     """``text`` with every non-printable character (controls, line and paragraph separators, format
     characters) escaped, and at most ``limit`` characters long (an ellipsis says it was cut)."""
+    if text.isprintable() and (limit is None or len(text) <= limit):
+        return text  # the common case (a digest, an ETag, a media type), without the loop below
     pieces: list[str] = []
     size = 0
     for character in text if limit is None else text[: limit + 1]:

@@ -8,6 +8,7 @@ Kubernetes or YAML library.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwatch.cli import main
+from layerwatch.cli import _chosen_command, _parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("aiohttp", "httpx", "kopf", "kubernetes", "prometheus_client", "yaml")
@@ -383,6 +384,58 @@ def test_help_completion_and_usage_errors_load_no_http_kubernetes_or_yaml_librar
 ) -> None:
     loaded = loaded_after(*args)
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_help_adds_no_module_but_the_cli_and_what_argparse_needs() -> None:
+    """``layerwatch --help`` shows the commands, not their flags: the engine settings (and the
+    typing, dataclasses and inspect machinery they import) load only for a command that takes them."""
+    program = textwrap.dedent(
+        """
+        import sys
+        before = set(sys.modules)
+        from layerwatch.cli import main
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        print(" ".join(sorted(set(sys.modules) - before)), file=sys.stderr)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=environment(), timeout=60
+    )
+    added = set(done.stderr.strip().splitlines()[-1].split())
+    assert {m for m in added if m.startswith("layerwatch")} == {"layerwatch", "layerwatch.cli"}
+    assert not added & {"typing", "dataclasses", "inspect"}, sorted(added)
+
+
+@pytest.mark.parametrize("command", ["", "check", "inspect", "serve", "canary", "operator", "completion"])
+def test_a_run_builds_the_same_help_and_flags_as_the_full_parser(command: str) -> None:
+    """Only the chosen command gets its arguments, and that changes nothing a user sees."""
+    full, chosen = _parser(), _parser(command)
+    assert chosen.format_help() == full.format_help()
+    if command:
+        assert _subparser(chosen, command).format_help() == _subparser(full, command).format_help()
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[command]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "command"),
+    [
+        (["--help"], ""),
+        (["check", "--hop", "a=http://x"], "check"),
+        (["--version", "serve"], "serve"),
+        ([], ""),
+    ],
+)
+def test_the_chosen_command_is_the_first_word_that_is_not_an_option(
+    arguments: list[str], command: str
+) -> None:
+    assert _chosen_command(arguments) == command
 
 
 def test_a_check_loads_the_http_stack_but_no_kubernetes_or_metrics_library() -> None:
